@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from allauth.account.adapter import DefaultAccountAdapter
+from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
+from django.conf import settings
+from django.http import HttpRequest
+
+
+class AccountAdapter(DefaultAccountAdapter):
+    def is_open_for_signup(self, request: HttpRequest) -> bool:
+        # Self-hosted sites may close sign-up to people without an invitation.
+        if getattr(settings, "SIGNUP_REQUIRES_INVITATION", False):
+            return bool(request.session.get("invitation_token"))
+        return True
+
+    def get_login_redirect_url(self, request: HttpRequest) -> str:
+        team_slug = request.session.pop("joined_team", None)
+        if team_slug:
+            return f"/t/{team_slug}/"
+        return super().get_login_redirect_url(request)
+
+
+class SocialAccountAdapter(DefaultSocialAccountAdapter):
+    pass

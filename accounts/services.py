@@ -1,0 +1,186 @@
+"""Writes for users, teams, memberships and invitations."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.text import slugify
+
+from .models import Invitation, Membership, Role, Team, User
+
+SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$")
+RESERVED_SLUGS = {"new", "admin", "api", "static", "accounts", "invite", "ws"}
+
+
+class TeamError(Exception):
+    """A team operation that cannot be done, with a message for the user."""
+
+
+def suggest_slug(name: str) -> str:
+    base = slugify(name)[:40].strip("-") or "team"
+    slug, n = base, 2
+    while Team.objects.filter(slug=slug).exists() or slug in RESERVED_SLUGS:
+        slug, n = f"{base}-{n}", n + 1
+    return slug
+
+
+@transaction.atomic
+def team_create(*, name: str, owner: User, slug: str = "") -> Team:
+    name = name.strip()
+    if not name:
+        raise TeamError("A team needs a name.")
+    slug = (slug or suggest_slug(name)).strip().lower()
+    if not SLUG_RE.match(slug) or slug in RESERVED_SLUGS:
+        raise TeamError(
+            "The short name may use lower-case letters, digits and dashes (at most 50)."
+        )
+    try:
+        with transaction.atomic():
+            team = Team.objects.create(name=name[:100], slug=slug)
+    except IntegrityError:
+        raise TeamError(f"The short name '{slug}' is taken.")
+    Membership.objects.create(team=team, user=owner, role=Role.OWNER)
+    return team
+
+
+def membership_add(*, team: Team, user: User, role: str = Role.MEMBER) -> Membership:
+    membership, created = Membership.objects.get_or_create(
+        team=team, user=user, defaults={"role": role}
+    )
+    if not created and membership.role != role and role in Role.values:
+        membership.role = role
+        membership.save(update_fields=["role"])
+    return membership
+
+
+def membership_remove(*, actor: Membership, target: Membership) -> None:
+    if target.team_id != actor.team_id:
+        raise TeamError("Not a member of this team.")
+    if target.role == Role.OWNER and actor.role != Role.OWNER:
+        raise TeamError("Only an owner can remove an owner.")
+    if target.role == Role.OWNER and target.team.memberships.filter(role=Role.OWNER).count() == 1:
+        raise TeamError("A team needs at least one owner.")
+    target.delete()
+
+
+def membership_set_role(*, actor: Membership, target: Membership, role: str) -> None:
+    if actor.role != Role.OWNER:
+        raise TeamError("Only an owner can change roles.")
+    if role not in Role.values:
+        raise TeamError("Unknown role.")
+    if (
+        target.role == Role.OWNER
+        and role != Role.OWNER
+        and target.team.memberships.filter(role=Role.OWNER).count() == 1
+    ):
+        raise TeamError("A team needs at least one owner.")
+    target.role = role
+    target.save(update_fields=["role"])
+
+
+@dataclass
+class NewInvitation:
+    invitation: Invitation
+    token: str
+
+    @property
+    def path(self) -> str:
+        return reverse("invitation_accept", args=[self.token])
+
+    @property
+    def url(self) -> str:
+        return settings.SITE_URL + self.path
+
+
+def invitation_create(
+    *, team: Team, created_by: User, email: str = "", role: str = Role.MEMBER
+) -> NewInvitation:
+    if role not in (Role.MEMBER, Role.ADMIN):
+        raise TeamError("Invitations are for members or admins.")
+    email = email.strip().lower()
+    if email and team.memberships.filter(user__email__iexact=email).exists():
+        raise TeamError(f"{email} is already a member.")
+    token, token_hash = Invitation.new_token()
+    invitation = Invitation.objects.create(
+        team=team, email=email, role=role, token_hash=token_hash, created_by=created_by
+    )
+    new = NewInvitation(invitation, token)
+    if email:
+        transaction.on_commit(lambda: _send_invitation_email(new, created_by))
+    return new
+
+
+def _send_invitation_email(new: NewInvitation, inviter: User) -> None:
+    team = new.invitation.team
+    send_mail(
+        subject=f"{inviter.name} invited you to {team.name} on Tandem",
+        message=(
+            f"{inviter.name} ({inviter.email}) invited you to join the team {team.name} on "
+            f"Tandem.\n\nOpen this link to join (it expires on "
+            f"{new.invitation.expires:%Y-%m-%d %H:%M} UTC and works once):\n{new.url}\n"
+        ),
+        from_email=None,
+        recipient_list=[new.invitation.email],
+    )
+
+
+def invitation_revoke(*, invitation: Invitation) -> None:
+    invitation.revoked = timezone.now()
+    invitation.save(update_fields=["revoked"])
+
+
+def invitation_lookup(token: str) -> Invitation | None:
+    return (
+        Invitation.objects.select_related("team", "created_by")
+        .filter(token_hash=Invitation.hash(token))
+        .first()
+    )
+
+
+@transaction.atomic
+def invitation_accept(*, token: str, user: User) -> Team:
+    """Join the invitation's team. Single use: the row is locked so two accepts can't both win."""
+    found = invitation_lookup(token)
+    if found is None:
+        raise TeamError("This invitation link is not valid.")
+    invitation = Invitation.objects.select_for_update().select_related("team").get(pk=found.pk)
+    if invitation.team.memberships.filter(user=user).exists():
+        return invitation.team
+    if invitation.revoked:
+        raise TeamError("This invitation was withdrawn.")
+    if invitation.accepted:
+        raise TeamError("This invitation has already been used.")
+    if invitation.is_expired:
+        raise TeamError("This invitation has expired. Ask for a new one.")
+    if invitation.email and invitation.email != user.email.lower():
+        raise TeamError(
+            f"This invitation is for {invitation.email}. Sign in with that address to accept it."
+        )
+    membership_add(team=invitation.team, user=user, role=invitation.role)
+    invitation.accepted = timezone.now()
+    invitation.accepted_by = user
+    invitation.save(update_fields=["accepted", "accepted_by"])
+    return invitation.team
+
+
+def accept_invitations_for_verified_email(*, user: User, email: str) -> list[Team]:
+    """Join every open invitation addressed to ``email``: called when an OAuth provider (or an
+    email confirmation) has verified that the user owns it."""
+    joined = []
+    open_invites = Invitation.objects.filter(
+        email__iexact=email, accepted__isnull=True, revoked__isnull=True, expires__gt=timezone.now()
+    )
+    for invitation in open_invites.select_related("team"):
+        with transaction.atomic():
+            membership_add(team=invitation.team, user=user, role=invitation.role)
+            invitation.accepted = timezone.now()
+            invitation.accepted_by = user
+            invitation.save(update_fields=["accepted", "accepted_by"])
+        joined.append(invitation.team)
+    return joined

@@ -1,0 +1,232 @@
+from __future__ import annotations
+
+from asgiref.sync import async_to_sync
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from . import selectors, services
+from .models import Role
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    """Back to the last team used; a first-time user is asked to create one."""
+    teams = list(selectors.teams_of(request.user))
+    last = request.session.get("last_team")
+    for team in teams:
+        if team.slug == last:
+            return redirect("conversation_list", slug=team.slug)
+    if teams:
+        return redirect("conversation_list", slug=teams[0].slug)
+    return redirect("team_create")
+
+
+class TeamForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    slug = forms.CharField(
+        max_length=50, required=False, help_text="Used in links. Leave empty to derive it."
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def team_create(request: HttpRequest) -> HttpResponse:
+    form = TeamForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            team = services.team_create(
+                name=form.cleaned_data["name"], slug=form.cleaned_data["slug"], owner=request.user
+            )
+        except services.TeamError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Created {team.name}. Invite your teammates from Members.")
+            return redirect("conversation_list", slug=team.slug)
+    return render(request, "accounts/team_create.html", {"form": form})
+
+
+class InviteForm(forms.Form):
+    email = forms.EmailField(required=False, help_text="Leave empty for a link to hand out.")
+    role = forms.ChoiceField(choices=[(Role.MEMBER, "Member"), (Role.ADMIN, "Admin")])
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def members(request: HttpRequest, slug: str) -> HttpResponse:
+    membership = selectors.membership_for(request.user, slug)
+    team = membership.team
+    form = InviteForm(request.POST or None)
+    new_invitation = None
+    if request.method == "POST":
+        if not membership.is_admin:
+            return HttpResponse("Only owners and admins can invite.", status=403)
+        if form.is_valid():
+            try:
+                new_invitation = services.invitation_create(
+                    team=team,
+                    created_by=request.user,
+                    email=form.cleaned_data["email"],
+                    role=form.cleaned_data["role"],
+                )
+            except services.TeamError as exc:
+                form.add_error("email", str(exc))
+            else:
+                if new_invitation.invitation.email:
+                    messages.success(request, f"Invitation sent to {new_invitation.invitation.email}.")
+                form = InviteForm()
+    context = {
+        "team": team,
+        "membership": membership,
+        "members": selectors.members_of(team),
+        "invitations": selectors.open_invitations_of(team) if membership.is_admin else [],
+        "form": form,
+        "new_invitation": new_invitation,
+        "invite_url": request.build_absolute_uri(new_invitation.path) if new_invitation else "",
+        "roles": Role.choices,
+    }
+    return render(request, "accounts/members.html", context)
+
+
+@login_required
+@require_POST
+def member_remove(request: HttpRequest, slug: str, user_id) -> HttpResponse:
+    actor = selectors.membership_for(request.user, slug)
+    target = get_object_or_404(actor.team.memberships, user__uuid=user_id)
+    leaving = target.user_id == request.user.pk
+    if not actor.is_admin and not leaving:
+        return HttpResponse("Only owners and admins can remove members.", status=403)
+    try:
+        services.membership_remove(actor=actor if not leaving else target, target=target)
+    except services.TeamError as exc:
+        messages.error(request, str(exc))
+        return redirect("members", slug=slug)
+    if leaving:
+        messages.success(request, f"You left {actor.team.name}.")
+        return redirect("home")
+    messages.success(request, f"Removed {target.user.email}.")
+    return redirect("members", slug=slug)
+
+
+@login_required
+@require_POST
+def member_role(request: HttpRequest, slug: str, user_id) -> HttpResponse:
+    actor = selectors.membership_for(request.user, slug)
+    target = get_object_or_404(actor.team.memberships, user__uuid=user_id)
+    try:
+        services.membership_set_role(actor=actor, target=target, role=request.POST.get("role", ""))
+    except services.TeamError as exc:
+        messages.error(request, str(exc))
+    return redirect("members", slug=slug)
+
+
+@login_required
+@require_POST
+def invitation_revoke(request: HttpRequest, slug: str, invitation_id) -> HttpResponse:
+    membership = selectors.admin_membership_for(request.user, slug)
+    invitation = get_object_or_404(membership.team.invitations, uuid=invitation_id)
+    services.invitation_revoke(invitation=invitation)
+    messages.success(request, "Invitation withdrawn.")
+    return redirect("members", slug=slug)
+
+
+@require_http_methods(["GET", "POST"])
+def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
+    invitation = services.invitation_lookup(token)
+    if invitation is None:
+        return render(request, "accounts/invitation_invalid.html", status=404)
+    if not invitation.is_usable:
+        reason = (
+            "was withdrawn"
+            if invitation.revoked
+            else "has already been used"
+            if invitation.accepted
+            else "has expired"
+        )
+        return render(request, "accounts/invitation_invalid.html", {"reason": reason}, status=410)
+    if not request.user.is_authenticated:
+        # Sign-up or sign-in (email or OAuth) picks this up from the session afterwards.
+        request.session["invitation_token"] = token
+        return render(request, "accounts/invitation.html", {"invitation": invitation})
+    if request.method == "POST":
+        try:
+            team = services.invitation_accept(token=token, user=request.user)
+        except services.TeamError as exc:
+            messages.error(request, str(exc))
+            return render(request, "accounts/invitation.html", {"invitation": invitation})
+        messages.success(request, f"You joined {team.name}.")
+        return redirect("conversation_list", slug=team.slug)
+    return render(request, "accounts/invitation.html", {"invitation": invitation})
+
+
+class LLMSettingsForm(forms.Form):
+    llm_model = forms.CharField(
+        label="Model",
+        max_length=200,
+        required=False,
+        help_text="A litellm model name, e.g. openai/gpt-4o, anthropic/claude-sonnet-4-5, "
+        "ollama_chat/llama3.1. Empty: the site default.",
+    )
+    llm_api_base = forms.URLField(label="API base URL", max_length=500, required=False)
+    llm_api_key = forms.CharField(
+        label="API key",
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Stored encrypted and never shown again. Leave empty to keep the current key.",
+    )
+    clear_api_key = forms.BooleanField(label="Remove the stored key", required=False)
+    llm_temperature = forms.FloatField(
+        label="Temperature", required=False, min_value=0.0, max_value=2.0
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def team_settings(request: HttpRequest, slug: str) -> HttpResponse:
+    membership = selectors.admin_membership_for(request.user, slug)
+    team = membership.team
+    initial = {
+        "llm_model": team.llm_model,
+        "llm_api_base": team.llm_api_base,
+        "llm_temperature": team.llm_temperature,
+    }
+    form = LLMSettingsForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        team.llm_model = data["llm_model"].strip()
+        team.llm_api_base = data["llm_api_base"].strip()
+        team.llm_temperature = data["llm_temperature"]
+        if data["clear_api_key"]:
+            team.llm_api_key = ""
+        elif data["llm_api_key"]:
+            team.llm_api_key = data["llm_api_key"]
+        team.save()
+        messages.success(request, "Settings saved.")
+        return redirect("team_settings", slug=slug)
+    from assistant.llm import config_for_team, site_config
+
+    context = {
+        "team": team,
+        "membership": membership,
+        "form": form,
+        "has_key": bool(team.llm_api_key_encrypted),
+        "effective": config_for_team(team),
+        "site": site_config(),
+    }
+    return render(request, "accounts/team_settings.html", context)
+
+
+@login_required
+@require_POST
+def team_settings_test(request: HttpRequest, slug: str) -> HttpResponse:
+    membership = selectors.admin_membership_for(request.user, slug)
+    from assistant.llm import LLMError, check_connection, config_for_team
+
+    try:
+        result = async_to_sync(check_connection)(config_for_team(membership.team))
+    except LLMError as exc:
+        return render(request, "accounts/_test_result.html", {"ok": False, "text": exc.message})
+    return render(request, "accounts/_test_result.html", {"ok": True, "text": result})

@@ -1,0 +1,169 @@
+"""The conversation WebSocket: server-to-client push of a conversation's events.
+
+On connect (members only) the client first gets the text so far of every run in flight, then
+newer deltas; each delta has a sequence number, so the client drops what it already has and asks
+for a fresh snapshot when it sees a gap (pub/sub is at-most-once). Browser frames are JSON:
+``{"t": "d", "r": run, "s": seq, "x": text}`` for deltas, ``{"t": type, "html": ...}`` else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.template.loader import render_to_string
+
+from accounts.models import Membership
+
+from . import events, streams
+from .models import Conversation, Run, RunStatus
+from .rendering import message_context
+
+log = logging.getLogger(__name__)
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_NOT_FOUND = 4404
+CLOSE_DELETED = 4410
+MAX_CLIENT_FRAME = 4096
+
+
+@database_sync_to_async
+def _conversation_for(user, conversation_id) -> Conversation | None:
+    """The conversation if the user is a member of its team; None for everyone else."""
+    conversation = (
+        Conversation.objects.select_related("team").filter(uuid=conversation_id).first()
+    )
+    if conversation is None:
+        return None
+    if not Membership.objects.filter(team_id=conversation.team_id, user=user).exists():
+        return None
+    return conversation
+
+
+@database_sync_to_async
+def _active_runs(conversation_id: int) -> list[str]:
+    return [
+        str(run_id)
+        for run_id in Run.objects.filter(
+            conversation_id=conversation_id, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]
+        ).values_list("uuid", flat=True)
+    ]
+
+
+def render_event(event: dict[str, Any]) -> str:
+    """The HTML fragment the browser swaps in for an event (no database access)."""
+    kind = event["t"]
+    if kind == "message.created":
+        return render_to_string(
+            "assistant/_turn.html",
+            {
+                "message": message_context(event["message"]),
+                "runs": [_run_from_event(event["run"], None)] if event["run"] else [],
+            },
+        )
+    if kind == "run.queued":
+        return render_to_string("assistant/_run.html", {"run": _run_from_event(event["run"], None)})
+    if kind in ("run.completed", "run.failed", "run.cancelled"):
+        status = {"run.completed": "succeeded", "run.failed": "failed"}.get(kind, "cancelled")
+        run = {"id": event["run"], "status": status, "error": event.get("error", "")}
+        return render_to_string("assistant/_run.html", {"run": _run_from_event(run, event)})
+    return ""
+
+
+def _run_from_event(run: dict[str, Any], event: dict[str, Any] | None) -> dict[str, Any]:
+    message = event.get("message") if event else None
+    return {
+        "id": run["id"],
+        "status": run["status"],
+        "error": run.get("error", ""),
+        "model": event.get("model", "") if event else "",
+        "message": message_context(message) if message else None,
+        "text": "",
+        "seq": 0,
+    }
+
+
+class ConversationConsumer(AsyncWebsocketConsumer):
+    conversation: Conversation | None = None
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
+        self.conversation = await _conversation_for(user, conversation_id)
+        if self.conversation is None:
+            # Same answer for "no such conversation" and "not yours": outsiders learn nothing.
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.conversation_key = str(self.conversation.uuid)
+        self.group = events.group_name(self.conversation_key)
+        self.user_name = user.name
+        # Join first, then read snapshots: no delta can fall between the two.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self._send_sync()
+        await streams.presence_join(self.conversation_key, self.channel_name, self.user_name)
+        await self._broadcast_presence()
+
+    async def disconnect(self, code: int) -> None:
+        if self.conversation is None:
+            return
+        await self.channel_layer.group_discard(self.group, self.channel_name)
+        await streams.presence_leave(self.conversation_key, self.channel_name)
+        await self._broadcast_presence()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None):
+        if not text_data or len(text_data) > MAX_CLIENT_FRAME:
+            return
+        try:
+            frame = json.loads(text_data)
+        except ValueError:
+            return
+        if not isinstance(frame, dict):
+            return
+        if frame.get("t") == "resync":
+            await self._send_sync()
+        elif frame.get("t") == "ping":
+            # Keeps this viewer's presence entry fresh.
+            await streams.presence_join(self.conversation_key, self.channel_name, self.user_name)
+            await self.send(text_data='{"t":"pong"}')
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Deltas skip Channels' per-handler database clean-up (a thread hop each time): this
+        # path touches no database and is most of the traffic.
+        if message["type"] == "conv.delta":
+            await self.conv_delta(message)
+            return
+        await super().dispatch(message)
+
+    async def conv_delta(self, message: dict[str, Any]) -> None:
+        frame = {"t": "d", "r": message["run"], "s": message["seq"], "x": message["text"]}
+        await self.send(text_data=json.dumps(frame, ensure_ascii=False))
+
+    async def conv_event(self, message: dict[str, Any]) -> None:
+        event = message["event"]
+        frame = {key: value for key, value in event.items() if key != "message"}
+        if event.get("message"):
+            frame["message_id"] = event["message"]["id"]
+        html = render_event(event)
+        if html:
+            frame["html"] = html
+        await self.send(text_data=json.dumps(frame, ensure_ascii=False, default=str))
+        if event["t"] == "conversation.deleted":
+            await self.close(code=CLOSE_DELETED)
+
+    async def _send_sync(self) -> None:
+        runs = []
+        for run_id in await _active_runs(self.conversation.pk):
+            snap = await streams.snapshot(run_id)
+            runs.append({"run": run_id, "seq": snap.seq, "text": snap.text})
+        await self.send(text_data=json.dumps({"t": "sync", "runs": runs}, ensure_ascii=False))
+
+    async def _broadcast_presence(self) -> None:
+        viewers = await streams.presence_list(self.conversation_key)
+        await events.publish(self.conversation_key, {"t": "presence", "viewers": viewers})

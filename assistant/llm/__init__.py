@@ -1,0 +1,246 @@
+"""The LLM gateway: the only code that calls litellm.
+
+``stream_chat`` yields text pieces as the provider sends them and ends with one ``Usage``.
+Provider failures become ``LLMError`` with a message in words for the conversation; failures
+before the first token are retried (with backoff, honouring Retry-After), failures after it are
+not, because a retry would repeat text the team has already seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from django.conf import settings
+
+# litellm otherwise fetches its price map over the network at import.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+DEMO_LABEL = "Demo model (scripted, not AI)"
+MAX_RETRY_AFTER_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    model: str
+    api_base: str = ""
+    api_key: str = ""
+    temperature: float | None = None
+    is_demo: bool = False
+
+    @property
+    def label(self) -> str:
+        return DEMO_LABEL if self.is_demo else self.model
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_ms: int | None = None
+    latency_ms: int = 0
+    attempts: int = 1
+
+
+class LLMError(Exception):
+    def __init__(self, message: str, *, code: str, retryable: bool = False, retry_after=None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+def site_config() -> LLMConfig:
+    if not settings.LLM_MODEL:
+        return LLMConfig(model="openai/demo", api_key="demo", is_demo=True)
+    return LLMConfig(
+        model=settings.LLM_MODEL, api_base=settings.LLM_API_BASE, api_key=settings.LLM_API_KEY
+    )
+
+
+def config_for_team(team) -> LLMConfig:
+    """The team's override where set, the site default otherwise."""
+    site = site_config()
+    if not team.llm_model:
+        if team.llm_temperature is None:
+            return site
+        return LLMConfig(
+            site.model, site.api_base, site.api_key, team.llm_temperature, site.is_demo
+        )
+    return LLMConfig(
+        model=team.llm_model,
+        api_base=team.llm_api_base,
+        api_key=team.llm_api_key,
+        temperature=team.llm_temperature,
+    )
+
+
+async def _call_kwargs(config: LLMConfig) -> dict:
+    kwargs: dict = {"model": config.model, "timeout": settings.LLM_TIMEOUT, "num_retries": 0}
+    if config.is_demo:
+        from .demo import demo_api_base
+
+        kwargs["api_base"] = await demo_api_base()
+    elif config.api_base:
+        kwargs["api_base"] = config.api_base
+    if config.api_key:
+        kwargs["api_key"] = config.api_key
+    if config.temperature is not None:
+        kwargs["temperature"] = config.temperature
+    return kwargs
+
+
+async def stream_chat(
+    config: LLMConfig, messages: list[dict]
+) -> AsyncIterator[str | Usage]:
+    """Yield text pieces, then one Usage. Raises LLMError."""
+    attempt = 0
+    while True:
+        attempt += 1
+        started = time.monotonic()
+        yielded = False
+        try:
+            async for item in _stream_once(config, messages, started):
+                if isinstance(item, Usage):
+                    item.attempts = attempt
+                else:
+                    yielded = True
+                yield item
+            return
+        except LLMError as exc:
+            if yielded or not exc.retryable or attempt > settings.LLM_MAX_RETRIES:
+                raise
+            await asyncio.sleep(_backoff(attempt, exc.retry_after))
+
+
+def _backoff(attempt: int, retry_after) -> float:
+    if retry_after:
+        try:
+            return min(float(retry_after), MAX_RETRY_AFTER_SECONDS)
+        except (TypeError, ValueError):
+            pass
+    return 0.5 * 2 ** (attempt - 1)
+
+
+async def _stream_once(
+    config: LLMConfig, messages: list[dict], started: float
+) -> AsyncIterator[str | Usage]:
+    import litellm
+
+    usage = Usage()
+    finished = False
+    try:
+        response = await litellm.acompletion(
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+            **await _call_kwargs(config),
+        )
+        async for chunk in response:
+            chunk_usage = getattr(chunk, "usage", None)
+            if chunk_usage:
+                usage.prompt_tokens = chunk_usage.prompt_tokens or 0
+                usage.completion_tokens = chunk_usage.completion_tokens or 0
+            if not chunk.choices:
+                continue
+            choice = chunk.choices[0]
+            text = choice.delta.content if choice.delta else None
+            if text:
+                if usage.ttft_ms is None:
+                    usage.ttft_ms = int((time.monotonic() - started) * 1000)
+                yield text
+            if choice.finish_reason:
+                finished = True
+    except LLMError:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # litellm raises many types; translate them all to words
+        raise translate_error(exc, config) from exc
+    if not finished:
+        raise LLMError(
+            "The model provider's stream ended before the reply was complete.",
+            code="stream_broken",
+            retryable=True,
+        )
+    usage.latency_ms = int((time.monotonic() - started) * 1000)
+    yield usage
+
+
+def translate_error(exc: Exception, config: LLMConfig) -> LLMError:
+    import litellm
+
+    status = getattr(exc, "status_code", None)
+    where = config.api_base or "the provider"
+    if isinstance(exc, litellm.AuthenticationError) or status in (401, 403):
+        return LLMError(
+            "The model provider rejected the API key. A team admin can set the key in "
+            "Team settings.",
+            code="auth",
+        )
+    if isinstance(exc, litellm.NotFoundError) or status == 404:
+        return LLMError(f"The model '{config.model}' was not found at {where}.", code="not_found")
+    if isinstance(exc, litellm.RateLimitError) or status == 429:
+        retry_after = None
+        response = getattr(exc, "response", None)
+        if response is not None and getattr(response, "headers", None):
+            retry_after = response.headers.get("retry-after")
+        return LLMError(
+            "The model provider is rate limiting requests (429). Try again in a moment.",
+            code="rate_limited",
+            retryable=True,
+            retry_after=retry_after,
+        )
+    if isinstance(exc, litellm.Timeout):
+        return LLMError(
+            f"The model provider did not answer within {settings.LLM_TIMEOUT} seconds.",
+            code="timeout",
+            retryable=True,
+        )
+    if isinstance(exc, litellm.BadRequestError) or status == 400:
+        return LLMError(
+            f"The model provider refused the request: {_short(exc)}", code="bad_request"
+        )
+    if isinstance(exc, litellm.APIConnectionError) and status is None:
+        return LLMError(
+            f"Could not reach the model provider at {where}, or it broke off the "
+            f"connection: {_short(exc)}",
+            code="connection",
+            retryable=True,
+        )
+    if status is not None and int(status) >= 500:
+        return LLMError(
+            f"The model provider had an internal error ({status}).",
+            code="provider_error",
+            retryable=True,
+        )
+    return LLMError(f"The model call failed: {_short(exc)}", code="error", retryable=True)
+
+
+def _short(exc: Exception, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    for prefix in ("litellm.", "LiteLLM "):
+        text = text.removeprefix(prefix)
+    return text[:limit]
+
+
+async def check_connection(config: LLMConfig) -> str:
+    """A tiny real call, for the team settings' Test connection button."""
+    import litellm
+
+    started = time.monotonic()
+    try:
+        response = await litellm.acompletion(
+            messages=[{"role": "user", "content": "Reply with the word OK."}],
+            max_tokens=5,
+            **await _call_kwargs(config),
+        )
+    except Exception as exc:
+        raise translate_error(exc, config) from exc
+    elapsed = int((time.monotonic() - started) * 1000)
+    text = (response.choices[0].message.content or "").strip()
+    return f"{config.label} answered in {elapsed} ms: “{text[:60]}”"

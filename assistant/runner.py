@@ -1,0 +1,87 @@
+"""Where runs execute.
+
+- ``celery`` (production): the run is queued; a worker executes it on an event loop the worker
+  process keeps for its whole life, so one process holds many runs at once (pool threads only
+  wait on the loop) and publishing reuses the loop's Redis connections.
+- ``inprocess`` (embedded): the run is an asyncio task on the server's own loop, the one the
+  in-memory channel layer lives on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import Future
+
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+_server_loop: asyncio.AbstractEventLoop | None = None
+_tasks: set[asyncio.Task] = set()
+
+
+def remember_server_loop() -> None:
+    """Called from the ASGI application on every request: notes the loop Daphne runs on."""
+    global _server_loop
+    _server_loop = asyncio.get_running_loop()
+
+
+def enqueue_run(run_id: str) -> None:
+    if settings.RUN_EXECUTOR == "celery":
+        from .tasks import execute_run
+
+        execute_run.delay(run_id)
+        return
+    loop = _server_loop
+    if loop is None or loop.is_closed():
+        # Not inside the server (a management command, say): run on the worker loop of this
+        # process instead.
+        run_on_worker_loop(run_id)
+        return
+    asyncio.run_coroutine_threadsafe(_start_task(run_id), loop)
+
+
+async def _start_task(run_id: str) -> None:
+    from .agent import execute_run
+
+    task = asyncio.create_task(execute_run(run_id))
+    _tasks.add(task)  # keep a reference: the loop holds tasks only weakly
+    task.add_done_callback(_tasks.discard)
+    task.add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception():
+        log.error("Run task crashed", exc_info=task.exception())
+
+
+# --- The worker process's long-lived loop -------------------------------------------------------
+_worker_loop: asyncio.AbstractEventLoop | None = None
+_worker_lock = threading.Lock()
+
+
+def worker_loop() -> asyncio.AbstractEventLoop:
+    """One event loop per process, in a daemon thread, made on first use (after any fork)."""
+    global _worker_loop
+    with _worker_lock:
+        if _worker_loop is None or _worker_loop.is_closed():
+            try:
+                import uvloop
+
+                loop = uvloop.new_event_loop()
+            except ImportError:
+                loop = asyncio.new_event_loop()
+            thread = threading.Thread(
+                target=loop.run_forever, name="tandem-run-loop", daemon=True
+            )
+            thread.start()
+            _worker_loop = loop
+        return _worker_loop
+
+
+def run_on_worker_loop(run_id: str) -> Future:
+    from .agent import execute_run
+
+    return asyncio.run_coroutine_threadsafe(execute_run(run_id), worker_loop())

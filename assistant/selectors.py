@@ -1,0 +1,39 @@
+"""Permission-scoped reads of conversations and runs: anything outside the member's team is 404."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from django.shortcuts import get_object_or_404
+
+from accounts.models import Membership, Team
+
+from .models import Conversation, Message, Role, Run
+
+
+def conversations_of(team: Team, *, query: str = "") -> QuerySet[Conversation]:
+    conversations = team.conversations.order_by("-updated", "-id")
+    if query:
+        conversations = conversations.filter(title__icontains=query)
+    return conversations
+
+
+def conversation_for(membership: Membership, conversation_id) -> Conversation:
+    return get_object_or_404(
+        Conversation.objects.select_related("team"), uuid=conversation_id, team=membership.team
+    )
+
+
+def run_for_user(user, run_id) -> Run:
+    return get_object_or_404(
+        Run.objects.select_related("conversation"),
+        uuid=run_id,
+        conversation__team__memberships__user=user,
+    )
+
+
+def user_messages_of(conversation: Conversation) -> QuerySet[Message]:
+    return conversation.messages.filter(role=Role.USER).select_related("author")
+
+
+def runs_of(conversation: Conversation) -> QuerySet[Run]:
+    return conversation.runs.select_related("assistant_message").order_by("created", "id")

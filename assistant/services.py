@@ -1,0 +1,204 @@
+"""Writes for conversations, messages and runs. Events are published only after commit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Team, User
+
+from . import events, streams
+from .models import FINISHED_STATUSES, Conversation, Message, Role, Run, RunStatus, UsageRecord
+
+TITLE_CHARS = 80
+
+
+class ChatError(Exception):
+    """A chat operation that cannot be done, with a message for the user."""
+
+
+def _title_from(content: str) -> str:
+    first_line = next((line.strip() for line in content.splitlines() if line.strip()), "")
+    first_line = first_line.lstrip("#>*- ").strip()
+    if len(first_line) > TITLE_CHARS:
+        first_line = first_line[: TITLE_CHARS - 1].rstrip() + "…"
+    return first_line
+
+
+def conversation_create(*, team: Team, author: User, title: str = "") -> Conversation:
+    title = title.strip()[:200]
+    return Conversation.objects.create(
+        team=team, created_by=author, title=title, title_is_custom=bool(title)
+    )
+
+
+def conversation_rename(*, conversation: Conversation, title: str) -> Conversation:
+    title = title.strip()
+    if not title:
+        raise ChatError("A title cannot be empty.")
+    if len(title) > 200:
+        raise ChatError("A title can have at most 200 characters.")
+    conversation.title = title
+    conversation.title_is_custom = True
+    conversation.save(update_fields=["title", "title_is_custom"])
+    events.publish_on_commit(str(conversation.uuid), events.conversation_renamed(conversation))
+    return conversation
+
+
+def conversation_delete(*, conversation: Conversation) -> None:
+    conversation_id = str(conversation.uuid)
+    for run in conversation.runs.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]):
+        streams.request_cancel(str(run.uuid))
+    conversation.delete()
+    events.publish_on_commit(conversation_id, {"t": "conversation.deleted"})
+
+
+def validate_content(content: str) -> str:
+    if not content.strip():
+        raise ChatError("Write a message first.")
+    if len(content) > settings.MAX_MESSAGE_CHARS:
+        raise ChatError(
+            f"This message has {len(content):,} characters; the limit is "
+            f"{settings.MAX_MESSAGE_CHARS:,}. Shorten it or split it into parts."
+        )
+    if "\x00" in content:
+        raise ChatError("This message contains a NUL character, which cannot be stored.")
+    return content
+
+
+@dataclass
+class Sent:
+    message: Message
+    run: Run
+
+
+@transaction.atomic
+def message_send(*, conversation: Conversation, author: User, content: str) -> Sent:
+    """Save the user's message and a queued run in one transaction; after commit, tell the
+    viewers and start the run."""
+    content = validate_content(content)
+    now = timezone.now()
+    message = Message.objects.create(
+        conversation=conversation, role=Role.USER, author=author, content=content, created=now
+    )
+    run = Run.objects.create(
+        conversation=conversation, user_message=message, requested_by=author, created=now
+    )
+    fields = ["updated"]
+    conversation.updated = now
+    if not conversation.title_is_custom and not conversation.title:
+        conversation.title = _title_from(content)
+        fields.append("title")
+    conversation.save(update_fields=fields)
+    _announce_and_enqueue(conversation, message, run, title_changed="title" in fields)
+    return Sent(message, run)
+
+
+def _announce_and_enqueue(
+    conversation: Conversation, message: Message, run: Run, *, title_changed: bool = False
+) -> None:
+    from .runner import enqueue_run
+
+    conversation_id = str(conversation.uuid)
+    events.publish_on_commit(conversation_id, events.message_created(message, run))
+    if title_changed:
+        events.publish_on_commit(conversation_id, events.conversation_renamed(conversation))
+    transaction.on_commit(lambda: enqueue_run(str(run.uuid)))
+
+
+@transaction.atomic
+def run_retry(*, run: Run, author: User) -> Run:
+    """A new run answering the same user message; the failed one stays as it was."""
+    if run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
+        raise ChatError("Only a failed or stopped reply can be retried.")
+    conversation = run.conversation
+    new_run = Run.objects.create(
+        conversation=conversation, user_message=run.user_message, requested_by=author
+    )
+    from .runner import enqueue_run
+
+    events.publish_on_commit(
+        str(conversation.uuid), {"t": "run.queued", "run": events.run_data(new_run)}
+    )
+    transaction.on_commit(lambda: enqueue_run(str(new_run.uuid)))
+    return new_run
+
+
+def run_cancel(*, run: Run) -> None:
+    """Stop a run. A queued run is cancelled here; a running one is told through the shared
+    cancel flag, and its executor stops within a fraction of a second, keeping the partial
+    text."""
+    stopped = Run.objects.filter(pk=run.pk, status=RunStatus.QUEUED).update(
+        status=RunStatus.CANCELLED, finished=timezone.now()
+    )
+    if stopped:
+        events.publish_sync(
+            str(run.conversation.uuid),
+            {"t": "run.cancelled", "run": str(run.uuid), "message": None},
+        )
+        return
+    if run.status == RunStatus.RUNNING or Run.objects.filter(
+        pk=run.pk, status=RunStatus.RUNNING
+    ).exists():
+        streams.request_cancel(str(run.uuid))
+
+
+# --- Used by the agent (async code calls these through sync_to_async) ------------------------
+
+
+def run_claim(run_id: str) -> Run | None:
+    """queued -> running, once: a task delivered twice finds nothing to claim."""
+    claimed = Run.objects.filter(uuid=run_id, status=RunStatus.QUEUED).update(
+        status=RunStatus.RUNNING, started=timezone.now()
+    )
+    if not claimed:
+        return None
+    return Run.objects.select_related("conversation__team", "requested_by", "user_message").get(
+        uuid=run_id
+    )
+
+
+def run_finish(
+    *, run: Run, status: str, text: str, error: str = "", model: str = ""
+) -> Message | None:
+    """Save the reply (exactly the text that was streamed) and the final status."""
+    assert status in FINISHED_STATUSES
+    with transaction.atomic():
+        updated = Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+            status=status, error=error, finished=timezone.now(), model=model
+        )
+        if not updated:
+            return None
+        message = None
+        if text:
+            message = Message.objects.create(
+                conversation_id=run.conversation_id, role=Role.ASSISTANT, content=text, run=run
+            )
+        Conversation.objects.filter(pk=run.conversation_id).update(updated=timezone.now())
+    return message
+
+
+def usage_record(*, run: Run, model: str, usage, outcome: str) -> None:
+    UsageRecord.objects.create(
+        team_id=run.conversation.team_id,
+        user=run.requested_by,
+        conversation_id=run.conversation_id,
+        run=run,
+        model=model,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        latency_ms=usage.latency_ms,
+        ttft_ms=usage.ttft_ms,
+        outcome=outcome,
+    )
+
+
+# Not thread-sensitive: each is one self-contained unit of work, and hundreds of runs on one
+# loop must not queue behind a single thread (nor behind the server's views in embedded mode).
+arun_claim = sync_to_async(run_claim, thread_sensitive=False)
+arun_finish = sync_to_async(run_finish, thread_sensitive=False)
+ausage_record = sync_to_async(usage_record, thread_sensitive=False)

@@ -1,0 +1,20 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.conversation_list, name="conversation_list"),
+    path("c/new/", views.conversation_create, name="conversation_create"),
+    path("c/<uuid:conversation_id>/", views.conversation_detail, name="conversation_detail"),
+    path("c/<uuid:conversation_id>/messages/", views.message_send, name="message_send"),
+    path("c/<uuid:conversation_id>/rename/", views.conversation_rename, name="conversation_rename"),
+    path("c/<uuid:conversation_id>/delete/", views.conversation_delete, name="conversation_delete"),
+]
+
+# Runs are addressed without the team: fragments rendered for the WebSocket don't know it, and
+# the selector scopes every lookup to the requester's teams anyway.
+run_urlpatterns = [
+    path("runs/<uuid:run_id>/", views.run_detail, name="run_detail"),
+    path("runs/<uuid:run_id>/cancel/", views.run_cancel, name="run_cancel"),
+    path("runs/<uuid:run_id>/retry/", views.run_retry, name="run_retry"),
+]

@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from accounts.selectors import membership_for
+
+from . import selectors, services, streams
+from .llm import config_for_team
+from .rendering import message_context, run_context
+
+
+@login_required
+@require_GET
+def conversation_list(request: HttpRequest, slug: str) -> HttpResponse:
+    membership = membership_for(request.user, slug)
+    request.session["last_team"] = slug
+    query = request.GET.get("q", "").strip()[:200]
+    conversations = selectors.conversations_of(membership.team, query=query)
+    page = Paginator(conversations, 50).get_page(request.GET.get("page"))
+    context = {"team": membership.team, "membership": membership, "page": page, "q": query}
+    template = "assistant/conversation_list.html"
+    if request.htmx and request.htmx.target == "conversation-results":
+        template = "assistant/_conversation_results.html"
+    return render(request, template, context)
+
+
+@login_required
+@require_POST
+def conversation_create(request: HttpRequest, slug: str) -> HttpResponse:
+    membership = membership_for(request.user, slug)
+    conversation = services.conversation_create(
+        team=membership.team, author=request.user, title=request.POST.get("title", "")
+    )
+    return redirect("conversation_detail", slug=slug, conversation_id=conversation.uuid)
+
+
+def _turns(conversation) -> list[dict]:
+    """User messages, each with the runs that answer it, in order."""
+    turns: list[dict] = []
+    by_message: dict[int, dict] = {}
+    for message in selectors.user_messages_of(conversation):
+        turn = {"message": message_context(message), "runs": []}
+        turns.append(turn)
+        by_message[message.pk] = turn
+    for run in selectors.runs_of(conversation):
+        turn = by_message.get(run.user_message_id)
+        if turn is None:
+            continue
+        snap = streams.snapshot_sync(str(run.uuid)) if not run.is_finished else None
+        turn["runs"].append(
+            run_context(run, snap.text if snap else "", snap.seq if snap else 0)
+        )
+    return turns
+
+
+@login_required
+@require_GET
+def conversation_detail(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
+    membership = membership_for(request.user, slug)
+    conversation = selectors.conversation_for(membership, conversation_id)
+    context = {
+        "team": membership.team,
+        "membership": membership,
+        "conversation": conversation,
+        "turns": _turns(conversation),
+        "model_label": config_for_team(membership.team).label,
+        "max_chars": services.settings.MAX_MESSAGE_CHARS,
+    }
+    if request.htmx and request.htmx.target == "messages":
+        return render(request, "assistant/_messages.html", context)
+    return render(request, "assistant/conversation.html", context)
+
+
+@login_required
+@require_POST
+def message_send(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
+    membership = membership_for(request.user, slug)
+    conversation = selectors.conversation_for(membership, conversation_id)
+    content = request.POST.get("content", "")
+    try:
+        sent = services.message_send(
+            conversation=conversation, author=request.user, content=content
+        )
+    except services.ChatError as exc:
+        # 422 keeps the composer's text in place; htmx shows the error next to it.
+        return render(
+            request, "assistant/_composer_error.html", {"error": str(exc)}, status=422
+        )
+    turn = {
+        "message": message_context(sent.message),
+        "runs": [run_context(sent.run)],
+    }
+    return render(request, "assistant/_turn.html", turn, status=201)
+
+
+@login_required
+@require_POST
+def conversation_rename(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
+    membership = membership_for(request.user, slug)
+    conversation = selectors.conversation_for(membership, conversation_id)
+    try:
+        services.conversation_rename(conversation=conversation, title=request.POST.get("title", ""))
+    except services.ChatError as exc:
+        messages.error(request, str(exc))
+    if request.htmx:
+        return render(request, "assistant/_title.html", {"conversation": conversation})
+    return redirect("conversation_detail", slug=slug, conversation_id=conversation.uuid)
+
+
+@login_required
+@require_POST
+def conversation_delete(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
+    membership = membership_for(request.user, slug)
+    conversation = selectors.conversation_for(membership, conversation_id)
+    title = conversation.display_title
+    services.conversation_delete(conversation=conversation)
+    messages.success(request, f"Deleted “{title}”.")
+    if request.htmx:
+        return HttpResponseClientRedirect(f"/t/{slug}/")
+    return redirect("conversation_list", slug=slug)
+
+
+@login_required
+@require_POST
+def run_cancel(request: HttpRequest, run_id) -> HttpResponse:
+    run = selectors.run_for_user(request.user, run_id)
+    services.run_cancel(run=run)
+    return HttpResponse(status=204)
+
+
+@login_required
+@require_POST
+def run_retry(request: HttpRequest, run_id) -> HttpResponse:
+    run = selectors.run_for_user(request.user, run_id)
+    try:
+        new_run = services.run_retry(run=run, author=request.user)
+    except services.ChatError as exc:
+        return HttpResponse(str(exc), status=409)
+    return render(request, "assistant/_run.html", {"run": run_context(new_run)}, status=201)
+
+
+@login_required
+@require_GET
+def run_detail(request: HttpRequest, run_id) -> HttpResponse:
+    """One run's bubble as it is now: the page asks for it when a stream ended unseen."""
+    run = selectors.run_for_user(request.user, run_id)
+    snap = streams.snapshot_sync(str(run.uuid)) if not run.is_finished else None
+    context = {"run": run_context(run, snap.text if snap else "", snap.seq if snap else 0)}
+    return render(request, "assistant/_run.html", context)

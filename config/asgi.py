@@ -1,0 +1,32 @@
+"""ASGI entry point: Django for HTTP, Channels for the WebSocket, one process, one loop."""
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
+from assistant.routing import websocket_urlpatterns  # noqa: E402
+from assistant.runner import remember_server_loop  # noqa: E402
+
+router = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        # Cross-origin handshakes are refused: the Origin must be one of ALLOWED_HOSTS.
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        ),
+    }
+)
+
+
+async def application(scope, receive, send):
+    # Embedded mode runs agent turns on this loop; remember it for views running in threads.
+    remember_server_loop()
+    await router(scope, receive, send)

@@ -1,0 +1,258 @@
+// Live conversation: applies the WebSocket's events to the page.
+//
+// Deltas carry a sequence number per run. A delta we already have is dropped; a gap (pub/sub
+// is at-most-once) makes us ask the server for a fresh snapshot. After a reconnect we reload
+// the message list over HTTP and resync, so nothing sent while we were away is missing.
+(() => {
+  "use strict";
+  const script = document.currentScript;
+  const wsPath = script.dataset.ws;
+  const messagesUrl = script.dataset.messagesUrl;
+  const runUrlTemplate = script.dataset.runUrl;
+  const messages = document.getElementById("messages");
+  const composer = document.getElementById("composer");
+  const textarea = composer.querySelector("textarea");
+  const errorBox = document.getElementById("composer-error");
+  const connection = document.getElementById("connection");
+  const presence = document.getElementById("presence");
+
+  let socket = null;
+  let attempts = 0;
+  let connectedOnce = false;
+  let buffer = null; // frames held while the message list reloads
+  let pingTimer = null;
+  let gone = false;
+
+  const runEl = (id) => document.getElementById("run-" + id);
+  const nearBottom = () => window.innerHeight + window.scrollY >= document.body.scrollHeight - 120;
+
+  function keepScrolled(fn) {
+    const stick = nearBottom();
+    fn();
+    if (stick) window.scrollTo(0, document.body.scrollHeight);
+  }
+
+  function insertHtml(html) {
+    const empty = document.getElementById("empty-state");
+    if (empty) empty.remove();
+    const template = document.createElement("template");
+    template.innerHTML = html;
+    const nodes = [...template.content.children];
+    keepScrolled(() => nodes.forEach((node) => messages.appendChild(node)));
+    nodes.forEach((node) => htmx.process(node));
+  }
+
+  function replaceRun(id, html) {
+    const el = runEl(id);
+    if (!el) return refreshMessages();
+    const template = document.createElement("template");
+    template.innerHTML = html;
+    const node = template.content.firstElementChild;
+    keepScrolled(() => el.replaceWith(node));
+    htmx.process(node);
+  }
+
+  function send(frame) {
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
+  }
+
+  let resyncPending = false;
+  function requestResync() {
+    if (resyncPending) return;
+    resyncPending = true;
+    send({ t: "resync" });
+  }
+
+  function applyDelta(frame) {
+    const el = runEl(frame.r);
+    const stream = el && el.querySelector(".stream");
+    if (!stream) return requestResync();
+    const seq = Number(el.dataset.seq || 0);
+    if (frame.s <= seq) return; // already have it (snapshot covered it)
+    if (frame.s !== seq + 1) return requestResync(); // a gap: fetch the text so far
+    keepScrolled(() => stream.append(document.createTextNode(frame.x)));
+    el.dataset.seq = String(frame.s);
+    setRunning(el);
+  }
+
+  function setRunning(el) {
+    if (el.dataset.status === "running") return;
+    el.dataset.status = "running";
+    const status = el.querySelector(".status-text");
+    if (status) status.textContent = "Writing…";
+  }
+
+  function applySync(frame) {
+    resyncPending = false;
+    const active = new Set();
+    let unknown = false;
+    for (const run of frame.runs) {
+      active.add(run.run);
+      const el = runEl(run.run);
+      const stream = el && el.querySelector(".stream");
+      if (!stream) {
+        unknown = true;
+        continue;
+      }
+      if (run.seq > Number(el.dataset.seq || 0)) {
+        stream.textContent = run.text;
+        el.dataset.seq = String(run.seq);
+        if (run.seq > 0) setRunning(el);
+      }
+    }
+    // A run shown as in flight that the server no longer lists ended while we were away.
+    messages.querySelectorAll('[data-status="queued"],[data-status="running"]').forEach((el) => {
+      if (!active.has(el.dataset.run)) refreshRun(el.dataset.run);
+    });
+    if (unknown) refreshMessages();
+  }
+
+  async function refreshRun(id) {
+    const response = await fetch(runUrlTemplate.replace("00000000-0000-0000-0000-000000000000", id));
+    if (response.ok) replaceRun(id, await response.text());
+  }
+
+  async function refreshMessages() {
+    if (buffer) return;
+    buffer = [];
+    try {
+      const response = await fetch(messagesUrl, {
+        headers: { "HX-Request": "true", "HX-Target": "messages" },
+      });
+      if (response.ok) {
+        const html = await response.text();
+        keepScrolled(() => {
+          messages.innerHTML = html;
+        });
+        htmx.process(messages);
+      }
+    } finally {
+      const held = buffer;
+      buffer = null;
+      held.forEach(handle);
+    }
+  }
+
+  function handle(frame) {
+    if (buffer && frame.t !== "pong") {
+      buffer.push(frame);
+      return;
+    }
+    switch (frame.t) {
+      case "d":
+        return applyDelta(frame);
+      case "sync":
+        return applySync(frame);
+      case "message.created":
+        if (!document.getElementById("msg-" + frame.message_id)) insertHtml(frame.html);
+        return;
+      case "run.queued":
+        if (!runEl(frame.run.id)) insertHtml(frame.html);
+        return;
+      case "run.started": {
+        const el = runEl(frame.run);
+        if (el) setRunning(el);
+        return;
+      }
+      case "run.completed":
+      case "run.failed":
+      case "run.cancelled":
+        return replaceRun(frame.run, frame.html);
+      case "conversation.renamed": {
+        const input = document.querySelector("#title input");
+        if (input && document.activeElement !== input) input.value = frame.title;
+        document.title = frame.title + " · Tandem";
+        return;
+      }
+      case "conversation.deleted":
+        gone = true;
+        composer.querySelectorAll("textarea,button").forEach((el) => (el.disabled = true));
+        errorBox.innerHTML = "";
+        errorBox.append(banner("This conversation was deleted by a teammate."));
+        return;
+      case "presence":
+        presence.textContent = frame.viewers.length ? "Viewing: " + frame.viewers.join(", ") : "";
+        return;
+    }
+  }
+
+  function banner(text) {
+    const div = document.createElement("div");
+    div.className = "error";
+    div.setAttribute("role", "alert");
+    div.textContent = text;
+    return div;
+  }
+
+  function setConnection(state, text) {
+    connection.dataset.state = state;
+    connection.textContent = text;
+  }
+
+  function connect() {
+    if (gone) return;
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    socket = new WebSocket(scheme + location.host + wsPath);
+    socket.onopen = () => {
+      attempts = 0;
+      setConnection("live", "live");
+      if (connectedOnce) refreshMessages(); // events may have passed while we were away
+      connectedOnce = true;
+      clearInterval(pingTimer);
+      pingTimer = setInterval(() => send({ t: "ping" }), 30000);
+    };
+    socket.onmessage = (event) => handle(JSON.parse(event.data));
+    socket.onclose = () => {
+      clearInterval(pingTimer);
+      resyncPending = false;
+      if (gone) return setConnection("closed", "closed");
+      setConnection("down", "reconnecting…");
+      const delay = Math.min(5000, 250 * 2 ** attempts++);
+      setTimeout(connect, delay);
+    };
+  }
+
+  window.addEventListener("online", () => {
+    if (socket && socket.readyState === WebSocket.CLOSED) connect();
+  });
+
+  // Composer: Enter sends, Shift+Enter is a new line.
+  textarea.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      if (textarea.value.trim()) htmx.trigger(composer, "submit");
+    }
+  });
+
+  composer.addEventListener("htmx:beforeSwap", (event) => {
+    const xhr = event.detail.xhr;
+    if (xhr.status === 422 || xhr.status === 400 || xhr.status === 403) {
+      event.detail.shouldSwap = true;
+      event.detail.target = errorBox;
+      event.detail.swapOverride = "innerHTML";
+      return;
+    }
+    // The WebSocket may have delivered this message first: don't show it twice.
+    const id = (xhr.responseText.match(/id="msg-([0-9a-f-]+)"/) || [])[1];
+    if (id && document.getElementById("msg-" + id)) event.detail.shouldSwap = false;
+  });
+  composer.addEventListener("htmx:afterRequest", (event) => {
+    if (event.detail.successful) {
+      textarea.value = "";
+      errorBox.innerHTML = "";
+      document.getElementById("empty-state")?.remove();
+      window.scrollTo(0, document.body.scrollHeight);
+    }
+  });
+  composer.addEventListener("htmx:sendError", () => {
+    errorBox.innerHTML = "";
+    errorBox.append(banner("Could not reach Tandem. Your message is still here: send it again."));
+  });
+  // A retry's bubble may already have come over the WebSocket.
+  messages.addEventListener("htmx:beforeSwap", (event) => {
+    const id = (event.detail.xhr.responseText.match(/id="run-([0-9a-f-]+)"/) || [])[1];
+    if (event.detail.requestConfig.verb === "post" && id && runEl(id)) event.detail.shouldSwap = false;
+  });
+
+  connect();
+})();
