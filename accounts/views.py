@@ -76,7 +76,9 @@ def members(request: HttpRequest, slug: str) -> HttpResponse:
                 form.add_error("email", str(exc))
             else:
                 if new_invitation.invitation.email:
-                    messages.success(request, f"Invitation sent to {new_invitation.invitation.email}.")
+                    messages.success(
+                        request, f"Invitation sent to {new_invitation.invitation.email}."
+                    )
                 form = InviteForm()
     context = {
         "team": team,

@@ -104,7 +104,9 @@ def _build_prompt(run: Run) -> list[dict]:
         if budget - len(content) < 0 and selected:
             break
         budget -= len(content)
-        selected.append({"role": "assistant" if role == Role.ASSISTANT else "user", "content": content})
+        selected.append(
+            {"role": "assistant" if role == Role.ASSISTANT else "user", "content": content}
+        )
     selected.reverse()
     return [{"role": "system", "content": SYSTEM_PROMPT}, *selected]
 
@@ -121,7 +123,9 @@ async def execute_run(run_id: str) -> None:
         return
     conversation_id = str(run.conversation.uuid)
     config = await _aconfig_for_team(run.conversation.team)
-    await events.publish(conversation_id, {"t": "run.started", "run": run_id, "model": config.label})
+    await events.publish(
+        conversation_id, {"t": "run.started", "run": run_id, "model": config.label}
+    )
     publisher = DeltaPublisher(conversation_id, run_id, settings.STREAM_COALESCE_MS)
     parts: list[str] = []
     usage = llm.Usage()

@@ -33,9 +33,7 @@ MAX_CLIENT_FRAME = 4096
 @database_sync_to_async
 def _conversation_for(user, conversation_id) -> Conversation | None:
     """The conversation if the user is a member of its team; None for everyone else."""
-    conversation = (
-        Conversation.objects.select_related("team").filter(uuid=conversation_id).first()
-    )
+    conversation = Conversation.objects.select_related("team").filter(uuid=conversation_id).first()
     if conversation is None:
         return None
     if not Membership.objects.filter(team_id=conversation.team_id, user=user).exists():

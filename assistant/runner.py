@@ -73,9 +73,7 @@ def worker_loop() -> asyncio.AbstractEventLoop:
                 loop = uvloop.new_event_loop()
             except ImportError:
                 loop = asyncio.new_event_loop()
-            thread = threading.Thread(
-                target=loop.run_forever, name="tandem-run-loop", daemon=True
-            )
+            thread = threading.Thread(target=loop.run_forever, name="tandem-run-loop", daemon=True)
             thread.start()
             _worker_loop = loop
         return _worker_loop

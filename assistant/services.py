@@ -141,9 +141,10 @@ def run_cancel(*, run: Run) -> None:
             {"t": "run.cancelled", "run": str(run.uuid), "message": None},
         )
         return
-    if run.status == RunStatus.RUNNING or Run.objects.filter(
-        pk=run.pk, status=RunStatus.RUNNING
-    ).exists():
+    if (
+        run.status == RunStatus.RUNNING
+        or Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).exists()
+    ):
         streams.request_cancel(str(run.uuid))
 
 
@@ -202,3 +203,13 @@ def usage_record(*, run: Run, model: str, usage, outcome: str) -> None:
 arun_claim = sync_to_async(run_claim, thread_sensitive=False)
 arun_finish = sync_to_async(run_finish, thread_sensitive=False)
 ausage_record = sync_to_async(usage_record, thread_sensitive=False)
+
+
+def fail_interrupted_runs() -> int:
+    """Embedded mode: runs execute inside the server, so at start-up any run still queued or
+    running was cut off by the last shutdown."""
+    return Run.objects.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).update(
+        status=RunStatus.FAILED,
+        error="Interrupted: the server restarted before the reply finished.",
+        finished=timezone.now(),
+    )

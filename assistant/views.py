@@ -53,9 +53,7 @@ def _turns(conversation) -> list[dict]:
         if turn is None:
             continue
         snap = streams.snapshot_sync(str(run.uuid)) if not run.is_finished else None
-        turn["runs"].append(
-            run_context(run, snap.text if snap else "", snap.seq if snap else 0)
-        )
+        turn["runs"].append(run_context(run, snap.text if snap else "", snap.seq if snap else 0))
     return turns
 
 
@@ -89,9 +87,7 @@ def message_send(request: HttpRequest, slug: str, conversation_id) -> HttpRespon
         )
     except services.ChatError as exc:
         # 422 keeps the composer's text in place; htmx shows the error next to it.
-        return render(
-            request, "assistant/_composer_error.html", {"error": str(exc)}, status=422
-        )
+        return render(request, "assistant/_composer_error.html", {"error": str(exc)}, status=422)
     turn = {
         "message": message_context(sent.message),
         "runs": [run_context(sent.run)],

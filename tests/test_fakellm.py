@@ -196,26 +196,26 @@ def test_reply_to_a_tool_result(litellm, llm):
 # --- errors ----------------------------------------------------------------------------------
 
 ERRORS = {
-    # case: (message text, extra litellm kwargs, litellm exception class name)
-    "rate-limit": ("[[error=429]]", {}, "RateLimitError"),
-    "bad-key": ("hello", {"api_key": "bad-key"}, "AuthenticationError"),
-    "no-such-model": ("hello", {"model": "no-such-model"}, "NotFoundError"),
-    "bad-request": ("[[error=400]]", {}, "BadRequestError"),
-    "server-error": ("[[error=500]]", {}, "InternalServerError"),
-    "unavailable": ("[[error=503]]", {}, "ServiceUnavailableError"),
+    # case: (message text, api key, model name, the litellm exception it must raise)
+    "rate-limit": ("[[error=429]]", "test-key", "fake-model", "RateLimitError"),
+    "bad-key": ("hello", "bad-key", "fake-model", "AuthenticationError"),
+    "no-such-model": ("hello", "test-key", "no-such-model", "NotFoundError"),
+    "bad-request": ("[[error=400]]", "test-key", "fake-model", "BadRequestError"),
+    "server-error": ("[[error=500]]", "test-key", "fake-model", "InternalServerError"),
+    "unavailable": ("[[error=503]]", "test-key", "fake-model", "ServiceUnavailableError"),
 }
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 @pytest.mark.parametrize("case", list(ERRORS))
 def test_errors_map_to_litellm_exceptions(litellm, llm, case, stream):
-    text, extra, exception_name = ERRORS[case]
-    kwargs = {**llm, **extra}
-    if "model" in extra:
-        kwargs["model"] = llm["model"].replace("fake-model", extra["model"])
+    text, api_key, model_name, exception_name = ERRORS[case]
+    model = llm["model"].replace("fake-model", model_name)
+    kwargs = {**llm, "api_key": api_key, "model": model}
     with pytest.raises(getattr(litellm, exception_name)):
         response = litellm.completion(**kwargs, messages=user(text), stream=stream)
-        read_stream(response) if stream else None
+        if stream:
+            read_stream(response)
 
 
 def test_fail_times_fails_first_then_succeeds(litellm, llm):
@@ -255,11 +255,11 @@ def post(port: int, path: str, body: dict, headers: dict | None = None):
         data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json", **(headers or {})},
     )
-    return urllib.request.urlopen(request, timeout=10)  # noqa: S310 - local test server
+    return urllib.request.urlopen(request, timeout=10)
 
 
 def get_json(port: int, path: str) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
         return json.load(response)
 
 

@@ -31,6 +31,9 @@ What the reply contains, first rule that applies wins:
 4. ``echo=1`` -> the message text, directives stripped
 5. otherwise -> the demo text (``demo_text``)
 
+Directives come from the last user message even when a tool result follows it, so delays,
+errors and break_after also apply to the reply to that tool result.
+
 Token rule of ``scripted_tokens(n)``: token i (0-based) is ``WORDS[i % len(WORDS)]`` followed
 by one space, except the last token, which has no trailing space. So
 ``"".join(scripted_tokens(3)) == "alpha bravo charlie"``.

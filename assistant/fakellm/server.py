@@ -28,6 +28,7 @@ BAD_KEY = "bad-key"
 MISSING_MODEL = "no-such-model"
 MODELS = ("fake-model", "demo")
 RETRY_AFTER_SECONDS = "1"
+_COMPACT = (",", ":")  # JSON separators without spaces, as the real providers send
 
 FAIL_COUNTS = web.AppKey("fail_counts", dict)
 CALL_IDS = web.AppKey("call_ids", itertools.count)
@@ -620,8 +621,8 @@ async def _start_stream(request: web.Request, content_type: str) -> web.StreamRe
 
 async def _write_sse(resp: web.StreamResponse, data: dict, event_name: str | None = None) -> None:
     head = f"event: {event_name}\n" if event_name else ""
-    await resp.write(f"{head}data: {json.dumps(data)}\n\n".encode())
+    await resp.write(f"{head}data: {json.dumps(data, separators=_COMPACT)}\n\n".encode())
 
 
 async def _write_ndjson(resp: web.StreamResponse, data: dict) -> None:
-    await resp.write(json.dumps(data).encode() + b"\n")
+    await resp.write(json.dumps(data, separators=_COMPACT).encode() + b"\n")

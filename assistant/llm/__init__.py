@@ -94,9 +94,7 @@ async def _call_kwargs(config: LLMConfig) -> dict:
     return kwargs
 
 
-async def stream_chat(
-    config: LLMConfig, messages: list[dict]
-) -> AsyncIterator[str | Usage]:
+async def stream_chat(config: LLMConfig, messages: list[dict]) -> AsyncIterator[str | Usage]:
     """Yield text pieces, then one Usage. Raises LLMError."""
     attempt = 0
     while True:

@@ -1,0 +1,49 @@
+# Tandem. `make run` serves it; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test prod bench lint format check-services migrate clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+migrate: $(STAMP)
+	$(PY) manage.py migrate --noinput -v0
+
+## Embedded mode: SQLite, in-memory channel layer, runs inside the server. No services needed.
+run: migrate
+	$(PY) -m config.serve -b $(HOST) -p $(PORT)
+
+## The whole suite against PostgreSQL and Redis (DATABASE_URL, REDIS_URL; default 127.0.0.1).
+test: $(STAMP)
+	@$(PY) scripts/install_test_deps.py
+	@$(PY) scripts/check_services.py
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Production topology on one machine (Daphne + Celery worker) against local PostgreSQL and
+## Redis, with the fake provider as the model unless LLM_MODEL is set.
+prod: $(STAMP)
+	@$(PY) scripts/check_services.py
+	$(VENV)/bin/honcho -f deploy/Procfile.local start
+
+bench: $(STAMP)
+	@$(PY) scripts/check_services.py
+	$(PY) bench/stream.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .tandem .pytest_cache

@@ -1,0 +1,54 @@
+"""Start Daphne (HTTP + WebSocket) on uvloop: ``python -m config.serve [daphne options]``.
+
+Embedded mode also fails the runs a previous server process left unfinished (they ran inside
+it), and says which model is in use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+
+def main() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+    from django.conf import settings
+
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    if settings.RUN_EXECUTOR == "inprocess":
+        from assistant.services import fail_interrupted_runs
+
+        count = fail_interrupted_runs()
+        if count:
+            print(f"Marked {count} run(s) left unfinished by a previous server as failed.")
+    from assistant.llm import site_config
+
+    args = sys.argv[1:] or ["-b", "127.0.0.1", "-p", "8000"]
+    host = args[args.index("-b") + 1] if "-b" in args else "127.0.0.1"
+    port = args[args.index("-p") + 1] if "-p" in args else "8000"
+    model = site_config()
+    print(f"Tandem ({settings.TANDEM_MODE} mode) at http://{host}:{port}", flush=True)
+    if model.is_demo:
+        print(
+            "Model: Demo model (scripted, not AI). Set LLM_MODEL, LLM_API_BASE and LLM_API_KEY, "
+            "or a team's settings, for a real one.",
+            flush=True,
+        )
+    else:
+        print(f"Model: {model.model}", flush=True)
+    from daphne.cli import CommandLineInterface
+
+    CommandLineInterface().run([*args, "config.asgi:application"])
+
+
+if __name__ == "__main__":
+    main()

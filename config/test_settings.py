@@ -1,0 +1,20 @@
+"""Settings for the test suite: the production settings, with test defaults for the services.
+
+The suite runs against real PostgreSQL and Redis (DATABASE_URL, REDIS_URL; 127.0.0.1 by
+default), with runs executed by a real Celery worker where a test starts the stack.
+"""
+
+import os
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tandem")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/9")
+os.environ.setdefault("TANDEM_DATA_DIR", "/tmp/tandem-test-data")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("RUN_EXECUTOR", "celery")
+# Playwright's sync API keeps an event loop running in the test thread; the ORM calls the tests
+# make around it are still plain synchronous calls.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+from .settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests

@@ -1,0 +1,253 @@
+"""Fixtures: the cast (Alice owns the team, Bob is a teammate, Charlie an outsider), and the
+real stack — the fake LLM provider, Daphne and a Celery worker as subprocesses against the test
+database and Redis — for tests that exercise what a person or a client sees."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+PASSWORD = "correct horse battery staple 42"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, name: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{name} did not listen on {port} within {timeout}s")
+
+
+@dataclass
+class Stack:
+    """Processes of the production topology, serving the test database."""
+
+    base_url: str
+    llm_base: str
+    env: dict[str, str]
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def ws_url(self) -> str:
+        return self.base_url.replace("http://", "ws://")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _spawn(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def start_stack(tmp: Path, *, db_name: str, redis_url: str, extra_env: dict | None = None) -> Stack:
+    web_port, llm_port = free_port(), free_port()
+    base = dict(os.environ)
+    db = settings.DATABASES["default"]
+    env = {
+        **base,
+        "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:"
+        f"{db['PORT'] or 5432}/{db_name}",
+        "REDIS_URL": redis_url,
+        "RUN_EXECUTOR": "celery",
+        "SECRET_KEY": settings.SECRET_KEY,
+        "LLM_MODEL": "openai/fake-model",
+        "LLM_API_BASE": f"http://127.0.0.1:{llm_port}/v1",
+        "LLM_API_KEY": "test-key",
+        "LLM_MAX_RETRIES": "1",
+        "SITE_URL": f"http://127.0.0.1:{web_port}",
+        "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
+    }
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    stack = Stack(f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{llm_port}", env)
+    py = sys.executable
+    commands = {
+        "fakellm": [py, "manage.py", "fakellm", "--port", str(llm_port)],
+        "daphne": [py, "-m", "config.serve", "-b", "127.0.0.1", "-p", str(web_port)],
+        "worker": [
+            py, "-m", "celery", "-A", "config", "worker", "--pool", "threads",
+            "--concurrency", "16", "--loglevel", "INFO", "--without-heartbeat",
+            "--without-gossip", "--without-mingle",
+        ],
+    }  # fmt: skip
+    for name, args in commands.items():
+        log = tmp / f"{name}.log"
+        stack.logs.append(log)
+        stack.procs.append(_spawn(args, env, log))
+    try:
+        wait_for_port(llm_port, stack.procs[0], "fake LLM")
+        wait_for_port(web_port, stack.procs[1], "Daphne")
+        _wait_for_worker(stack)
+    except Exception:
+        stack.stop()
+        for log in stack.logs:
+            print(log.name, log.read_text()[-3000:], file=sys.stderr)
+        raise
+    return stack
+
+
+def _wait_for_worker(stack: Stack, timeout: float = 30) -> None:
+    log = stack.logs[2]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stack.procs[2].poll() is not None:
+            raise RuntimeError("Celery worker exited: " + log.read_text()[-2000:])
+        if "ready" in log.read_text():
+            return
+        time.sleep(0.1)
+    raise RuntimeError("Celery worker not ready: " + log.read_text()[-2000:])
+
+
+@pytest.fixture(scope="session")
+def redis_clean():
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()
+    return client
+
+
+@pytest.fixture(scope="session")
+def stack(django_db_setup, django_db_blocker, tmp_path_factory, redis_clean) -> Iterator[Stack]:
+    db_name = settings.DATABASES["default"]["NAME"]
+    running = start_stack(
+        tmp_path_factory.mktemp("stack"), db_name=db_name, redis_url=settings.REDIS_URL
+    )
+    yield running
+    running.stop()
+    with django_db_blocker.unblock():
+        _disconnect_others()
+
+
+def _disconnect_others() -> None:
+    """Threads that ran ORM calls for a test (asyncio.to_thread) keep their connections open;
+    the test database can only be dropped once they are gone."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+# --- The cast ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return _user(django_user_model, "alice@example.com")
+
+
+@pytest.fixture
+def bob(django_user_model):
+    return _user(django_user_model, "bob@example.com")
+
+
+@pytest.fixture
+def charlie(django_user_model):
+    return _user(django_user_model, "charlie@example.com")
+
+
+def _user(model, email: str):
+    from allauth.account.models import EmailAddress
+
+    user = model.objects.create_user(email=email, password=PASSWORD)
+    EmailAddress.objects.create(user=user, email=email, primary=True, verified=True)
+    return user
+
+
+@pytest.fixture
+def team(alice, bob):
+    from accounts.models import Role
+    from accounts.services import membership_add, team_create
+
+    created = team_create(name="Acme", slug="acme", owner=alice)
+    membership_add(team=created, user=bob, role=Role.MEMBER)
+    return created
+
+
+@pytest.fixture
+def other_team(charlie):
+    from accounts.services import team_create
+
+    return team_create(name="Other", slug="other", owner=charlie)
+
+
+@pytest.fixture
+def conversation(team, alice):
+    from assistant.services import conversation_create
+
+    return conversation_create(team=team, author=alice, title="Refactor the parser")
+
+
+@pytest.fixture
+def no_runs(monkeypatch):
+    """For tests of the web layer alone: record runs instead of queuing them to a worker."""
+    queued: list[str] = []
+    monkeypatch.setattr("assistant.runner.enqueue_run", queued.append)
+    return queued
+
+
+# --- Browser -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            "Chromium is missing: run `make test`, which installs it (apt-get install chromium)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def artifacts(request) -> Path:
+    path = ROOT / "test-artifacts" / request.node.name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
