@@ -19,6 +19,14 @@ class AccountAdapter(DefaultAccountAdapter):
             return f"/t/{team_slug}/"
         return super().get_login_redirect_url(request)
 
+    def get_signup_redirect_url(self, request: HttpRequest) -> str:
+        # allauth asks this, not get_login_redirect_url, right after a sign-up (email or
+        # OAuth/OIDC): the team an invitation just joined (signals.on_signed_up) comes first.
+        team_slug = request.session.pop("joined_team", None)
+        if team_slug:
+            return f"/t/{team_slug}/"
+        return super().get_signup_redirect_url(request)
+
 
 class SocialAccountAdapter(DefaultSocialAccountAdapter):
     pass

@@ -139,6 +139,9 @@ class Invitation(models.Model):
     accepted = models.DateTimeField(null=True, blank=True)
     revoked = models.DateTimeField(null=True, blank=True)
 
+    def __str__(self) -> str:
+        return f"invitation to {self.team} for {self.email or 'anyone with the link'}"
+
     @staticmethod
     def new_token() -> tuple[str, str]:
         token = secrets.token_urlsafe(24)

@@ -7,6 +7,7 @@ The streamed text is coalesced into numbered deltas; the saved message is exactl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -170,10 +171,8 @@ async def _stream_until_cancelled(config, messages, publisher, parts, usage, run
             return False
         if await streams.is_cancel_requested(run_id):
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
             return True
 
 

@@ -57,6 +57,9 @@ class Message(models.Model):
         ordering = ["created", "id"]
         indexes = [models.Index(fields=["conversation", "created"], name="msg_conv_created")]
 
+    def __str__(self) -> str:
+        return f"{self.role} message {self.uuid}"
+
 
 class RunStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
@@ -90,6 +93,9 @@ class Run(models.Model):
     class Meta:
         ordering = ["created", "id"]
 
+    def __str__(self) -> str:
+        return f"run {self.uuid} ({self.status})"
+
     @property
     def is_finished(self) -> bool:
         return self.status in FINISHED_STATUSES
@@ -116,3 +122,6 @@ class UsageRecord(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["team", "created"], name="usage_team_created")]
+
+    def __str__(self) -> str:
+        return f"{self.model}: {self.prompt_tokens}+{self.completion_tokens} tokens"

@@ -152,7 +152,7 @@ async def discard(run_id: str) -> None:
     await pipe.execute()
 
 
-# --- Cancel flags ----------------------------------------------------------------------------------
+# --- Cancel flags ---------------------------------------------------------------------------
 def request_cancel(run_id: str) -> None:
     if not _use_redis():
         with _memory.lock:
@@ -169,6 +169,7 @@ async def is_cancel_requested(run_id: str) -> bool:
 
 # --- Presence ----------------------------------------------------------------------------------
 async def presence_join(conversation_id: str, channel: str, user_name: str) -> None:
+    """Note (or refresh) one connection's viewer."""
     now = time.time()
     if not _use_redis():
         with _memory.lock:

@@ -153,16 +153,16 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory, redis_clean) -> 
     )
     yield running
     running.stop()
-    with django_db_blocker.unblock():
-        _disconnect_others()
 
 
-def _disconnect_others() -> None:
-    """Threads that ran ORM calls for a test (asyncio.to_thread) keep their connections open;
-    the test database can only be dropped once they are gone."""
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """Threads that ran ORM calls for tests (the agent's executor threads, asyncio.to_thread)
+    keep their connections open; the test database can only be dropped once they are gone."""
+    yield
     from django.db import connection
 
-    with connection.cursor() as cursor:
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
@@ -251,3 +251,50 @@ def artifacts(request) -> Path:
     path = ROOT / "test-artifacts" / request.node.name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# --- Browser pages with screenshots on failure -------------------------------------------------
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so fixtures can tell a failure at teardown."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture
+def new_context(browser, artifacts, request):
+    """Make browser contexts (1280x800) for a test: ``new_context("alice", base_url=...)``.
+    When the test fails, every open page is saved into test-artifacts/<test>/ as a screenshot,
+    with the page's console messages next to it."""
+    made: list[tuple[str, object, list[str]]] = []
+
+    def make(name: str, **kwargs):
+        kwargs.setdefault("viewport", {"width": 1280, "height": 800})
+        context = browser.new_context(**kwargs)
+        context.set_default_timeout(10_000)
+        console: list[str] = []
+        context.on(
+            "page",
+            lambda page: page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}")),
+        )
+        made.append((name, context, console))
+        return context
+
+    yield make
+    failed = any(
+        getattr(request.node, f"rep_{when}", None) is not None
+        and getattr(request.node, f"rep_{when}").failed
+        for when in ("setup", "call")
+    )
+    for name, context, console in made:
+        if failed:
+            for index, page in enumerate(context.pages):
+                try:
+                    page.screenshot(path=str(artifacts / f"{name}-{index}.png"), full_page=True)
+                except Exception as exc:  # a crashed page must not hide the real failure
+                    print(f"screenshot of {name}-{index} failed: {exc}")
+            (artifacts / f"{name}-console.log").write_text("\n".join(console))
+        context.close()

@@ -124,10 +124,17 @@ def _backoff(attempt: int, retry_after) -> float:
     return 0.5 * 2 ** (attempt - 1)
 
 
+def _litellm():
+    import litellm
+
+    litellm.suppress_debug_info = True  # no feedback banner printed on every provider error
+    return litellm
+
+
 async def _stream_once(
     config: LLMConfig, messages: list[dict], started: float
 ) -> AsyncIterator[str | Usage]:
-    import litellm
+    litellm = _litellm()
 
     usage = Usage()
     finished = False
@@ -158,12 +165,19 @@ async def _stream_once(
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # litellm raises many types; translate them all to words
+        if usage.ttft_ms is not None:
+            raise LLMError(
+                "The connection to the model provider broke off in the middle of the reply. "
+                "The part received so far is kept; press Retry for a complete reply.",
+                code="stream_broken",
+            ) from exc
         raise translate_error(exc, config) from exc
     if not finished:
         raise LLMError(
-            "The model provider's stream ended before the reply was complete.",
+            "The model provider's stream ended before the reply was complete. The part "
+            "received so far is kept; press Retry for a complete reply.",
             code="stream_broken",
-            retryable=True,
+            retryable=usage.ttft_ms is None,
         )
     usage.latency_ms = int((time.monotonic() - started) * 1000)
     yield usage
@@ -203,7 +217,7 @@ def translate_error(exc: Exception, config: LLMConfig) -> LLMError:
         return LLMError(
             f"The model provider refused the request: {_short(exc)}", code="bad_request"
         )
-    if isinstance(exc, litellm.APIConnectionError) and status is None:
+    if _is_connection_error(exc):
         return LLMError(
             f"Could not reach the model provider at {where}, or it broke off the "
             f"connection: {_short(exc)}",
@@ -217,6 +231,28 @@ def translate_error(exc: Exception, config: LLMConfig) -> LLMError:
             retryable=True,
         )
     return LLMError(f"The model call failed: {_short(exc)}", code="error", retryable=True)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """litellm reports a refused connection as a 500 "Connection error." for some providers;
+    the cause chain says what really happened."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        name = type(seen).__name__
+        if isinstance(seen, ConnectionError) or name in (
+            "ConnectError",
+            "APIConnectionError",
+            "ClientConnectorError",
+            "ClientConnectionError",
+            "ServerDisconnectedError",
+        ):
+            return True
+        if "Connection error" in str(seen) or "Cannot connect to host" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _short(exc: Exception, limit: int = 300) -> str:
