@@ -31,7 +31,7 @@ test: $(STAMP)
 ## Redis, with the fake provider as the model unless LLM_MODEL is set.
 prod: $(STAMP)
 	@$(PY) scripts/check_services.py
-	$(VENV)/bin/honcho -f deploy/Procfile.local start
+	scripts/prod_local.sh
 
 bench: $(STAMP)
 	@$(PY) scripts/check_services.py
