@@ -16,7 +16,9 @@ from .models import Role
 def home(request: HttpRequest) -> HttpResponse:
     """Back to the last team used; a first-time user is asked to create one."""
     teams = list(selectors.teams_of(request.user))
-    last = request.session.get("last_team")
+    # A team just joined on sign-in wins: allauth picks its redirect before the invitation is
+    # accepted, so the team is only known here.
+    last = request.session.pop("joined_team", None) or request.session.get("last_team")
     for team in teams:
         if team.slug == last:
             return redirect("conversation_list", slug=team.slug)

@@ -1,9 +1,23 @@
 import os
 
 from celery import Celery
+from celery.signals import worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("tandem")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_init.connect
+def _warm_up(sender, **kwargs):
+    """Import litellm in the background as the worker starts, not during the first reply."""
+    import threading
+
+    def warm() -> None:
+        from assistant.llm import warm_up
+
+        warm_up()
+
+    threading.Thread(target=warm, name="litellm-warm-up", daemon=True).start()

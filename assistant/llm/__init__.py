@@ -124,6 +124,11 @@ def _backoff(attempt: int, retry_after) -> float:
     return 0.5 * 2 ** (attempt - 1)
 
 
+def warm_up() -> None:
+    """Import litellm ahead of the first reply (servers call this in a background thread)."""
+    _litellm()
+
+
 def _litellm():
     import litellm
 
@@ -134,7 +139,8 @@ def _litellm():
 async def _stream_once(
     config: LLMConfig, messages: list[dict], started: float
 ) -> AsyncIterator[str | Usage]:
-    litellm = _litellm()
+    # The first import of litellm takes seconds; never on the event loop every reply shares.
+    litellm = await asyncio.to_thread(_litellm)
 
     usage = Usage()
     finished = False
@@ -184,7 +190,7 @@ async def _stream_once(
 
 
 def translate_error(exc: Exception, config: LLMConfig) -> LLMError:
-    import litellm
+    litellm = _litellm()
 
     status = getattr(exc, "status_code", None)
     where = config.api_base or "the provider"
@@ -264,7 +270,7 @@ def _short(exc: Exception, limit: int = 300) -> str:
 
 async def check_connection(config: LLMConfig) -> str:
     """A tiny real call, for the team settings' Test connection button."""
-    import litellm
+    litellm = await asyncio.to_thread(_litellm)
 
     started = time.monotonic()
     try:
