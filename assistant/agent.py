@@ -16,7 +16,7 @@ from django.conf import settings
 
 from . import events, llm, streams
 from .models import Message, Role, Run, RunStatus
-from .services import arun_claim, arun_finish, ausage_record
+from .services import arun_claim, arun_finish, arun_heartbeat, ausage_record
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ SYSTEM_PROMPT = (
 )
 HISTORY_CHARS = 120_000  # keep the prompt well inside common context windows
 CANCEL_POLL_SECONDS = 0.2
+HEARTBEAT_SECONDS = 20  # well inside services.STALE_AFTER
 
 
 class DeltaPublisher:
@@ -134,7 +135,7 @@ async def execute_run(run_id: str) -> None:
     started = time.monotonic()
     try:
         messages = await _abuild_prompt(run)
-        cancelled = await _stream_until_cancelled(config, messages, publisher, parts, usage, run_id)
+        cancelled = await _stream_until_cancelled(config, messages, publisher, parts, usage, run)
         if cancelled:
             status, outcome = RunStatus.CANCELLED, "cancelled"
     except llm.LLMError as exc:
@@ -152,8 +153,9 @@ async def execute_run(run_id: str) -> None:
     await streams.discard(run_id)
 
 
-async def _stream_until_cancelled(config, messages, publisher, parts, usage, run_id) -> bool:
+async def _stream_until_cancelled(config, messages, publisher, parts, usage, run) -> bool:
     """Stream the reply into ``parts``; return True when someone pressed Stop."""
+    run_id = str(run.uuid)
 
     async def consume() -> None:
         async for item in llm.stream_chat(config, messages):
@@ -164,11 +166,15 @@ async def _stream_until_cancelled(config, messages, publisher, parts, usage, run
                 publisher.add(item)
 
     task = asyncio.create_task(consume())
+    last_beat = time.monotonic()
     while True:
         done, _ = await asyncio.wait({task}, timeout=CANCEL_POLL_SECONDS)
         if done:
             task.result()  # re-raises LLMError
             return False
+        if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
+            last_beat = time.monotonic()
+            await arun_heartbeat(run)
         if await streams.is_cancel_requested(run_id):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -88,6 +88,8 @@ class Run(models.Model):
     error = models.TextField(blank=True)
     created = models.DateTimeField(default=timezone.now)
     started = models.DateTimeField(null=True, blank=True)
+    # Refreshed while the run executes; a running run whose heartbeat stops was cut off.
+    heartbeat = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
 
     class Meta:

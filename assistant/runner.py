@@ -83,3 +83,28 @@ def run_on_worker_loop(run_id: str) -> Future:
     from .agent import execute_run
 
     return asyncio.run_coroutine_threadsafe(execute_run(run_id), worker_loop())
+
+
+# --- Sweeping runs whose worker died --------------------------------------------------------------
+SWEEP_SECONDS = 60
+
+
+def start_sweeper() -> None:
+    """Every worker process sweeps now and then; the sweep is safe to run concurrently."""
+    asyncio.run_coroutine_threadsafe(_sweep_forever(), worker_loop())
+
+
+async def _sweep_forever() -> None:
+    from asgiref.sync import sync_to_async
+
+    from .services import fail_stale_runs
+
+    sweep = sync_to_async(fail_stale_runs, thread_sensitive=False)
+    while True:
+        try:
+            count = await sweep()
+            if count:
+                log.warning("Failed %d run(s) whose worker stopped", count)
+        except Exception:
+            log.exception("Sweeping stale runs failed")
+        await asyncio.sleep(SWEEP_SECONDS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -153,8 +154,9 @@ def run_cancel(*, run: Run) -> None:
 
 def run_claim(run_id: str) -> Run | None:
     """queued -> running, once: a task delivered twice finds nothing to claim."""
+    now = timezone.now()
     claimed = Run.objects.filter(uuid=run_id, status=RunStatus.QUEUED).update(
-        status=RunStatus.RUNNING, started=timezone.now()
+        status=RunStatus.RUNNING, started=now, heartbeat=now
     )
     if not claimed:
         return None
@@ -167,20 +169,26 @@ def run_finish(
     *, run: Run, status: str, text: str, error: str = "", model: str = ""
 ) -> Message | None:
     """Save the reply (exactly the text that was streamed) and the final status."""
+    _, message = _finish(run, status=status, text=text, error=error, model=model)
+    return message
+
+
+def _finish(run: Run, *, status: str, text: str, error: str, model: str = "", **only_if):
+    """running -> a final status, once; returns (whether this call finished it, message)."""
     assert status in FINISHED_STATUSES
     with transaction.atomic():
-        updated = Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
-            status=status, error=error, finished=timezone.now(), model=model
+        updated = Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING, **only_if).update(
+            status=status, error=error, finished=timezone.now(), model=model or run.model
         )
         if not updated:
-            return None
+            return False, None
         message = None
         if text:
             message = Message.objects.create(
                 conversation_id=run.conversation_id, role=Role.ASSISTANT, content=text, run=run
             )
         Conversation.objects.filter(pk=run.conversation_id).update(updated=timezone.now())
-    return message
+    return True, message
 
 
 def usage_record(*, run: Run, model: str, usage, outcome: str) -> None:
@@ -200,7 +208,12 @@ def usage_record(*, run: Run, model: str, usage, outcome: str) -> None:
 
 # Not thread-sensitive: each is one self-contained unit of work, and hundreds of runs on one
 # loop must not queue behind a single thread (nor behind the server's views in embedded mode).
+def run_heartbeat(run: Run) -> None:
+    Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(heartbeat=timezone.now())
+
+
 arun_claim = sync_to_async(run_claim, thread_sensitive=False)
+arun_heartbeat = sync_to_async(run_heartbeat, thread_sensitive=False)
 arun_finish = sync_to_async(run_finish, thread_sensitive=False)
 ausage_record = sync_to_async(usage_record, thread_sensitive=False)
 
@@ -213,3 +226,36 @@ def fail_interrupted_runs() -> int:
         error="Interrupted: the server restarted before the reply finished.",
         finished=timezone.now(),
     )
+
+
+STALE_AFTER = timedelta(seconds=90)
+INTERRUPTED = "Interrupted: the worker running this reply stopped. Press Retry to try again."
+
+
+def fail_stale_runs(*, older_than: timedelta = STALE_AFTER) -> int:
+    """Fail running runs whose executor stopped sending heartbeats (a worker that died or was
+    killed). What had streamed is kept as the partial reply. Safe to run from many workers at
+    once: each run is finished by one conditional update."""
+    cutoff = timezone.now() - older_than
+    stale = Run.objects.filter(status=RunStatus.RUNNING, heartbeat__lt=cutoff).select_related(
+        "conversation"
+    )
+    count = 0
+    for run in stale:
+        text = streams.snapshot_sync(str(run.uuid)).text
+        finished, message = _finish(
+            run, status=RunStatus.FAILED, text=text, error=INTERRUPTED, heartbeat__lt=cutoff
+        )
+        if not finished:
+            continue  # it finished, or another sweeper got there first
+        count += 1
+        events.publish_sync(
+            str(run.conversation.uuid),
+            {
+                "t": "run.failed",
+                "run": str(run.uuid),
+                "error": INTERRUPTED,
+                "message": events.message_data(message) if message else None,
+            },
+        )
+    return count

@@ -1,7 +1,7 @@
 import os
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -21,3 +21,11 @@ def _warm_up(sender, **kwargs):
         warm_up()
 
     threading.Thread(target=warm, name="litellm-warm-up", daemon=True).start()
+
+
+@worker_ready.connect
+def _start_sweeper(sender, **kwargs):
+    """Runs whose worker died (no heartbeat) are failed, with their partial text kept."""
+    from assistant.runner import start_sweeper
+
+    start_sweeper()
