@@ -1,0 +1,146 @@
+"""Every URL pattern of the site, and how to fill one with real objects of a team.
+
+Used by the access and CSRF tests. A pattern is either on the explicit public allowlist below
+(with the reason it is fine) or a team route whose parameters the filler knows; anything else
+makes those tests fail, so a new URL can't slip by unchecked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.urls import URLPattern, URLResolver, get_resolver
+from django.urls.resolvers import RegexPattern, RoutePattern
+
+# Public or non-team URLs, by route prefix (first match wins). Each is fine for a reason that
+# has nothing to do with team membership.
+PUBLIC_PREFIXES = {
+    # Django admin: its own staff-only login and permissions, no team-scoped data model.
+    "admin/": "Django admin, staff only (its own login and permission checks)",
+    # django-allauth: sign-in, sign-up, password reset, email management, OAuth callbacks. They
+    # act on the signed-in user's own account, never on a team's objects.
+    "accounts/": "allauth account pages (the user's own account only)",
+}
+# Static files have no URL pattern: WhiteNoise serves them from middleware, public by nature.
+PUBLIC_ROUTES = {
+    "": "home: redirects the signed-in user to one of their own teams",
+    "healthz": "health check for load balancers, returns no data",
+    "teams/new/": "create a team; the creator becomes its owner",
+    "invite/<str:token>/": "invitation link: the secret token is the authorisation",
+}
+
+# Parameters the walker knows how to fill, with the key of the value in a ``world`` dict.
+TEAM_PARAMS = {
+    "slug": "slug",  # the team's slug
+    "conversation_id": "conversation_id",  # a conversation of the team
+    "run_id": "run_id",  # a run in one of the team's conversations
+    "user_id": "user_id",  # a member of the team (not the owner)
+    "invitation_id": "invitation_id",  # an open invitation of the team
+}
+
+# Pages only owners and admins may use: a plain member gets 404 there.
+ADMIN_ONLY = {"team_settings", "team_settings_test", "invitation_revoke"}
+
+
+@dataclass(frozen=True)
+class Route:
+    route: str  # the pattern as text, e.g. "t/<slug:slug>/c/<uuid:conversation_id>/"
+    name: str | None
+    params: tuple[str, ...]
+    view: str  # module.qualname, for messages
+
+    def url(self, world: dict) -> str:
+        """The concrete path for this route, filled from ``world`` (see TEAM_PARAMS)."""
+        path = self.route
+        for part in _parts(self.route):
+            name = part.split(":")[-1]
+            path = path.replace(f"<{part}>", str(world[TEAM_PARAMS[name]]))
+        return "/" + path
+
+
+def _parts(route: str) -> list[str]:
+    parts, rest = [], route
+    while "<" in rest:
+        start = rest.index("<")
+        end = rest.index(">", start)
+        parts.append(rest[start + 1 : end])
+        rest = rest[end + 1 :]
+    return parts
+
+
+def _walk(resolver, prefix: str = "", params: tuple[str, ...] = (), regex: bool = False):
+    for entry in resolver.url_patterns:
+        pattern = entry.pattern
+        here = params + _params_of(pattern)
+        is_regex = regex or isinstance(pattern, RegexPattern)
+        if isinstance(entry, URLResolver):
+            yield from _walk(entry, prefix + str(pattern), here, is_regex)
+        elif isinstance(entry, URLPattern):
+            callback = entry.callback
+            view = f"{callback.__module__}.{getattr(callback, '__qualname__', callback)}"
+            yield prefix + str(pattern), entry.name, here, view, is_regex
+
+
+def _params_of(pattern) -> tuple[str, ...]:
+    if isinstance(pattern, RoutePattern):
+        return tuple(pattern.converters)
+    if isinstance(pattern, RegexPattern):
+        return tuple(pattern.regex.groupindex)
+    return ()
+
+
+def public_reason(route: str) -> str | None:
+    if route in PUBLIC_ROUTES:
+        return PUBLIC_ROUTES[route]
+    for prefix, reason in PUBLIC_PREFIXES.items():
+        if route.startswith(prefix):
+            return reason
+    return None
+
+
+def classify() -> tuple[list[Route], list[str], list[str]]:
+    """(team routes to check, public routes, problems: routes the walker can't fill)."""
+    team, public, problems = [], [], []
+    for route, name, params, view, is_regex in _walk(get_resolver()):
+        if public_reason(route):
+            public.append(route)
+            continue
+        unknown = [p for p in params if p not in TEAM_PARAMS]
+        if is_regex:
+            problems.append(f"{route} ({view}): regex patterns can't be filled; use path()")
+        elif not params:
+            problems.append(
+                f"{route} ({view}): no team slug or object id; add it to the public "
+                "allowlist in tests/urlwalk.py with the reason it is fine, or scope it to a team"
+            )
+        elif unknown:
+            problems.append(
+                f"{route} ({view}): the walker can't fill {unknown}; teach TEAM_PARAMS and "
+                "the tests' world fixture about it"
+            )
+        else:
+            team.append(Route(route, name, tuple(params), view))
+    return team, public, problems
+
+
+def make_world(*, team, owner, member) -> dict:
+    """Real objects of ``team`` (owned by ``owner``; ``member`` becomes a plain member) for
+    every parameter in TEAM_PARAMS. Runs are recorded, not queued: callers use ``no_runs``."""
+    from accounts.models import Role
+    from accounts.services import invitation_create, membership_add
+    from assistant.services import conversation_create, message_send
+
+    membership_add(team=team, user=member, role=Role.MEMBER)
+    conversation = conversation_create(team=team, author=owner, title="Secret plans")
+    sent = message_send(conversation=conversation, author=owner, content="The secret is 42")
+    invitation = invitation_create(team=team, created_by=owner, email="")
+    return {
+        "team": team,
+        "slug": team.slug,
+        "conversation_id": conversation.uuid,
+        "run_id": sent.run.uuid,
+        "user_id": member.uuid,
+        "invitation_id": invitation.invitation.uuid,
+        "conversation": conversation,
+        "run": sent.run,
+    }
