@@ -66,6 +66,9 @@ def membership_remove(*, actor: Membership, target: Membership) -> None:
         raise TeamError("Only an owner can remove an owner.")
     if target.role == Role.OWNER and target.team.memberships.filter(role=Role.OWNER).count() == 1:
         raise TeamError("A team needs at least one owner.")
+    from assistant.events import membership_ended_on_commit
+
+    membership_ended_on_commit(target.team_id, target.user_id)
     target.delete()
 
 

@@ -101,6 +101,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         self.conversation_key = str(self.conversation.uuid)
         self.group = events.group_name(self.conversation_key)
         self.user_name = user.name
+        self.member_group = events.member_group(self.conversation.team_id, user.pk)
+        await self.channel_layer.group_add(self.member_group, self.channel_name)
         # Join first, then read snapshots: no delta can fall between the two.
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
@@ -112,6 +114,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if self.conversation is None:
             return
         await self.channel_layer.group_discard(self.group, self.channel_name)
+        await self.channel_layer.group_discard(self.member_group, self.channel_name)
         await streams.presence_leave(self.conversation_key, self.channel_name)
         await self._broadcast_presence()
 
@@ -154,6 +157,10 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=json.dumps(frame, ensure_ascii=False, default=str))
         if event["t"] == "conversation.deleted":
             await self.close(code=CLOSE_DELETED)
+
+    async def membership_ended(self, message: dict[str, Any]) -> None:
+        # Removed from the team: no more of its conversation, from this moment.
+        await self.close(code=CLOSE_NOT_FOUND)
 
     async def _send_sync(self) -> None:
         runs = []

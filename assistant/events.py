@@ -23,6 +23,22 @@ def group_name(conversation_id: str) -> str:
     return f"conversation.{conversation_id}"
 
 
+def member_group(team_id: int, user_id: int) -> str:
+    """Every socket one person has open on one team's conversations, to close them all when
+    the person leaves or is removed from the team."""
+    return f"member.{team_id}.{user_id}"
+
+
+def membership_ended_on_commit(team_id: int, user_id: int) -> None:
+    def send() -> None:
+        layer = get_channel_layer()
+        async_to_sync(layer.group_send)(
+            member_group(team_id, user_id), {"type": "membership.ended"}
+        )
+
+    transaction.on_commit(send)
+
+
 def message_data(message: Message) -> dict[str, Any]:
     author = message.author
     return {

@@ -100,12 +100,17 @@ def message_send(request: HttpRequest, slug: str, conversation_id) -> HttpRespon
 def conversation_rename(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
     membership = membership_for(request.user, slug)
     conversation = selectors.conversation_for(membership, conversation_id)
+    error = ""
     try:
         services.conversation_rename(conversation=conversation, title=request.POST.get("title", ""))
     except services.ChatError as exc:
-        messages.error(request, str(exc))
+        error = str(exc)
     if request.htmx:
-        return render(request, "assistant/_title.html", {"conversation": conversation})
+        context = {"conversation": conversation, "title_error": error}
+        # 200 even on error: htmx swaps only successful responses, and the error belongs in place.
+        return render(request, "assistant/_title.html", context)
+    if error:
+        messages.error(request, error)
     return redirect("conversation_detail", slug=slug, conversation_id=conversation.uuid)
 
 

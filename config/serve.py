@@ -13,17 +13,19 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    import django
-
-    django.setup()
-    from django.conf import settings
-
+    # Before django.setup(): the "daphne" app imports daphne.server, which makes the loop the
+    # Twisted reactor runs on at import time, with whatever policy is set by then.
     try:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:
         pass
+    import django
+
+    django.setup()
+    from django.conf import settings
+
     if settings.RUN_EXECUTOR == "inprocess":
         from assistant.services import fail_interrupted_runs
 

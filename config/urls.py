@@ -1,18 +1,12 @@
 from django.contrib import admin
-from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 
 from accounts import views as account_views
 from assistant.urls import run_urlpatterns
 
 
-def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"ok": True})
-
-
 urlpatterns = [
     path("", account_views.home, name="home"),
-    path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("teams/new/", account_views.team_create, name="team_create"),

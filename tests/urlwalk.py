@@ -21,10 +21,9 @@ PUBLIC_PREFIXES = {
     # act on the signed-in user's own account, never on a team's objects.
     "accounts/": "allauth account pages (the user's own account only)",
 }
-# Static files have no URL pattern: WhiteNoise serves them from middleware, public by nature.
+# Static files and /healthz have no URL pattern: middleware answers them, public by nature.
 PUBLIC_ROUTES = {
     "": "home: redirects the signed-in user to one of their own teams",
-    "healthz": "health check for load balancers, returns no data",
     "teams/new/": "create a team; the creator becomes its owner",
     "invite/<str:token>/": "invitation link: the secret token is the authorisation",
 }
