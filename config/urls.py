@@ -4,7 +4,6 @@ from django.urls import include, path
 from accounts import views as account_views
 from assistant.urls import run_urlpatterns
 
-
 urlpatterns = [
     path("", account_views.home, name="home"),
     path("admin/", admin.site.urls),
