@@ -21,6 +21,7 @@
   let connectedOnce = false;
   let buffer = null; // frames held while the message list reloads
   let pingTimer = null;
+  let reconnectTimer = null;
   let gone = false;
 
   const runEl = (id) => document.getElementById("run-" + id);
@@ -191,9 +192,14 @@
 
   function connect() {
     if (gone) return;
+    // One socket at a time: the "online" event and a pending retry must not open two.
+    clearTimeout(reconnectTimer);
+    reconnectTimer = null;
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-    socket = new WebSocket(scheme + location.host + wsPath);
-    socket.onopen = () => {
+    const ws = new WebSocket(scheme + location.host + wsPath);
+    socket = ws;
+    window.tandemSocket = ws; // for tests and debugging
+    ws.onopen = () => {
       attempts = 0;
       setConnection("live", "live");
       if (connectedOnce) refreshMessages(); // events may have passed while we were away
@@ -201,14 +207,17 @@
       clearInterval(pingTimer);
       pingTimer = setInterval(() => send({ t: "ping" }), 30000);
     };
-    socket.onmessage = (event) => handle(JSON.parse(event.data));
-    socket.onclose = () => {
+    ws.onmessage = (event) => {
+      if (ws === socket) handle(JSON.parse(event.data));
+    };
+    ws.onclose = () => {
+      if (ws !== socket) return; // an old socket, already replaced
       clearInterval(pingTimer);
       resyncPending = false;
       if (gone) return setConnection("closed", "closed");
       setConnection("down", "reconnecting…");
       const delay = Math.min(5000, 250 * 2 ** attempts++);
-      setTimeout(connect, delay);
+      reconnectTimer = setTimeout(connect, delay);
     };
   }
 
@@ -224,12 +233,28 @@
     }
   });
 
-  composer.addEventListener("htmx:beforeSwap", (event) => {
+  // htmx dispatches htmx:beforeSwap on the swap *target* (#messages), not on the form that
+  // sent the request, so this listens on the body and picks out the composer's requests.
+  document.body.addEventListener("htmx:beforeSwap", (event) => {
+    if (event.detail.requestConfig?.elt !== composer) return;
     const xhr = event.detail.xhr;
-    if (xhr.status === 422 || xhr.status === 400 || xhr.status === 403) {
+    if (xhr.status === 422) {
+      // The server's words (too long, empty...): shown above the composer, text kept.
       event.detail.shouldSwap = true;
       event.detail.target = errorBox;
       event.detail.swapOverride = "innerHTML";
+      return;
+    }
+    if (xhr.status >= 400) {
+      event.detail.shouldSwap = false;
+      errorBox.innerHTML = "";
+      errorBox.append(
+        banner(
+          xhr.status === 403
+            ? "Tandem refused this message (your session may have ended: reload the page). Your message is still here."
+            : `Tandem could not take this message (error ${xhr.status}). Your message is still here: send it again.`,
+        ),
+      );
       return;
     }
     // The WebSocket may have delivered this message first: don't show it twice.
