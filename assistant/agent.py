@@ -149,7 +149,7 @@ async def execute_run(run_id: str) -> None:
     text = "".join(parts)
     message = await arun_finish(run=run, status=status, text=text, error=error, model=config.label)
     await ausage_record(run=run, model=config.model, usage=usage, outcome=outcome)
-    await _announce_end(conversation_id, run_id, status, error, message)
+    await _announce_end(conversation_id, run_id, status, error, message, config.label)
     await streams.discard(run_id)
 
 
@@ -182,7 +182,7 @@ async def _stream_until_cancelled(config, messages, publisher, parts, usage, run
             return True
 
 
-async def _announce_end(conversation_id, run_id, status, error, message) -> None:
+async def _announce_end(conversation_id, run_id, status, error, message, model) -> None:
     event_type = {
         RunStatus.SUCCEEDED: "run.completed",
         RunStatus.FAILED: "run.failed",
@@ -194,6 +194,7 @@ async def _announce_end(conversation_id, run_id, status, error, message) -> None
             "t": event_type,
             "run": run_id,
             "error": error,
+            "model": model,
             "message": events.message_data(message) if message else None,
         },
     )

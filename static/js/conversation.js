@@ -109,8 +109,13 @@
   }
 
   async function refreshRun(id) {
-    const response = await fetch(runUrlTemplate.replace("00000000-0000-0000-0000-000000000000", id));
-    if (response.ok) replaceRun(id, await response.text());
+    try {
+      const url = runUrlTemplate.replace("00000000-0000-0000-0000-000000000000", id);
+      const response = await fetch(url);
+      if (response.ok) replaceRun(id, await response.text());
+    } catch {
+      // Offline again: the next reconnect reloads everything.
+    }
   }
 
   async function refreshMessages() {
@@ -127,6 +132,8 @@
         });
         htmx.process(messages);
       }
+    } catch {
+      // Offline again: the next reconnect reloads everything.
     } finally {
       const held = buffer;
       buffer = null;
@@ -210,10 +217,17 @@
     ws.onmessage = (event) => {
       if (ws === socket) handle(JSON.parse(event.data));
     };
-    ws.onclose = () => {
+    ws.onclose = (event) => {
       if (ws !== socket) return; // an old socket, already replaced
       clearInterval(pingTimer);
       resyncPending = false;
+      if (event.code === 4404) {
+        // Removed from the team while watching: stop, and say so.
+        gone = true;
+        composer.querySelectorAll("textarea,button").forEach((el) => (el.disabled = true));
+        errorBox.innerHTML = "";
+        errorBox.append(banner("You no longer have access to this conversation."));
+      }
       if (gone) return setConnection("closed", "closed");
       setConnection("down", "reconnecting…");
       const delay = Math.min(5000, 250 * 2 ** attempts++);
