@@ -230,7 +230,10 @@ def no_runs(monkeypatch):
 # --- Browser -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API runs an event loop in the test thread while
+# it is open, and sync code that bridges to async (async_to_sync, asyncio.run) refuses to run
+# there; closing it after each browser module gives later tests a plain thread again.
+@pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(
