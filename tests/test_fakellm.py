@@ -4,6 +4,7 @@ Needs no database and no Django settings: it passes with and without ``-p no:dja
 """
 
 import asyncio
+import gc
 import json
 import os
 import threading
@@ -62,6 +63,15 @@ def server_port():
     loop.call_soon_threadsafe(loop.stop)
     thread.join(timeout=10)
     loop.close()
+
+
+@pytest.fixture(autouse=True)
+def _collect_abandoned_streams():
+    """A stream abandoned by an error test is finalised by the garbage collector; if that
+    happens while the same thread holds httpcore's (non-reentrant) pool lock inside a later
+    call, the thread deadlocks. Collecting between tests finalises them at a safe moment."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
