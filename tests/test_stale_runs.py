@@ -15,9 +15,7 @@ from assistant.services import INTERRUPTED, fail_stale_runs, message_send, run_c
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_it_fails_a_run_without_heartbeat_and_keeps_the_partial_text(
-    conversation, alice, no_runs
-):
+def test_it_fails_a_run_without_heartbeat_and_keeps_the_partial_text(conversation, alice, no_runs):
     sent = message_send(conversation=conversation, author=alice, content="hi")
     run_id = str(sent.run.uuid)
     run_claim(run_id)
