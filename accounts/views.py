@@ -229,8 +229,23 @@ def team_settings_test(request: HttpRequest, slug: str) -> HttpResponse:
     membership = selectors.admin_membership_for(request.user, slug)
     from assistant.llm import LLMError, check_connection, config_for_team
 
+    # Test what is in the form, before saving it; an empty key field means the stored key.
+    team = membership.team
+    form = LLMSettingsForm(request.POST)
+    if request.POST and form.is_valid():
+        data = form.cleaned_data
+        team.llm_model = data["llm_model"].strip()
+        team.llm_api_base = data["llm_api_base"].strip()
+        team.llm_temperature = data["llm_temperature"]
+        if data["clear_api_key"]:
+            team.llm_api_key = ""
+        elif data["llm_api_key"]:
+            team.llm_api_key = data["llm_api_key"]
+    elif request.POST:
+        errors = " ".join(" ".join(errs) for errs in form.errors.values())
+        return render(request, "accounts/_test_result.html", {"ok": False, "text": errors})
     try:
-        result = async_to_sync(check_connection)(config_for_team(membership.team))
+        result = async_to_sync(check_connection)(config_for_team(team))
     except LLMError as exc:
         return render(request, "accounts/_test_result.html", {"ok": False, "text": exc.message})
     return render(request, "accounts/_test_result.html", {"ok": True, "text": result})

@@ -100,3 +100,19 @@ def test_test_connection_reports_success_and_failure_in_words(team, alice, provi
     failed = client.post("/t/acme/settings/test/").content.decode()
     assert "Connection failed" in failed and "rejected the API key" in failed
     assert "bad-key" not in failed
+
+
+def test_test_connection_tries_the_unsaved_form_values(team, alice, provider_port):
+    client = signed_in(alice)
+    form = {
+        "llm_model": "openai/fake-model",
+        "llm_api_base": f"http://127.0.0.1:{provider_port}/v1",
+        "llm_api_key": "bad-key",
+    }
+    failed = client.post("/t/acme/settings/test/", form).content.decode()
+    assert "rejected the API key" in failed
+    ok = client.post("/t/acme/settings/test/", {**form, "llm_api_key": "k"}).content.decode()
+    assert "Connection works" in ok
+    assert Team.objects.get(slug="acme").llm_model == ""  # nothing was saved
+    invalid = client.post("/t/acme/settings/test/", {"llm_api_base": "nope"}).content.decode()
+    assert "Enter a valid URL" in invalid
