@@ -317,6 +317,11 @@ LLM_API_BASE = env("LLM_API_BASE")
 LLM_API_KEY = env("LLM_API_KEY")
 LLM_TIMEOUT = envint("LLM_TIMEOUT", 120)
 LLM_MAX_RETRIES = envint("LLM_MAX_RETRIES", 2)
+# "direct": stream OpenAI-compatible, Anthropic and Ollama replies with the lean client in
+# assistant/llm/direct.py (~30x less CPU per chunk); "litellm": everything through litellm.
+LLM_STREAM_CLIENT = env("LLM_STREAM_CLIENT", "direct")
+if LLM_STREAM_CLIENT not in ("direct", "litellm"):
+    raise ImproperlyConfigured("LLM_STREAM_CLIENT must be 'direct' or 'litellm'")
 # Key for secrets at rest; derived from SECRET_KEY when unset.
 FIELD_ENCRYPTION_KEY = env("FIELD_ENCRYPTION_KEY")
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from django.conf import settings
+
+from . import direct
 
 # litellm otherwise fetches its price map over the network at import.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -139,38 +142,24 @@ def _litellm():
 async def _stream_once(
     config: LLMConfig, messages: list[dict], started: float
 ) -> AsyncIterator[str | Usage]:
-    # The first import of litellm takes seconds; never on the event loop every reply shares.
-    litellm = await asyncio.to_thread(_litellm)
-
     usage = Usage()
     finished = False
     try:
-        response = await litellm.acompletion(
-            messages=messages,
-            stream=True,
-            stream_options={"include_usage": True},
-            **await _call_kwargs(config),
-        )
-        async for chunk in response:
-            chunk_usage = getattr(chunk, "usage", None)
-            if chunk_usage:
-                usage.prompt_tokens = chunk_usage.prompt_tokens or 0
-                usage.completion_tokens = chunk_usage.completion_tokens or 0
-            if not chunk.choices:
-                continue
-            choice = chunk.choices[0]
-            text = choice.delta.content if choice.delta else None
-            if text:
+        async for piece in await _pieces(config, messages):
+            if piece.prompt_tokens is not None:
+                usage.prompt_tokens = piece.prompt_tokens
+            if piece.completion_tokens is not None:
+                usage.completion_tokens = piece.completion_tokens
+            if piece.text:
                 if usage.ttft_ms is None:
                     usage.ttft_ms = int((time.monotonic() - started) * 1000)
-                yield text
-            if choice.finish_reason:
-                finished = True
+                yield piece.text
+            finished = finished or piece.finished
     except LLMError:
         raise
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # litellm raises many types; translate them all to words
+    except Exception as exc:  # providers fail in many ways; translate them all to words
         if usage.ttft_ms is not None:
             raise LLMError(
                 "The connection to the model provider broke off in the middle of the reply. "
@@ -189,11 +178,60 @@ async def _stream_once(
     yield usage
 
 
-def translate_error(exc: Exception, config: LLMConfig) -> LLMError:
-    litellm = _litellm()
+async def _pieces(config: LLMConfig, messages: list[dict]) -> AsyncIterator[direct.Piece]:
+    """The provider's stream as Pieces: the lean client where it speaks the wire format,
+    litellm for everything else."""
+    kwargs = await _call_kwargs(config)
+    if settings.LLM_STREAM_CLIENT == "direct" and direct.supports(config.model):
+        return direct.pieces(
+            model=config.model,
+            api_base=kwargs.get("api_base", ""),
+            api_key=config.api_key,
+            temperature=config.temperature,
+            messages=messages,
+        )
+    return _litellm_pieces(kwargs, messages)
 
+
+async def _litellm_pieces(kwargs: dict, messages: list[dict]) -> AsyncIterator[direct.Piece]:
+    # The first import of litellm takes seconds; never on the event loop every reply shares.
+    litellm = await asyncio.to_thread(_litellm)
+    response = await litellm.acompletion(
+        messages=messages, stream=True, stream_options={"include_usage": True}, **kwargs
+    )
+    async for chunk in response:
+        piece = direct.Piece()
+        chunk_usage = getattr(chunk, "usage", None)
+        if chunk_usage:
+            piece.prompt_tokens = chunk_usage.prompt_tokens or 0
+            piece.completion_tokens = chunk_usage.completion_tokens or 0
+        if chunk.choices:
+            choice = chunk.choices[0]
+            piece.text = (choice.delta.content if choice.delta else None) or ""
+            piece.finished = bool(choice.finish_reason)
+        yield piece
+
+
+class _NoLitellm:
+    """Stands in for litellm's exception classes when it was never imported (the lean
+    client's errors need no import that takes seconds)."""
+
+    class _Never(Exception):
+        pass
+
+    AuthenticationError = NotFoundError = RateLimitError = Timeout = BadRequestError = _Never
+
+
+def translate_error(exc: Exception, config: LLMConfig) -> LLMError:
+    litellm = sys.modules.get("litellm") or _NoLitellm
     status = getattr(exc, "status_code", None)
     where = config.api_base or "the provider"
+    if isinstance(exc, litellm.Timeout) or _in_chain(exc, _is_timeout):
+        return LLMError(
+            f"The model provider did not answer within {settings.LLM_TIMEOUT} seconds.",
+            code="timeout",
+            retryable=True,
+        )
     if isinstance(exc, litellm.AuthenticationError) or status in (401, 403):
         return LLMError(
             "The model provider rejected the API key. A team admin can set the key in "
@@ -203,7 +241,7 @@ def translate_error(exc: Exception, config: LLMConfig) -> LLMError:
     if isinstance(exc, litellm.NotFoundError) or status == 404:
         return LLMError(f"The model '{config.model}' was not found at {where}.", code="not_found")
     if isinstance(exc, litellm.RateLimitError) or status == 429:
-        retry_after = None
+        retry_after = getattr(exc, "retry_after", None)
         response = getattr(exc, "response", None)
         if response is not None and getattr(response, "headers", None):
             retry_after = response.headers.get("retry-after")
@@ -212,12 +250,6 @@ def translate_error(exc: Exception, config: LLMConfig) -> LLMError:
             code="rate_limited",
             retryable=True,
             retry_after=retry_after,
-        )
-    if isinstance(exc, litellm.Timeout):
-        return LLMError(
-            f"The model provider did not answer within {settings.LLM_TIMEOUT} seconds.",
-            code="timeout",
-            retryable=True,
         )
     if isinstance(exc, litellm.BadRequestError) or status == 400:
         return LLMError(
@@ -253,9 +285,26 @@ def _is_connection_error(exc: BaseException) -> bool:
             "ClientConnectorError",
             "ClientConnectionError",
             "ServerDisconnectedError",
+            "ClientOSError",
         ):
             return True
         if "Connection error" in str(seen) or "Cannot connect to host" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__
+
+
+def _in_chain(exc: BaseException, predicate) -> bool:
+    """litellm wraps the real failure (a read timeout, say) in a generic 500; look beneath."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if predicate(seen):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
