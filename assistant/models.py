@@ -127,3 +127,77 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model}: {self.prompt_tokens}+{self.completion_tokens} tokens"
+
+
+# --- Repositories -------------------------------------------------------------------------------
+
+
+class RepoAuth(models.TextChoices):
+    NONE = "none", "None"
+    HTTPS_TOKEN = "https_token", "HTTPS token"
+    SSH_KEY = "ssh_key", "SSH deploy key"
+
+
+class Repository(models.Model):
+    """A team's git repository. Tandem keeps a mirror of it (see assistant/repos.py)."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="repositories")
+    name = models.CharField(max_length=100)
+    # https://…, ssh://…, git@host:path, file://… or an absolute path; never holds a secret.
+    url = models.CharField(max_length=1000)
+    # Blank: follow the remote's HEAD.
+    default_branch = models.CharField(max_length=255, blank=True)
+    auth = models.CharField(max_length=20, choices=RepoAuth.choices, default=RepoAuth.NONE)
+    # An https token (optionally "username:token") or an ssh private key; never rendered back.
+    credential_encrypted = models.TextField(blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    last_fetched = models.DateTimeField(null=True, blank=True)
+    last_fetch_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="repo_team_name")]
+        verbose_name_plural = "repositories"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        from .repos import RepoError, validate_url
+
+        try:
+            self.url = validate_url(self.url)
+        except RepoError as exc:
+            raise ValidationError({"url": str(exc)})
+
+    @property
+    def credential(self) -> str:
+        from accounts.crypto import decrypt
+
+        return decrypt(self.credential_encrypted)
+
+    @credential.setter
+    def credential(self, value: str) -> None:
+        from accounts.crypto import encrypt
+
+        self.credential_encrypted = encrypt(value)
+
+
+class Workspace(models.Model):
+    """A conversation's own clone of a repository, on a work branch made from `branch`."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    conversation = models.OneToOneField(
+        Conversation, on_delete=models.CASCADE, related_name="workspace"
+    )
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="workspaces")
+    branch = models.CharField(max_length=255)
+    work_branch = models.CharField(max_length=255)
+    base_commit = models.CharField(max_length=64)
+    created = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"workspace {self.uuid} ({self.work_branch})"

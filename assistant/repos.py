@@ -1,0 +1,644 @@
+"""Git on the server: mirrors of a team's repositories and one workspace per conversation.
+
+Layout under REPOS_ROOT (default DATA_DIR/repos)::
+
+    <team uuid>/<repo uuid>/mirror.git                  bare mirror of the remote
+    <team uuid>/<repo uuid>/lock                        flock: fetch exclusive, clone shared
+    <team uuid>/<repo uuid>/workspaces/<uuid>/tree      the working tree the agent edits
+    <team uuid>/<repo uuid>/workspaces/<uuid>/git       its git directory, outside the tree
+
+A workspace is its own clone of the mirror (objects hardlinked, so it is cheap), not a
+`git worktree`: worktrees share the mirror's refs, config, hooks and object store, so one
+conversation could move another's branch or plant config the server later reads, and a
+`fetch --prune` of the mirror would prune the work branches. A clone shares nothing writable:
+git never rewrites an object file in place, so hardlinks are read-only in effect, and deleting
+a workspace is an `rm -r` that cannot touch its neighbours.
+
+The git directory sits beside the tree, not in it, and every command names both
+(`--git-dir`, `--work-tree`): the tree is hostile (the agent and the repository's authors
+control it), so a `.git` file or directory planted there — pointing at another team's
+repository, or carrying hooks and config — is never read. The sandbox may mount the git
+directory read-only at `tree/.git` so git works inside it. On top of that every command runs
+with `_HARDENING` and a clean environment, as if the config it reads were hostile too.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .models import Conversation, RepoAuth, Repository, Workspace
+
+LOCAL_TIMEOUT = 120  # seconds; status, diff, commit on a large tree
+NETWORK_TIMEOUT = 600  # seconds; a first fetch of a large repository
+HTTPS_USER = "x-access-token"  # GitHub's name for token auth; GitLab and Gitea accept any name
+
+# Each flag overrides whatever the repository's config (or a planted one) says.
+_HARDENING = (
+    "-c", "core.hooksPath=/dev/null",  # no hook runs: post-commit, post-checkout, pre-push, …
+    "-c", "core.fsmonitor=false",  # fsmonitor is a command git runs on every index refresh
+    "-c", "core.askPass=",  # an askpass program would run when a remote wants a password
+    "-c", "credential.helper=",  # empty resets the list: no helper runs, none stores a token
+    "-c", "core.pager=cat",  # never a configured pager (only with a tty, but be sure)
+    "-c", "core.attributesFile=/dev/null",  # no per-user attributes naming drivers
+    "-c", "core.excludesFile=/dev/null",  # what is untracked depends on the repository only
+    "-c", "core.autocrlf=false",  # bytes in, bytes out
+    "-c", "core.quotePath=true",  # odd names are C-quoted in diffs, never raw bytes
+    "-c", "protocol.allow=never",  # ext:: (runs a command), fd::, git://, http:// refused
+    "-c", "protocol.https.allow=always",
+    "-c", "protocol.ssh.allow=always",
+    "-c", "protocol.file.allow=always",  # local paths and file:// for self-hosted setups
+    "-c", "submodule.recurse=false",  # a nested repository's config is never read
+    "-c", "diff.ignoreSubmodules=all",
+    "-c", "status.submoduleSummary=false",
+    "-c", "fetch.recurseSubmodules=false",
+    "-c", "push.recurseSubmodules=no",
+    "-c", "commit.gpgSign=false",  # gpg.program is a command too
+    "-c", "log.showSignature=false",
+    "-c", "advice.addEmbeddedRepo=false",
+)  # fmt: skip
+# Diff drivers and filters are commands named by .gitattributes and defined in config. This
+# file has the highest precedence of all attributes, so in-tree .gitattributes cannot name one.
+_NEUTRAL_ATTRIBUTES = "* !filter !diff !merge !text !eol !ident !working-tree-encoding\n"
+# Only these reach git from the server's environment; GIT_DIR, GIT_EXTERNAL_DIFF, SSH_AUTH_SOCK,
+# GIT_CONFIG_PARAMETERS and the rest are dropped.
+_PASSED_ENV = (
+    "PATH", "HOME", "TMPDIR", "LANG",
+    "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "GIT_SSL_CAINFO", "GIT_SSL_CAPATH",
+)  # fmt: skip
+_SHA = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
+_SCP_LIKE = re.compile(r"(?:[\w.~-]+@)?[A-Za-z0-9][\w.-]*:[^\s]+")
+# Git's wording → what a person can do about it. The first match wins.
+_HINTS = (
+    ("could not read username", "the remote asked for credentials; add a token or a key."),
+    ("could not read password", "the remote asked for credentials; add a token or a key."),
+    ("authentication failed", "the remote refused the credentials."),
+    ("permission denied (publickey", "the remote refused the SSH key."),
+    ("host key verification failed", "the remote's SSH host key changed since it was first seen."),
+    ("could not resolve host", "the remote's host name could not be resolved."),
+    ("could not resolve hostname", "the remote's host name could not be resolved."),
+    ("connection refused", "the remote could not be reached."),
+    ("failed to connect", "the remote could not be reached."),
+    ("couldn't connect", "the remote could not be reached."),
+    ("timed out", "the remote did not answer in time."),
+    ("ssl certificate problem", "the remote's TLS certificate could not be verified."),
+    ("does not appear to be a git repository", "no git repository was found at this address."),
+    ("not found", "no repository was found at this address (or the credentials cannot see it)."),
+    ("not allowed", "this kind of address is not allowed."),
+    ("non-fast-forward", "the remote branch has commits this work does not; pick a new name."),
+    ("fetch first", "the remote branch has commits this work does not; pick a new name."),
+)
+
+
+_REFUSED_TOKEN = "the remote refused the token."
+
+
+class RepoError(Exception):
+    """A repository operation that cannot be done, with a message for the user."""
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    code: str  # porcelain v1 "XY": "M " staged, " M" modified, "??" untracked, " D" deleted…
+    path: str  # os.fsdecode'd: names that are not UTF-8 survive as surrogate escapes
+
+
+# --- Where things live ---------------------------------------------------------------------
+
+
+def repos_root() -> Path:
+    return Path(getattr(settings, "REPOS_ROOT", settings.DATA_DIR / "repos")).absolute()
+
+
+def _repo_dir(repo: Repository) -> Path:
+    return repos_root() / str(repo.team.uuid) / str(repo.uuid)
+
+
+def mirror_path(*, repo: Repository) -> Path:
+    return _repo_dir(repo) / "mirror.git"
+
+
+def _workspace_dir(workspace: Workspace) -> Path:
+    return _repo_dir(workspace.repository) / "workspaces" / str(workspace.uuid)
+
+
+def workspace_path(*, workspace: Workspace) -> Path:
+    """The working tree: what tools read and edit, and the sandbox mounts read-write."""
+    return _workspace_dir(workspace) / "tree"
+
+
+def git_dir(*, workspace: Workspace) -> Path:
+    """The workspace's git directory; only the server writes it."""
+    return _workspace_dir(workspace) / "git"
+
+
+# --- Addresses -----------------------------------------------------------------------------
+
+
+def validate_url(url: str) -> str:
+    """The address, stripped, or RepoError. Never holds a secret: tokens go in the credential."""
+    url = url.strip()
+    if not url or url.startswith("-") or any(c in url for c in "\0\r\n"):
+        raise RepoError("Enter a repository address.")
+    if url.startswith("/"):
+        _check_local(Path(url))
+        return url
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        _check_local(Path(unquote(parts.path)))
+        return url
+    if parts.scheme in ("https", "ssh"):
+        if not parts.hostname or parts.hostname.startswith("-"):
+            raise RepoError("The address has no host name.")
+        if parts.password:
+            raise RepoError("Put the token in the credential field, not in the address.")
+        return url
+    # scp-like git@host:path; "::" would make git run a transport helper (ext::sh -c …).
+    if "::" not in url and "://" not in url and _SCP_LIKE.fullmatch(url):
+        return url
+    raise RepoError(
+        "Use an https:// or ssh:// address, git@host:path, a file:// URL or an absolute path."
+    )
+
+
+def _check_local(path: Path) -> None:
+    # A local path must not reach into Tandem's own data: other teams' mirrors and workspaces.
+    resolved = path.resolve()
+    for private in (repos_root(), Path(settings.DATA_DIR)):
+        if resolved.is_relative_to(private.resolve()):
+            raise RepoError("That path is inside Tandem's own data directory.")
+    # Where an operator lists the directories local repositories may come from, only those.
+    allowed = [Path(root).resolve() for root in getattr(settings, "REPOS_LOCAL_ROOTS", None) or ()]
+    if allowed and not any(resolved.is_relative_to(root) for root in allowed):
+        raise RepoError("Local repositories must be under " + ", ".join(map(str, allowed)) + ".")
+
+
+# --- Running git ---------------------------------------------------------------------------
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {name: os.environ[name] for name in _PASSED_ENV if name in os.environ}
+    env.update(
+        LC_ALL="C",  # English messages, which _HINTS matches
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL="/dev/null",
+        GIT_ATTR_NOSYSTEM="1",
+        GIT_TERMINAL_PROMPT="0",  # fail instead of waiting for a password
+        GIT_ASKPASS="",  # set but empty: git then skips core.askPass and SSH_ASKPASS
+        SSH_ASKPASS="",
+        GIT_PAGER="cat",
+        GIT_EDITOR="false",
+        GIT_NO_REPLACE_OBJECTS="1",  # refs/replace cannot make a diff lie about a commit
+        GIT_LITERAL_PATHSPECS="1",
+        GIT_SSH_COMMAND=_ssh_command(None),  # the environment beats core.sshCommand
+        GIT_SSH_VARIANT="ssh",
+    )
+    env.update(extra or {})
+    return env
+
+
+def _ssh_command(key: Path | None) -> str:
+    known_hosts = repos_root() / "known_hosts"  # trust on first use, then pinned
+    options = [
+        "ssh", "-F", "/dev/null",  # no user ssh config: no ProxyCommand, no agent forwarding
+        "-o", "BatchMode=yes",
+        "-o", "IdentitiesOnly=yes",
+        "-o", "IdentityAgent=none",  # never the server's agent or keys
+        "-o", f"IdentityFile={_ssh_quoted(key) if key else 'none'}",
+        "-o", "StrictHostKeyChecking=accept-new",
+        "-o", f"UserKnownHostsFile={_ssh_quoted(known_hosts)}",
+    ]  # fmt: skip
+    return shlex.join(options)  # GIT_SSH_COMMAND goes through a shell
+
+
+def _ssh_quoted(path: Path) -> str:
+    # ssh splits these options on spaces and expands %-tokens in them.
+    return '"' + str(path).replace("%", "%%") + '"'
+
+
+def _git(
+    *args: str | Path,
+    doing: str,
+    env: dict[str, str] | None = None,
+    input: bytes | None = None,
+    timeout: float = LOCAL_TIMEOUT,
+    ok_codes: tuple[int, ...] = (0,),
+) -> bytes:
+    """Run git hardened; its stdout, or RepoError("<doing> failed: <what to do>")."""
+    command = ["git", *_HARDENING, *map(str, args)]
+    try:
+        proc = subprocess.Popen(
+            command,
+            cwd="/",  # every path is absolute; no repository is ever discovered from here
+            env=_env(env),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # so a timeout kills git's helpers (ssh, remote-https) too
+        )
+    except FileNotFoundError:
+        raise RepoError("git is not installed on the server.")
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise RepoError(f"{doing} took longer than {timeout:g} seconds and was stopped.")
+    if proc.returncode not in ok_codes:
+        raise RepoError(f"{doing} failed: {_explain(err, env)}")
+    return out
+
+
+def _explain(stderr: bytes, env: dict[str, str] | None) -> str:
+    text = stderr.decode("utf-8", "replace")
+    header = (env or {}).get("GIT_CONFIG_VALUE_0", "")
+    if header:  # belt and braces: git never echoes it
+        text = text.replace(header, "…")
+    lowered = text.lower()
+    for needle, hint in _HINTS:
+        if needle in lowered:
+            # The token goes out unasked, so a 401 reads to git as "no credentials".
+            return _REFUSED_TOKEN if header and "asked for credentials" in hint else hint
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = lines[-1] if lines else "git gave no reason."
+    detail = re.sub(r"^(fatal|error): ", "", detail).replace(str(repos_root()), "…")
+    return detail[:300]
+
+
+def _ws_git(workspace: Workspace, *args: str, **kwargs) -> bytes:
+    return _git(
+        f"--git-dir={git_dir(workspace=workspace)}",
+        f"--work-tree={workspace_path(workspace=workspace)}",
+        *args,
+        **kwargs,
+    )
+
+
+@contextmanager
+def _remote_env(repo: Repository) -> Iterator[dict[str, str]]:
+    """Credentials for one command, in its environment only: never in a URL, .git/config or
+    argv (which every local user can read in ps)."""
+    if repo.auth == RepoAuth.HTTPS_TOKEN:
+        user, colon, token = repo.credential.strip().partition(":")  # "token" or "user:token"
+        if not colon:
+            user, token = HTTPS_USER, user
+        basic = base64.b64encode(f"{user}:{token}".encode()).decode()
+        yield {  # git's config-from-environment: http.extraHeader for this process only
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": "http.extraHeader",
+            "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
+        }
+    elif repo.auth == RepoAuth.SSH_KEY:
+        with tempfile.TemporaryDirectory(prefix="tandem-key-") as tmp:  # 0700
+            key = Path(tmp) / "key"
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:  # ssh refuses keys without the final newline
+                fh.write(repo.credential.replace("\r\n", "\n").strip() + "\n")
+            yield {"GIT_SSH_COMMAND": _ssh_command(key)}
+    else:
+        yield {}
+
+
+@contextmanager
+def _locked(repo: Repository, *, shared: bool = False) -> Iterator[None]:
+    # A fetch rewrites refs; clones read them. Beat and a person's "Fetch now" may overlap.
+    directory = _repo_dir(repo)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+
+
+# --- Mirrors -------------------------------------------------------------------------------
+
+
+def ensure_mirror(*, repo: Repository) -> Path:
+    """Create or update the mirror. The outcome is recorded on the row; failures also raise."""
+    path = mirror_path(repo=repo)
+    try:
+        url = validate_url(repo.url)
+        with _locked(repo), _remote_env(repo) as remote:
+            if path.exists():
+                _fetch(path, url, remote)
+            else:
+                _first_fetch(path, url, remote)
+    except RepoError as exc:
+        _record_fetch(repo, error=str(exc))
+        raise
+    _record_fetch(repo, error="")
+    return path
+
+
+def _first_fetch(path: Path, url: str, remote: dict[str, str]) -> None:
+    # Into a side directory, so mirror.git exists only once a fetch has worked.
+    new = path.with_name("mirror.new")
+    _rmtree(new)
+    try:
+        _git("init", "--bare", "--quiet", "--template=", "--", new, doing="Creating the mirror")
+        _fetch(new, url, remote)
+        new.rename(path)
+    finally:
+        _rmtree(new)
+
+
+def _fetch(mirror: Path, url: str, remote: dict[str, str]) -> None:
+    head = _git(
+        f"--git-dir={mirror}", "ls-remote", "--symref", "--", url, "HEAD",
+        doing="Reaching the repository", env=remote, timeout=NETWORK_TIMEOUT,
+    )  # fmt: skip
+    # Branches and tags only: a mirror refspec (refs/*) would also fetch every pull request.
+    _git(
+        f"--git-dir={mirror}", "fetch", "--prune", "--no-tags", "--quiet", "--", url,
+        "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*",
+        doing="Fetching the repository", env=remote, timeout=NETWORK_TIMEOUT,
+    )  # fmt: skip
+    match = re.search(rb"^ref: (refs/heads/\S+)\tHEAD$", head, re.MULTILINE)
+    if match:
+        _git(f"--git-dir={mirror}", "symbolic-ref", "HEAD", os.fsdecode(match[1]), doing="Fetching")
+
+
+def _record_fetch(repo: Repository, *, error: str) -> None:
+    fields = {"last_fetch_error": error}
+    if not error:
+        fields["last_fetched"] = timezone.now()
+    Repository.objects.filter(pk=repo.pk).update(**fields)
+    for name, value in fields.items():
+        setattr(repo, name, value)
+
+
+def branches(*, repo: Repository) -> list[str]:
+    """Branch names of the mirror, the default first."""
+    path = mirror_path(repo=repo)
+    if not path.exists():
+        return []
+    out = _git(
+        f"--git-dir={path}", "for-each-ref", "--format=%(refname:strip=2)", "refs/heads/",
+        doing="Listing branches",
+    )  # fmt: skip
+    names = sorted(os.fsdecode(name) for name in out.splitlines())
+    default = default_branch(repo=repo)
+    return sorted(names, key=lambda name: name != default)
+
+
+def default_branch(*, repo: Repository) -> str:
+    if repo.default_branch:
+        return repo.default_branch
+    out = _git(
+        f"--git-dir={mirror_path(repo=repo)}", "symbolic-ref", "--quiet", "--short", "HEAD",
+        doing="Reading the default branch", ok_codes=(0, 1),
+    )  # fmt: skip
+    return os.fsdecode(out.strip())
+
+
+# --- Workspaces ----------------------------------------------------------------------------
+
+
+def create_workspace(
+    *, conversation: Conversation, repo: Repository, branch: str = ""
+) -> Workspace:
+    """Give the conversation its own clone of `branch`, on a new work branch."""
+    if repo.team_id != conversation.team_id:
+        raise RepoError("That repository belongs to another team.")
+    if Workspace.objects.filter(conversation=conversation).exists():
+        raise RepoError("This conversation already works on a repository.")
+    if not mirror_path(repo=repo).exists():
+        ensure_mirror(repo=repo)
+    workspace = Workspace(
+        uuid=uuid.uuid4(),
+        conversation=conversation,
+        repository=repo,
+        branch=branch or default_branch(repo=repo),
+        work_branch=f"tandem/{conversation.uuid.hex[:8]}",
+    )
+    try:
+        with _locked(repo, shared=True):
+            workspace.base_commit = _branch_tip(repo, workspace.branch)
+            _clone(workspace)
+        with transaction.atomic():
+            workspace.save()
+    except IntegrityError:
+        _rmtree(_workspace_dir(workspace))
+        raise RepoError("This conversation already works on a repository.")
+    except BaseException:
+        _rmtree(_workspace_dir(workspace))
+        raise
+    return workspace
+
+
+def _branch_tip(repo: Repository, branch: str) -> str:
+    _git("check-ref-format", "--branch", branch, doing=f"Using the branch “{branch}”")
+    out = _git(
+        f"--git-dir={mirror_path(repo=repo)}", "rev-parse", "--verify", "--quiet",
+        f"refs/heads/{branch}^{{commit}}",
+        doing="Finding the branch", ok_codes=(0, 1),
+    )  # fmt: skip
+    if not out.strip():
+        raise RepoError(f"The repository has no branch “{branch}”.")
+    return out.decode().strip()
+
+
+def _clone(workspace: Workspace) -> None:
+    gd, tree = git_dir(workspace=workspace), workspace_path(workspace=workspace)
+    doing = "Preparing the workspace"
+    # Local clone: objects hardlinked from our own mirror, only the base branch's ref.
+    _git(
+        "clone", "--bare", "--quiet", "--single-branch", "--no-tags",
+        f"--branch={workspace.branch}", "--", mirror_path(repo=workspace.repository), gd,
+        doing=doing,
+    )  # fmt: skip
+    (gd / "info").mkdir(exist_ok=True)
+    (gd / "info" / "attributes").write_text(_NEUTRAL_ATTRIBUTES)
+    tree.mkdir()
+    for key, value in (("core.bare", "false"), ("core.logAllRefUpdates", "true")):
+        _git(f"--git-dir={gd}", "config", key, value, doing=doing)
+    _git(f"--git-dir={gd}", "remote", "remove", "origin", doing=doing)  # no server paths inside
+    ref = f"refs/heads/{workspace.work_branch}"
+    _ws_git(workspace, "update-ref", ref, workspace.base_commit, doing=doing)
+    _ws_git(workspace, "symbolic-ref", "HEAD", ref, doing=doing)
+    _ws_git(workspace, "reset", "--quiet", "--hard", doing=doing)
+
+
+def remove_workspace(*, workspace: Workspace) -> None:
+    workspace.delete()
+    _rmtree(_workspace_dir(workspace))
+
+
+def _rmtree(path: Path) -> None:
+    def unlock(func, failed, _exc) -> None:
+        # The sandbox may leave read-only directories; rmtree never follows symlinks, and
+        # neither does this.
+        parent = os.path.dirname(failed)
+        if not os.path.islink(parent):
+            os.chmod(parent, 0o700)
+        func(failed)
+
+    if not os.path.lexists(path):
+        return
+    handler = {"onexc": unlock} if sys.version_info >= (3, 12) else {"onerror": unlock}
+    try:
+        shutil.rmtree(path, **handler)
+    except OSError as exc:
+        raise RepoError(f"Removing the workspace failed: {exc.strerror}.")
+
+
+# --- Looking at and keeping the work --------------------------------------------------------
+
+
+def status(*, workspace: Workspace) -> list[FileStatus]:
+    """Uncommitted changes, against the work branch's last commit."""
+    out = _ws_git(
+        workspace, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames",
+        "--ignore-submodules=all",
+        doing="Reading the status",
+    )  # fmt: skip
+    # NUL-separated, so names with newlines or quotes come through as they are.
+    return [
+        FileStatus(code=entry[:2].decode(), path=os.fsdecode(entry[3:]))
+        for entry in out.split(b"\0")
+        if entry
+    ]
+
+
+def _snapshot(workspace: Workspace) -> str:
+    """The tree as it is on disk, untracked files included, as a git tree id. Built in a
+    throwaway index so the real one (and what counts as committed) is left alone."""
+    gd = git_dir(workspace=workspace)
+    index = gd / f"snapshot-index-{uuid.uuid4().hex}"
+    try:
+        if (gd / "index").exists():
+            shutil.copyfile(gd / "index", index)  # keeps stat data: only changed files rehash
+        env = {"GIT_INDEX_FILE": str(index)}
+        _ws_git(workspace, "add", "--all", doing="Reading the changes", env=env)
+        tree = _ws_git(workspace, "write-tree", doing="Reading the changes", env=env)
+    finally:
+        index.unlink(missing_ok=True)
+    return tree.decode().strip()
+
+
+def _diff(workspace: Workspace, since: str) -> bytes:
+    return _ws_git(
+        workspace, "diff-tree", "-r", "-p", "--binary", "-M", "--no-ext-diff", "--no-textconv",
+        "--ignore-submodules=all", _checked_sha(since), _snapshot(workspace),
+        doing="Computing the diff",
+    )  # fmt: skip
+
+
+def diff(*, workspace: Workspace, since: str | None = None) -> str:
+    """Unified diff from a commit (default: the workspace's base) to the files on disk, new
+    files included. Binary files come as git binary patches; other bytes that are not UTF-8
+    are shown as U+FFFD — use `patch` for the exact bytes."""
+    return _diff(workspace, since or workspace.base_commit).decode("utf-8", "replace")
+
+
+def patch(*, workspace: Workspace) -> bytes:
+    """Everything the conversation changed since its base, for `git apply` on that base."""
+    return _diff(workspace, workspace.base_commit)
+
+
+def commit_all(*, workspace: Workspace, message: str, author_name: str, author_email: str) -> str:
+    """Commit every change on disk to the work branch; the new (or unchanged) HEAD.
+
+    Plumbing, not `git commit`: it runs no hooks, signs nothing and never opens an editor."""
+    doing = "Saving the changes"
+    _ws_git(workspace, "add", "--all", doing=doing)
+    tree = _ws_git(workspace, "write-tree", doing=doing).decode().strip()
+    parent = head(workspace=workspace)
+    if tree == _ws_git(workspace, "rev-parse", f"{parent}^{{tree}}", doing=doing).decode().strip():
+        return parent
+    # The person who asked is author and committer; <, > and newlines would forge the header.
+    email = re.sub(r"[<>\s]", "", author_email)
+    name = re.sub(r"[<>\r\n]", "", author_name).strip() or email
+    who = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email}
+    who |= {"GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
+    sha = _ws_git(
+        workspace, "commit-tree", tree, "-p", parent, "-F", "-",
+        doing=doing, env=who, input=message.encode(),
+    ).decode().strip()  # fmt: skip
+    _ws_git(workspace, "update-ref", "-m", "tandem: commit", "HEAD", sha, parent, doing=doing)
+    return sha
+
+
+def head(*, workspace: Workspace) -> str:
+    out = _ws_git(workspace, "rev-parse", "--verify", "HEAD", doing="Reading the last commit")
+    return out.decode().strip()
+
+
+def undo_to(*, workspace: Workspace, commit: str) -> None:
+    """Put the work branch and the files back exactly as they were at `commit`."""
+    doing = "Undoing the changes"
+    sha = _checked_sha(commit)
+    found = _ws_git(
+        workspace, "rev-parse", "--verify", "--quiet", f"{sha}^{{commit}}",
+        doing=doing, ok_codes=(0, 1),
+    )  # fmt: skip
+    if not found.strip():
+        raise RepoError("That point is not in this conversation's history.")
+    _ws_git(workspace, "reset", "--quiet", "--hard", sha, doing=doing)
+    _ws_git(workspace, "clean", "-ffdq", doing=doing)  # -ff: nested repositories go too
+
+
+def push(*, workspace: Workspace, remote_branch: str) -> str:
+    """Push the work branch's HEAD to a branch of the remote (never forced); the pushed sha."""
+    repo = workspace.repository
+    _git("check-ref-format", "--branch", remote_branch, doing=f"Using the name “{remote_branch}”")
+    url, sha = validate_url(repo.url), head(workspace=workspace)
+    # From a throwaway repository whose config is ours, reading the workspace's objects: the
+    # workspace's config is never consulted while credentials are around (url.*.insteadOf
+    # there could send the token elsewhere, remote.*.receivepack could run a command).
+    with tempfile.TemporaryDirectory(prefix="tandem-push-") as tmp, _remote_env(repo) as remote:
+        _git("init", "--bare", "--quiet", "--template=", "--", tmp, doing="Pushing")
+        env = {**remote, "GIT_OBJECT_DIRECTORY": str(git_dir(workspace=workspace) / "objects")}
+        _git(
+            f"--git-dir={tmp}", "push", "--quiet", "--", url, f"{sha}:refs/heads/{remote_branch}",
+            doing="Pushing", env=env, timeout=NETWORK_TIMEOUT,
+        )  # fmt: skip
+    return sha
+
+
+def _checked_sha(value: str) -> str:
+    # Only full object ids reach git here: nothing option-like, nothing a ref could shadow.
+    if not _SHA.fullmatch(value or ""):
+        raise RepoError("That is not a commit id.")
+    return value
+
+
+def remove_orphans(*, older_than: float = 3600) -> int:
+    """Delete mirrors and workspaces whose row is gone (a repository or conversation was
+    deleted); how many directories went. Young directories stay: a workspace being created
+    has its files before its row."""
+    removed = 0
+    for pattern, model in (("*/*/workspaces/*", Workspace), ("*/*", Repository)):
+        for directory in repos_root().glob(pattern):
+            if time.time() - directory.lstat().st_mtime < older_than or not directory.is_dir():
+                continue
+            if not model.objects.filter(uuid=_uuid(directory.name)).exists():
+                _rmtree(directory)
+                removed += 1
+    return removed
+
+
+def _uuid(name: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(name)
+    except ValueError:
+        return None
