@@ -47,8 +47,12 @@ class DeltaPublisher:
         self.pending: list[str] = []
         self.last_flush = -1e9
         self.timer: asyncio.TimerHandle | None = None
+        # Production batches every run's deltas into shared Redis round trips; embedded mode
+        # (in-memory layer and state) sends them one by one, which costs nothing there.
+        self.batcher = events.DeltaBatcher.for_this_loop() if settings.REDIS_URL else None
+        self.last_sent: asyncio.Future | None = None
         self.queue: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
-        self.sender = asyncio.create_task(self._send_all())
+        self.sender = None if self.batcher else asyncio.create_task(self._send_all())
 
     def add(self, text: str) -> None:
         self.pending.append(text)
@@ -67,7 +71,17 @@ class DeltaPublisher:
         text = "".join(self.pending)
         self.pending.clear()
         self.last_flush = self.loop.time()
-        self.queue.put_nowait((self.seq, text))
+        if self.batcher:
+            self.last_sent = self.batcher.add(self.conversation_id, self.run_id, self.seq, text)
+        else:
+            self.queue.put_nowait((self.seq, text))
+
+    def sent_within(self, seconds: float) -> bool:
+        return bool(self.batcher) and self.loop.time() - self.last_flush < seconds
+
+    def cancel_seen(self) -> bool:
+        """Whether a recent batch saw this run's cancel flag (saves a poll of Redis)."""
+        return bool(self.batcher and self.run_id in self.batcher.cancel_requested)
 
     async def _send_all(self) -> None:
         while (item := await self.queue.get()) is not None:
@@ -81,6 +95,11 @@ class DeltaPublisher:
 
     async def close(self) -> None:
         self.flush()
+        if self.batcher:
+            if self.last_sent is not None:
+                await self.last_sent
+            self.batcher.cancel_requested.discard(self.run_id)
+            return
         self.queue.put_nowait(None)
         await self.sender
 
@@ -175,7 +194,11 @@ async def _stream_until_cancelled(config, messages, publisher, parts, usage, run
         if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
             last_beat = time.monotonic()
             await arun_heartbeat(run)
-        if await streams.is_cancel_requested(run_id):
+        # While deltas flow, each batch already looks at the cancel flag: poll only when quiet.
+        if publisher.cancel_seen() or (
+            not publisher.sent_within(CANCEL_POLL_SECONDS)
+            and await streams.is_cancel_requested(run_id)
+        ):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

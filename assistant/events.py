@@ -10,6 +10,8 @@ conversation.renamed, conversation.deleted, presence.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -17,6 +19,8 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 from .models import Conversation, Message, Run
+
+log = logging.getLogger(__name__)
 
 
 def group_name(conversation_id: str) -> str:
@@ -64,6 +68,79 @@ async def publish_delta(conversation_id: str, run_id: str, seq: int, text: str) 
     await layer.group_send(
         group_name(conversation_id), {"type": "conv.delta", "run": run_id, "seq": seq, "text": text}
     )
+
+
+class DeltaBatcher:
+    """Production's delta path: every delta of every run on this event loop goes to Redis in
+    one MULTI per turn of the loop — the snapshot writes, the PUBLISH to the conversation's
+    group, and a look at each run's cancel flag — instead of two round trips per delta.
+
+    At 50 streams that is one round trip for dozens of deltas; measured per-delta latency fell
+    from seconds (sequential round trips piling up behind a busy loop) to milliseconds. The
+    PUBLISH carries exactly what the layer's own group_send would (same channel name, same
+    serialisation), so consumers can't tell the difference; it needs the layer and the stream
+    state on the same Redis, which settings guarantee (one REDIS_URL).
+    """
+
+    _by_loop: dict[int, DeltaBatcher] = {}
+
+    @classmethod
+    def for_this_loop(cls) -> DeltaBatcher:
+        loop = asyncio.get_running_loop()
+        batcher = cls._by_loop.get(id(loop))
+        if batcher is None:
+            batcher = cls._by_loop[id(loop)] = cls()
+        return batcher
+
+    def __init__(self) -> None:
+        self.layer = get_channel_layer()
+        self.pending: list[tuple[str, str, int, str, asyncio.Future]] = []
+        self.wakeup = asyncio.Event()
+        self.cancel_requested: set[str] = set()
+        self.task = asyncio.create_task(self._run())
+
+    def add(self, conversation_id: str, run_id: str, seq: int, text: str) -> asyncio.Future:
+        """Queue a delta; the future resolves once it is in Redis and published."""
+        done = asyncio.get_running_loop().create_future()
+        self.pending.append((conversation_id, run_id, seq, text, done))
+        self.wakeup.set()
+        return done
+
+    async def _run(self) -> None:
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            batch, self.pending = self.pending, []
+            if batch:
+                await self._send(batch)
+
+    async def _send(self, batch) -> None:
+        from . import streams
+
+        pipe = streams.async_redis().pipeline(transaction=True)
+        runs: list[str] = []
+        for conversation_id, run_id, seq, text, _ in batch:
+            streams.queue_append(pipe, run_id, seq, text)
+            message = {"type": "conv.delta", "run": run_id, "seq": seq, "text": text}
+            channel = self.layer._get_group_channel_name(group_name(conversation_id))
+            pipe.publish(channel, self.layer.serialize(message))
+            if run_id not in runs:
+                runs.append(run_id)
+        for run_id in runs:
+            streams.queue_cancel_check(pipe, run_id)
+        error: Exception | None = None
+        try:
+            results = await pipe.execute()
+        except Exception as exc:  # live viewers miss these; the saved message has them all
+            log.exception("Could not publish %d deltas", len(batch))
+            error = exc
+        else:
+            for run_id, flagged in zip(runs, results[-len(runs) :], strict=True):
+                if flagged:
+                    self.cancel_requested.add(run_id)
+        for *_, done in batch:
+            if not done.done():
+                done.set_result(error)
 
 
 def publish_sync(conversation_id: str, event: dict[str, Any]) -> None:

@@ -103,11 +103,25 @@ async def append(run_id: str, seq: int, text: str) -> None:
             _memory.seq[run_id] = seq
         return
     pipe = _async_redis().pipeline(transaction=True)
+    queue_append(pipe, run_id, seq, text)
+    await pipe.execute()
+
+
+def queue_append(pipe, run_id: str, seq: int, text: str) -> None:
+    """Add the writes of one delta to a Redis MULTI pipeline (text and number change together,
+    so a snapshot never has one without the other)."""
     pipe.append(_text_key(run_id), text)
     pipe.set(_seq_key(run_id), seq, ex=TTL_SECONDS)
     if seq == 1:
         pipe.expire(_text_key(run_id), TTL_SECONDS)
-    await pipe.execute()
+
+
+def queue_cancel_check(pipe, run_id: str) -> None:
+    pipe.exists(_cancel_key(run_id))
+
+
+def async_redis():
+    return _async_redis()
 
 
 def _decode(seq: Any, text: Any) -> Snapshot:

@@ -1,0 +1,643 @@
+"""Run one command against a conversation's worktree inside bubblewrap, with hard limits.
+
+Every tool that touches a repository goes through :func:`run`. What the command sees:
+
+- the worktree, read-write, at ``/workspace`` (its working directory);
+- ``/usr`` (and the ``/bin``, ``/lib``... symlinks into it) read-only, and a handful of files from
+  ``/etc`` that programs need (loader cache, certificates, alternatives, time zone...); its
+  ``/etc/passwd``, ``/etc/group`` and ``/etc/hosts`` are stubs written here;
+- a private, size-capped tmpfs at ``/tmp`` (also ``HOME``), a fresh ``/proc`` showing only its own
+  PID namespace, a minimal ``/dev``; the rest of the root is read-only;
+- no network (a network namespace of its own with only loopback: the host's PostgreSQL and Redis
+  on 127.0.0.1 are unreachable), no environment of the server (``--clearenv``, and bwrap itself
+  starts with an empty environment because the sandbox can read ``/proc/1/environ``), no user
+  namespaces of its own (``--disable-userns``).
+
+Limits: wall time (we kill it), CPU seconds, address space, processes, file size (all rlimits set
+by ``prlimit`` *inside* the sandbox, see :func:`_bwrap_args`), combined output size (read as a
+stream, cut with a marker, killed when it goes on far past the cap) and the size of ``/tmp``.
+
+Processes: ``RLIMIT_NPROC`` is not enforced for (host) root, so the command must never run as
+root. A server running as an ordinary user runs bwrap as itself. A server running as root starts
+bwrap as :data:`SANDBOX_UID` (``nobody``) and grants that uid access to the worktree with POSIX
+ACLs (files stay owned by the server; see :func:`_grant_worktree`). Because the sandbox has a user
+namespace of its own, the process count is per sandbox, not shared by all sandboxes of the uid.
+
+Stop: cancelling the awaiting task SIGKILLs bwrap; ``--die-with-parent`` then kills the sandbox's
+PID 1 and with it the whole PID namespace. If the sandbox cannot start, :class:`SandboxError` is
+raised; nothing here ever runs a command without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import errno
+import json
+import os
+import shutil
+import signal
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BWRAP = "/usr/bin/bwrap"
+PRLIMIT = "/usr/bin/prlimit"  # util-linux; sets the rlimits inside the sandbox, then execs
+WORKDIR = "/workspace"
+SANDBOX_UID = 65534  # only when the server runs as root: the uid the command runs as
+SANDBOX_GID = 65534
+
+# The sandbox's /etc: copies of what dynamic linking, TLS, locales and the usual tools need from
+# the host's, nothing with secrets or the server's configuration (no shadow, ssh, postgresql...),
+# plus stub passwd/group/hosts. Copied once per process into one directory bound read-only: one
+# mount instead of ~25 bind mounts saved ~7 ms per call.
+_ETC = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",  # /usr/bin/awk, editor... are symlinks through here
+    "ssl/certs",
+    "ssl/openssl.cnf",
+    "localtime",
+    "timezone",
+    "nsswitch.conf",
+    "host.conf",
+    "gai.conf",
+    "protocols",
+    "services",
+    "mime.types",
+    "magic",
+    "magic.mime",
+    "inputrc",
+    "os-release",
+    "debian_version",
+    "python3",
+    *sorted(p.name for p in Path("/etc").glob("python3.*")),  # Debian's sitecustomize
+)
+_ETC_WATCH = ("ld.so.cache", "alternatives", "ssl/certs")  # change when packages are installed
+_etc_snapshots: dict[tuple[int, int], tuple[tuple, Path]] = {}  # (uid, gid) -> (stamp, dir)
+_setup_lock = threading.Lock()  # one /etc copy or worktree grant at a time in this process
+_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+# POSIX ACLs as extended attributes (root mode, see _grant_worktree).
+_ACL_ACCESS = "system.posix_acl_access"
+_ACL_DEFAULT = "system.posix_acl_default"
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    wall_seconds: float = 30
+    cpu_seconds: int = 20  # per process (RLIMIT_CPU); the wall limit bounds a tree of them
+    memory_mb: int = 1024  # address space per process (RLIMIT_AS)
+    max_processes: int = 128  # tasks (processes and threads) in this sandbox (RLIMIT_NPROC)
+    max_output_bytes: int = 1_000_000  # stdout + stderr kept; killed past 4x this
+    max_file_mb: int = 100  # largest file it may write (RLIMIT_FSIZE)
+    tmp_mb: int = 256  # size of the private /tmp (tmpfs, i.e. memory)
+
+
+@dataclass
+class SandboxResult:
+    exit_code: int | None  # None when we killed it; 128+N when a signal N ended it
+    stdout: str
+    stderr: str
+    truncated: bool = False
+    timed_out: bool = False
+    killed_reason: str = ""  # "", "timeout", "output", "cancelled", "cpu", "file_size"
+    duration_ms: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.killed_reason
+
+
+class SandboxError(Exception):
+    """The sandbox could not be set up; the command did not run."""
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    worktree: Path,
+    limits: SandboxLimits | None = None,
+    stdin: bytes | None = None,
+    network: bool = False,
+    git_dir: Path | None = None,
+) -> SandboxResult:
+    """Run ``argv`` in ``worktree`` under bubblewrap and return what it did.
+
+    ``git_dir``: the workspace's git directory (kept outside the tree, see ``repos``), mounted
+    read-only at ``/workspace/.git`` so git commands work inside but only the server writes it.
+
+    ``network=True`` shares the host's network namespace — including its loopback, where the
+    database listens — so it is for deliberate, approved cases only.
+    """
+    limits = limits or SandboxLimits()
+    argv = list(argv)
+    if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
+        raise ValueError("argv must be a non-empty list of strings without NUL bytes")
+    worktree = _check_worktree(worktree)
+    if git_dir is not None:
+        git_dir = _check_git_dir(git_dir, worktree)
+    _check_binaries()
+    as_root = os.geteuid() == 0
+    uid, gid = (SANDBOX_UID, SANDBOX_GID) if as_root else (os.getuid(), os.getgid())
+    if as_root and not _has_grant(worktree, uid):
+        await asyncio.to_thread(_grant_worktree, worktree, uid)  # a walk of the whole tree, once
+
+    etc = _etc_snapshot(uid, gid) or await asyncio.to_thread(_make_etc_snapshot, uid, gid)
+    args = _bwrap_args(
+        worktree=worktree,
+        git_dir=git_dir,
+        etc=etc,
+        limits=limits,
+        network=network,
+        uid=uid,
+        gid=gid,
+    )
+    # The arguments go through a pipe (--args) so /proc/1/cmdline inside shows no host paths.
+    to_close: list[int] = []
+    try:
+        args_fd = _pipe_with(b"".join(a.encode() + b"\0" for a in args), to_close)
+        status_r, status_w = os.pipe()
+        to_close.append(status_w)
+        pass_fds = [args_fd, status_w]
+        ident = {"user": uid, "group": gid, "extra_groups": []} if as_root else {}
+        started = time.monotonic()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                BWRAP,
+                "--args",
+                str(args_fd),
+                "--json-status-fd",
+                str(status_w),
+                "--",
+                PRLIMIT,
+                *_prlimits(limits),
+                "--",
+                *argv,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={"PATH": _PATH, "LANG": "C.UTF-8"},  # the sandbox can read bwrap's environ
+                pass_fds=pass_fds,
+                start_new_session=True,  # signals aimed at the server's group don't reach it
+                **ident,
+            )
+        except BaseException as exc:
+            os.close(status_r)
+            if isinstance(exc, OSError):
+                raise SandboxError(f"the sandbox could not start: {exc}") from exc
+            raise
+    finally:
+        for fd in to_close:
+            os.close(fd)
+
+    try:
+        pidfd: int | None = os.pidfd_open(proc.pid)
+    except ProcessLookupError:  # already gone (and reaped): nothing to kill
+        pidfd = None
+    watch = _Watch(proc, limits.max_output_bytes, pidfd)
+    try:
+        body = asyncio.ensure_future(watch.communicate(stdin))
+        try:
+            await asyncio.wait_for(asyncio.shield(body), timeout=limits.wall_seconds)
+        except TimeoutError:
+            watch.kill("timeout")
+            await _settle(body)
+        except asyncio.CancelledError:
+            watch.kill("cancelled")
+            await _settle(body)
+            raise
+    finally:
+        status = _read_status(status_r)
+        if pidfd is not None:
+            os.close(pidfd)
+    duration_ms = int((time.monotonic() - started) * 1000)
+
+    stderr = watch.text("stderr")
+    exit_code = status.get("exit-code")
+    if exit_code is None and not watch.killed_reason:
+        # bwrap reports an exit code only once the command started: this is a setup failure.
+        detail = stderr.strip() or f"bwrap exited with {proc.returncode}"
+        if as_root and "Permission denied" in detail:
+            detail += (
+                f" (bwrap runs as uid {uid} here: every directory above the worktree must be "
+                "searchable by it, e.g. mode 0711)"
+            )
+        raise SandboxError(f"the sandbox could not start: {detail}")
+    reason = watch.killed_reason
+    if not reason and exit_code == 128 + signal.SIGXCPU:
+        reason = "cpu"
+    elif not reason and exit_code == 128 + signal.SIGXFSZ:
+        reason = "file_size"
+    return SandboxResult(
+        exit_code=exit_code,
+        stdout=watch.text("stdout"),
+        stderr=stderr,
+        truncated=watch.truncated,
+        timed_out=watch.killed_reason == "timeout",
+        killed_reason=reason,
+        duration_ms=duration_ms,
+    )
+
+
+def run_sync(argv: Sequence[str], **kwargs) -> SandboxResult:
+    """:func:`run` for code without an event loop (tests, scripts)."""
+    return asyncio.run(run(argv, **kwargs))
+
+
+# --- Building the command line ------------------------------------------------------------------
+
+
+def _bwrap_args(
+    *,
+    worktree: Path,
+    git_dir: Path | None = None,
+    etc: Path,
+    limits: SandboxLimits,
+    network: bool,
+    uid: int,
+    gid: int,
+) -> list[str]:
+    args = [
+        "--unshare-all",  # user, mount, pid, ipc, uts, cgroup and net namespaces
+        "--unshare-user",  # explicit: --disable-userns requires it
+        "--disable-userns",  # no nested user namespaces (kernel attack surface)
+        "--uid",
+        str(uid),
+        "--gid",
+        str(gid),
+        "--die-with-parent",
+        "--new-session",  # no TIOCSTI into a terminal of ours
+        "--hostname",
+        "sandbox",
+        "--clearenv",
+    ]
+    if network:
+        args.append("--share-net")
+    env = {
+        "PATH": _PATH,
+        "HOME": "/tmp",
+        "USER": "sandbox",
+        "LOGNAME": "sandbox",
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "TMPDIR": "/tmp",
+    }
+    for key, value in env.items():
+        args += ["--setenv", key, value]
+    args += ["--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        link = Path("/") / name
+        if link.is_symlink():  # merged /usr (Debian 12): /bin -> usr/bin
+            args += ["--symlink", os.readlink(link), f"/{name}"]
+        elif link.is_dir():
+            args += ["--ro-bind", str(link), f"/{name}"]
+    args += ["--ro-bind", str(etc), "/etc"]
+    if network:
+        args += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]  # over the empty stub
+    args += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--size",
+        str(64 * 1024 * 1024),
+        "--tmpfs",
+        "/dev/shm",
+        "--remount-ro",
+        "/dev",
+        "--size",
+        str(limits.tmp_mb * 1024 * 1024),
+        "--tmpfs",
+        "/tmp",
+        "--bind",
+        str(worktree),
+        WORKDIR,
+        "--remount-ro",
+        "/",
+    ]
+    if git_dir is not None:  # over the tree's .git (bwrap makes the directory if missing)
+        args += ["--ro-bind", str(git_dir), f"{WORKDIR}/.git"]
+    return [*args, "--chdir", WORKDIR]
+
+
+def _prlimits(limits: SandboxLimits) -> list[str]:
+    # Set inside the sandbox, after bwrap made its user namespace: the kernel counts
+    # RLIMIT_NPROC per (user namespace, uid) and caps the namespace's total by its creator's
+    # limit, so setting it on bwrap itself would make every sandbox of the uid share one budget.
+    mem = limits.memory_mb * 1024 * 1024
+    fsize = limits.max_file_mb * 1024 * 1024
+    cpu = limits.cpu_seconds
+    return [
+        f"--nproc={limits.max_processes}",
+        f"--as={mem}",
+        f"--cpu={cpu}:{cpu + 1}",  # SIGXCPU at the soft limit, SIGKILL a second later
+        f"--fsize={fsize}",
+        "--core=0",
+    ]
+
+
+def _etc_snapshot(uid: int, gid: int) -> Path | None:
+    """The current copy of /etc for this uid, or None when there is none (or it is stale)."""
+    stamp, snap = _etc_snapshots.get((uid, gid), (None, None))
+    return snap if stamp == _etc_stamp() else None
+
+
+def _etc_stamp() -> tuple:
+    stamp = []
+    for name in _ETC_WATCH:
+        try:
+            st = os.stat(f"/etc/{name}")
+            stamp.append((st.st_mtime_ns, st.st_ino))
+        except OSError:
+            stamp.append(None)
+    return tuple(stamp)
+
+
+def _make_etc_snapshot(uid: int, gid: int) -> Path:
+    with _setup_lock:
+        if snap := _etc_snapshot(uid, gid):
+            return snap
+        stamp = _etc_stamp()
+        snap = Path(tempfile.mkdtemp(prefix="tandem-sandbox-etc-"))
+        atexit.register(_remove_snapshot, snap, os.getpid())
+        for name in _ETC:
+            src, dst = Path("/etc") / name, snap / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_symlink():  # localtime, os-release: resolved inside against its /usr
+                dst.symlink_to(os.readlink(src))
+            elif src.is_dir():
+                shutil.copytree(src, dst, symlinks=True)
+            elif src.is_file():
+                shutil.copyfile(src, dst)
+        stubs = {
+            "passwd": _passwd(uid, gid),
+            "group": _group(gid),
+            "hosts": "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost\n",
+            "hostname": "sandbox\n",
+            "resolv.conf": "",  # no network; with network=True the host's is bound over it
+        }
+        for name, text in stubs.items():
+            (snap / name).write_text(text)
+        for top, dirs, files in os.walk(snap):  # readable by the sandbox uid, writable by none
+            for d in dirs:
+                os.chmod(os.path.join(top, d), 0o755)  # noqa: S103 - public data, read-only
+            for f in files:
+                if not os.path.islink(path := os.path.join(top, f)):
+                    os.chmod(path, 0o644)
+        snap.chmod(0o755)
+        _etc_snapshots[(uid, gid)] = (stamp, snap)
+        return snap
+
+
+def _remove_snapshot(snap: Path, owner: int) -> None:
+    if os.getpid() == owner:  # not from a forked child that inherited the handler
+        shutil.rmtree(snap, ignore_errors=True)
+
+
+def _passwd(uid: int, gid: int) -> str:
+    lines = ["root:x:0:0:root:/root:/usr/sbin/nologin", f"sandbox:x:{uid}:{gid}::/tmp:/bin/sh"]
+    if uid != 65534:
+        lines.append("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin")
+    return "\n".join(lines) + "\n"
+
+
+def _group(gid: int) -> str:
+    lines = ["root:x:0:", f"sandbox:x:{gid}:"]
+    if gid != 65534:
+        lines.append("nogroup:x:65534:")
+    return "\n".join(lines) + "\n"
+
+
+def _pipe_with(data: bytes, to_close: list[int]) -> int:
+    """A pipe holding ``data`` and closed for writing; returns the read end."""
+    r, w = os.pipe()
+    to_close.append(r)
+    try:
+        if len(data) > 60_000:  # a pipe buffer is 64 KiB; ours are a few hundred bytes
+            raise SandboxError("sandbox arguments too long")
+        os.write(w, data)
+    finally:
+        os.close(w)
+    return r
+
+
+# --- Checks before starting ---------------------------------------------------------------------
+
+
+def _check_binaries() -> None:
+    for path, what in ((BWRAP, "bubblewrap (bwrap)"), (PRLIMIT, "prlimit (util-linux)")):
+        if not os.access(path, os.X_OK):
+            raise SandboxError(
+                f"the sandbox is unavailable: {what} is not installed at {path}; "
+                "commands are never run without it"
+            )
+
+
+def _check_worktree(worktree: Path) -> Path:
+    try:
+        resolved = Path(worktree).resolve(strict=True)
+    except OSError as exc:
+        raise SandboxError(f"the worktree {worktree} does not exist ({exc.strerror})") from exc
+    if not resolved.is_dir():
+        raise SandboxError(f"the worktree {worktree} is not a directory")
+    return resolved
+
+
+def _check_git_dir(git_dir: Path, worktree: Path) -> Path:
+    try:
+        resolved = Path(git_dir).resolve(strict=True)
+    except OSError as exc:
+        raise SandboxError(f"the git directory {git_dir} does not exist ({exc.strerror})") from exc
+    planted = worktree / ".git"
+    if os.path.lexists(planted) and (planted.is_symlink() or not planted.is_dir()):
+        # A .git file or link the agent made: bwrap could not mount over it.
+        raise SandboxError("the worktree has a .git file or link of its own; remove it first")
+    return resolved
+
+
+# --- Root: give the sandbox uid access to the worktree ------------------------------------------
+
+
+def _acl(entries: list[tuple[int, int, int]]) -> bytes:
+    # Linux's xattr form of a POSIX ACL: version 2, then (tag, perm, id) entries sorted by tag.
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+def _acl_for(mode: int, uid: int) -> bytes:
+    user_obj, group_obj, other = (mode >> 6) & 7, (mode >> 3) & 7, mode & 7
+    # The sandbox uid gets what the owner has; the mask lets exactly that through (it shows as
+    # the group bits, which git ignores).
+    named = user_obj
+    nobody = 0xFFFFFFFF
+    return _acl(
+        [
+            (0x01, user_obj, nobody),  # ACL_USER_OBJ
+            (0x02, named, uid),  # ACL_USER
+            (0x04, group_obj, nobody),  # ACL_GROUP_OBJ
+            (0x10, named | group_obj, nobody),  # ACL_MASK
+            (0x20, other, nobody),  # ACL_OTHER
+        ]
+    )
+
+
+def _has_grant(path: Path, uid: int) -> bool:
+    try:
+        data = os.getxattr(path, _ACL_DEFAULT, follow_symlinks=False)
+    except OSError:
+        return False
+    return any(
+        struct.unpack_from("<HHI", data, off)[::2] == (0x02, uid) for off in range(4, len(data), 8)
+    )
+
+
+def _grant_worktree(worktree: Path, uid: int) -> None:
+    """Let ``uid`` read and write the worktree while every file stays the server's (root's).
+
+    An ACL entry on every file and directory, and a default ACL on directories so that files the
+    server creates later (git checkout, say) inherit it. Done once per worktree: the top
+    directory's default ACL, set last, is the marker (only its owner can change it, so the
+    sandbox can't remove it). The tree is hostile: everything goes through file descriptors
+    opened without following symlinks (os.fwalk, O_NOFOLLOW), so a directory swapped for a
+    link to /etc halfway through can't make us touch anything outside.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        with _setup_lock:  # one walk at a time in this process; the marker makes repeats no-ops
+            if _has_grant(worktree, uid):
+                return
+            root = os.stat(worktree, follow_symlinks=False)
+            for _top, _dirs, files, dirfd in os.fwalk(worktree, follow_symlinks=False):
+                st = os.fstat(dirfd)
+                os.setxattr(dirfd, _ACL_ACCESS, _acl_for(st.st_mode, uid))
+                if not os.path.samestat(st, root):  # the top directory's comes last
+                    os.setxattr(dirfd, _ACL_DEFAULT, _acl_for(0o40755, uid))
+                for name in files:
+                    try:
+                        fd = os.open(name, flags, dir_fd=dirfd)
+                    except OSError as exc:
+                        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink; a socket
+                            continue
+                        raise
+                    try:
+                        st = os.fstat(fd)
+                        if (st.st_mode & 0o170000) == 0o100000:  # regular files only
+                            os.setxattr(fd, _ACL_ACCESS, _acl_for(st.st_mode, uid))
+                    finally:
+                        os.close(fd)
+            top = os.open(worktree, flags | os.O_DIRECTORY)
+            try:
+                os.setxattr(top, _ACL_DEFAULT, _acl_for(0o40755, uid))  # the marker, last
+            finally:
+                os.close(top)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise SandboxError(
+                f"the worktree's file system does not support ACLs; cannot let the sandbox user "
+                f"(uid {uid}) write {worktree}. Run the server as an ordinary user instead of root."
+            ) from exc
+        raise SandboxError(f"could not prepare the worktree for the sandbox: {exc}") from exc
+
+
+# --- While it runs ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Watch:
+    """Reads stdout and stderr as they come, keeps at most ``cap`` bytes of the two together."""
+
+    proc: asyncio.subprocess.Process
+    cap: int
+    pidfd: int | None
+    kept: dict[str, bytearray] = field(
+        default_factory=lambda: {"stdout": bytearray(), "stderr": bytearray()}
+    )
+    dropped: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
+    killed_reason: str = ""
+
+    @property
+    def truncated(self) -> bool:
+        return any(self.dropped.values())
+
+    def kill(self, reason: str) -> None:
+        """SIGKILL bwrap, once; --die-with-parent takes the whole PID namespace with it."""
+        if self.killed_reason:
+            return
+        self.killed_reason = reason
+        # Through a pidfd, not Process.kill(): Popen.send_signal polls first and could reap the
+        # child behind asyncio's watcher; a pidfd also can't hit a recycled pid.
+        if self.pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    async def communicate(self, stdin: bytes | None) -> None:
+        await asyncio.gather(
+            self._feed(stdin),
+            self._pump(self.proc.stdout, "stdout"),
+            self._pump(self.proc.stderr, "stderr"),
+        )
+        await self.proc.wait()
+
+    async def _feed(self, data: bytes | None) -> None:
+        if data is None or self.proc.stdin is None:
+            return
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.proc.stdin.write(data)
+            await self.proc.stdin.drain()
+        self.proc.stdin.close()
+
+    async def _pump(self, stream: asyncio.StreamReader | None, name: str) -> None:
+        assert stream is not None
+        while chunk := await stream.read(65536):
+            room = self.cap - sum(len(b) for b in self.kept.values())
+            if room > 0:
+                self.kept[name] += chunk[:room]
+            self.dropped[name] += max(0, len(chunk) - max(room, 0))
+            # Past the cap we only count; far past it, stop the command: 100 MB of `yes`
+            # must cost neither memory here nor minutes of wall time.
+            if sum(self.dropped.values()) > 3 * self.cap:
+                self.kill("output")
+
+    def text(self, name: str) -> str:
+        out = self.kept[name].decode("utf-8", errors="replace")
+        if self.dropped[name]:
+            stopped = " (the command was stopped)" if self.killed_reason == "output" else ""
+            out += (
+                f"\n[output truncated by the sandbox: {self.dropped[name]} more bytes of "
+                f"{name} not shown; at most {self.cap} bytes are kept{stopped}]\n"
+            )
+        return out
+
+
+async def _settle(body: asyncio.Future) -> None:
+    """Wait (briefly) for the killed process and its pipes, even if we are being cancelled."""
+    # A CancelledError here propagates: the SIGKILL has been sent, reaping goes on without us.
+    with contextlib.suppress(Exception):  # timeout or a read error: moot once it is killed
+        await asyncio.shield(asyncio.wait_for(body, timeout=5))
+
+
+def _read_status(fd: int) -> dict:
+    """bwrap's --json-status-fd: one JSON object per line (child-pid, then exit-code)."""
+    status: dict = {}
+    os.set_blocking(fd, False)
+    buf = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        os.close(fd)
+    for line in buf.splitlines():
+        with contextlib.suppress(ValueError):
+            status.update(json.loads(line))
+    return status
