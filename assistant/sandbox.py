@@ -18,10 +18,13 @@ by ``prlimit`` *inside* the sandbox, see :func:`_bwrap_args`), combined output s
 stream, cut with a marker, killed when it goes on far past the cap) and the size of ``/tmp``.
 
 Processes: ``RLIMIT_NPROC`` is not enforced for (host) root, so the command must never run as
-root. A server running as an ordinary user runs bwrap as itself. A server running as root starts
-bwrap as :data:`SANDBOX_UID` (``nobody``) and grants that uid access to the worktree with POSIX
-ACLs (files stay owned by the server; see :func:`_grant_worktree`). Because the sandbox has a user
-namespace of its own, the process count is per sandbox, not shared by all sandboxes of the uid.
+root. A server running as an ordinary user runs bwrap as itself (the recommended deployment:
+nothing else to arrange). A server running as root starts bwrap as :data:`SANDBOX_UID`
+(``nobody``; through Popen's ``user=`` on asyncio's loop, through ``setpriv`` on uvloop, which
+lacks it) and grants that uid access to the worktree with POSIX ACLs, files staying the server's
+(:func:`_grant_worktree`); every directory above a worktree must then be searchable (o+x) by
+that uid. Because each sandbox has a user namespace of its own, the process count is per
+sandbox, not one budget shared by every sandbox of the uid.
 
 Stop: cancelling the awaiting task SIGKILLs bwrap; ``--die-with-parent`` then kills the sandbox's
 PID 1 and with it the whole PID namespace. If the sandbox cannot start, :class:`SandboxError` is
@@ -48,6 +51,7 @@ from pathlib import Path
 
 BWRAP = "/usr/bin/bwrap"
 PRLIMIT = "/usr/bin/prlimit"  # util-linux; sets the rlimits inside the sandbox, then execs
+SETPRIV = "/usr/bin/setpriv"  # util-linux; drops root for bwrap where the loop can't (uvloop)
 WORKDIR = "/workspace"
 SANDBOX_UID = 65534  # only when the server runs as root: the uid the command runs as
 SANDBOX_GID = 65534
@@ -142,8 +146,8 @@ async def run(
     worktree = _check_worktree(worktree)
     if git_dir is not None:
         git_dir = _check_git_dir(git_dir, worktree)
-    _check_binaries()
     as_root = os.geteuid() == 0
+    _check_binaries(as_root)
     uid, gid = (SANDBOX_UID, SANDBOX_GID) if as_root else (os.getuid(), os.getgid())
     if as_root and not _has_grant(worktree, uid):
         await asyncio.to_thread(_grant_worktree, worktree, uid)  # a walk of the whole tree, once
@@ -165,10 +169,11 @@ async def run(
         status_r, status_w = os.pipe()
         to_close.append(status_w)
         pass_fds = [args_fd, status_w]
-        ident = {"user": uid, "group": gid, "extra_groups": []} if as_root else {}
+        prefix, ident = _drop_root(uid, gid) if as_root else ([], {})
         started = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
+                *prefix,
                 BWRAP,
                 "--args",
                 str(args_fd),
@@ -342,6 +347,15 @@ def _prlimits(limits: SandboxLimits) -> list[str]:
     ]
 
 
+def _drop_root(uid: int, gid: int) -> tuple[list[str], dict]:
+    """How bwrap gets started as ``uid`` when the server is root: a command prefix, or kwargs."""
+    if type(asyncio.get_running_loop()).__module__.startswith("asyncio"):
+        # Popen switches uid in the forked child before exec: no extra program.
+        return [], {"user": uid, "group": gid, "extra_groups": []}
+    # uvloop (Daphne runs on it) refuses user/group: setpriv switches, then execs bwrap.
+    return [SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"], {}
+
+
 def _etc_snapshot(uid: int, gid: int) -> Path | None:
     """The current copy of /etc for this uid, or None when there is none (or it is stale)."""
     stamp, snap = _etc_snapshots.get((uid, gid), (None, None))
@@ -430,8 +444,11 @@ def _pipe_with(data: bytes, to_close: list[int]) -> int:
 # --- Checks before starting ---------------------------------------------------------------------
 
 
-def _check_binaries() -> None:
-    for path, what in ((BWRAP, "bubblewrap (bwrap)"), (PRLIMIT, "prlimit (util-linux)")):
+def _check_binaries(as_root: bool) -> None:
+    needed = [(BWRAP, "bubblewrap (bwrap)"), (PRLIMIT, "prlimit (util-linux)")]
+    if as_root:
+        needed.append((SETPRIV, "setpriv (util-linux)"))
+    for path, what in needed:
         if not os.access(path, os.X_OK):
             raise SandboxError(
                 f"the sandbox is unavailable: {what} is not installed at {path}; "
@@ -615,7 +632,7 @@ class _Watch:
 
 
 async def _settle(body: asyncio.Future) -> None:
-    """Wait (briefly) for the killed process and its pipes, even if we are being cancelled."""
+    """Wait (at most 5 s) for the killed process to be reaped and its pipes to close."""
     # A CancelledError here propagates: the SIGKILL has been sent, reaping goes on without us.
     with contextlib.suppress(Exception):  # timeout or a read error: moot once it is killed
         await asyncio.shield(asyncio.wait_for(body, timeout=5))
