@@ -12,5 +12,6 @@ urlpatterns = [
     path("invite/<str:token>/", account_views.invitation_accept, name="invitation_accept"),
     path("t/<slug:slug>/", include("accounts.urls")),
     path("t/<slug:slug>/", include("assistant.urls")),
+    path("t/<slug:slug>/", include("assistant.repo_urls")),
     *run_urlpatterns,
 ]

@@ -38,7 +38,14 @@ TEAM_PARAMS = {
 }
 
 # Pages only owners and admins may use: a plain member gets 404 there.
-ADMIN_ONLY = {"team_settings", "team_settings_test", "invitation_revoke"}
+ADMIN_ONLY = {
+    "team_settings",
+    "team_settings_test",
+    "invitation_revoke",
+    "repositories",
+    "repository_fetch",
+    "repository_remove",
+}
 
 
 @dataclass(frozen=True)

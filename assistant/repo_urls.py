@@ -1,0 +1,16 @@
+"""Repository routes, included under t/<slug>/ (see config/urls.py)."""
+
+from django.urls import path
+
+from . import repo_views
+
+urlpatterns = [
+    path("repos/", repo_views.repository_list, name="repositories"),
+    path("repos/fetch/", repo_views.repository_fetch, name="repository_fetch"),
+    path("repos/remove/", repo_views.repository_remove, name="repository_remove"),
+    path(
+        "c/<uuid:conversation_id>/repository/",
+        repo_views.conversation_repository,
+        name="conversation_repository",
+    ),
+]

@@ -1,0 +1,181 @@
+"""Repository pages: admins connect, fetch and remove a team's repositories; members attach
+one (and a branch) to a conversation. The git work itself lives in assistant/repos.py."""
+
+from __future__ import annotations
+
+import uuid
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from accounts.selectors import admin_membership_for, membership_for
+
+from . import repos, selectors
+from .models import RepoAuth, Repository
+
+
+class SecretTextarea(forms.Textarea):
+    """A textarea that never renders its value back (an SSH private key)."""
+
+    def format_value(self, value):
+        return None
+
+
+class RepositoryForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    url = forms.CharField(
+        label="Address",
+        max_length=1000,
+        help_text="https://…, ssh://…, git@host:path, file://… or an absolute path.",
+    )
+    default_branch = forms.CharField(
+        max_length=255, required=False, help_text="Leave empty to follow the remote's default."
+    )
+    auth = forms.ChoiceField(label="Authentication", choices=RepoAuth.choices)
+    token = forms.CharField(
+        label="HTTPS token",
+        required=False,
+        max_length=1000,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="A token, or username:token. Stored encrypted, never shown again.",
+    )
+    ssh_key = forms.CharField(
+        label="SSH deploy key (private)",
+        required=False,
+        max_length=20000,
+        widget=SecretTextarea(attrs={"rows": 4, "autocomplete": "off", "spellcheck": "false"}),
+        help_text="Stored encrypted, never shown again.",
+    )
+
+    def __init__(self, *args, team, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.team = team
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        if not name:
+            raise forms.ValidationError("Enter a name.")
+        if Repository.objects.filter(team=self.team, name=name).exists():
+            raise forms.ValidationError("The team already has a repository with this name.")
+        return name
+
+    def clean_url(self) -> str:
+        try:
+            return repos.validate_url(self.cleaned_data["url"])
+        except repos.RepoError as exc:
+            raise forms.ValidationError(str(exc))
+
+    def clean(self):
+        data = super().clean()
+        auth = data.get("auth")
+        if auth == RepoAuth.HTTPS_TOKEN and not data.get("token", "").strip():
+            self.add_error("token", "Enter the token for this repository.")
+        if auth == RepoAuth.SSH_KEY and not data.get("ssh_key", "").strip():
+            self.add_error("ssh_key", "Paste the deploy key's private key.")
+        return data
+
+    def credential(self) -> str:
+        auth = self.cleaned_data["auth"]
+        if auth == RepoAuth.HTTPS_TOKEN:
+            return self.cleaned_data["token"].strip()
+        if auth == RepoAuth.SSH_KEY:
+            return self.cleaned_data["ssh_key"]
+        return ""
+
+
+def _posted_repository(request: HttpRequest, team) -> Repository | HttpResponse:
+    """The team's repository named by the POST's `repository` uuid: 400 when there is no uuid,
+    404 when no repository of this team has it (another team's included)."""
+    try:
+        repo_id = uuid.UUID(request.POST.get("repository", ""))
+    except ValueError:
+        return HttpResponseBadRequest("Choose a repository.")
+    return get_object_or_404(Repository.objects.select_related("team"), uuid=repo_id, team=team)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def repository_list(request: HttpRequest, slug: str) -> HttpResponse:
+    membership = admin_membership_for(request.user, slug)
+    team = membership.team
+    form = RepositoryForm(request.POST or None, team=team)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        repo = Repository(
+            team=team,
+            name=data["name"],
+            url=data["url"],
+            default_branch=data["default_branch"].strip(),
+            auth=data["auth"],
+        )
+        repo.credential = form.credential()
+        repo.save()
+        messages.success(request, f"Added “{repo.name}”. Use Fetch now to mirror it.")
+        return redirect("repositories", slug=slug)
+    context = {
+        "team": team,
+        "membership": membership,
+        "form": form,
+        "repositories": team.repositories.all(),
+    }
+    status = 422 if form.is_bound else 200
+    return render(request, "assistant/repositories.html", context, status=status)
+
+
+@login_required
+@require_POST
+def repository_fetch(request: HttpRequest, slug: str) -> HttpResponse:
+    membership = admin_membership_for(request.user, slug)
+    repo = _posted_repository(request, membership.team)
+    if isinstance(repo, HttpResponse):
+        return repo
+    try:
+        repos.ensure_mirror(repo=repo)  # records last_fetched / last_fetch_error on the row
+        names = repos.branches(repo=repo)
+    except repos.RepoError as exc:
+        messages.error(request, f"Fetching “{repo.name}” failed. {exc}")
+    else:
+        listed = ", ".join(names) if names else "none"
+        messages.success(request, f"Fetched “{repo.name}”. Branches: {listed}.")
+    return redirect("repositories", slug=slug)
+
+
+@login_required
+@require_POST
+def repository_remove(request: HttpRequest, slug: str) -> HttpResponse:
+    membership = admin_membership_for(request.user, slug)
+    repo = _posted_repository(request, membership.team)
+    if isinstance(repo, HttpResponse):
+        return repo
+    name = repo.name
+    # Its mirror and workspaces on disk go with repos.remove_orphans (on a schedule).
+    repo.delete()
+    messages.success(request, f"Removed “{name}”.")
+    return redirect("repositories", slug=slug)
+
+
+@login_required
+@require_POST
+def conversation_repository(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
+    """Attach a repository and branch to a conversation: it gets its own workspace."""
+    membership = membership_for(request.user, slug)
+    conversation = selectors.conversation_for(membership, conversation_id)
+    back = redirect("conversation_detail", slug=slug, conversation_id=conversation.uuid)
+    if not request.POST.get("repository", "").strip():
+        messages.error(request, "Choose a repository.")
+        return back
+    repo = _posted_repository(request, membership.team)
+    if isinstance(repo, HttpResponse):
+        return repo
+    branch = request.POST.get("branch", "").strip()
+    try:
+        workspace = repos.create_workspace(conversation=conversation, repo=repo, branch=branch)
+    except repos.RepoError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Attached “{repo.name}” @ {workspace.branch}.")
+    return back
