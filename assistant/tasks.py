@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from celery import shared_task
 
 from .runner import run_on_worker_loop
@@ -12,3 +14,18 @@ def execute_run(run_id: str) -> None:
     # The pool thread waits here; the turn itself runs on the process's event loop, where
     # hundreds of turns share one thread.
     run_on_worker_loop(run_id).result()
+
+
+@shared_task(name="assistant.fetch_repositories", ignore_result=True)
+def fetch_repositories() -> None:
+    """Celery beat, every REPO_FETCH_MINUTES: refresh every mirror (each outcome, error
+    included, is recorded on its row), then delete folders of removed repositories and
+    conversations."""
+    from .models import Repository
+    from .repos import RepoError, ensure_mirror, remove_orphans
+
+    for repo in Repository.objects.all():
+        # A failure is already on the row (the Repositories page shows it); go on to the next.
+        with contextlib.suppress(RepoError):
+            ensure_mirror(repo=repo)
+    remove_orphans()

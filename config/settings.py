@@ -199,6 +199,15 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TASK_ALWAYS_EAGER = False
+REPO_FETCH_MINUTES = envint("REPO_FETCH_MINUTES", 15)
+# Mirrors and per-conversation workspaces (assistant/repos.py).
+REPOS_ROOT = Path(env("REPOS_ROOT", str(DATA_DIR / "repos")))
+CELERY_BEAT_SCHEDULE = {
+    "fetch-repositories": {
+        "task": "assistant.fetch_repositories",
+        "schedule": REPO_FETCH_MINUTES * 60.0,
+    }
+}
 
 # --- Auth (django-allauth) -----------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
