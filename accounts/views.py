@@ -187,6 +187,17 @@ class LLMSettingsForm(forms.Form):
     )
 
 
+def _apply_llm_settings(team, data: dict) -> None:
+    """Form values onto the team; an empty key field keeps the stored key."""
+    team.llm_model = data["llm_model"].strip()
+    team.llm_api_base = data["llm_api_base"].strip()
+    team.llm_temperature = data["llm_temperature"]
+    if data["clear_api_key"]:
+        team.llm_api_key = ""
+    elif data["llm_api_key"]:
+        team.llm_api_key = data["llm_api_key"]
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def team_settings(request: HttpRequest, slug: str) -> HttpResponse:
@@ -199,14 +210,7 @@ def team_settings(request: HttpRequest, slug: str) -> HttpResponse:
     }
     form = LLMSettingsForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
-        data = form.cleaned_data
-        team.llm_model = data["llm_model"].strip()
-        team.llm_api_base = data["llm_api_base"].strip()
-        team.llm_temperature = data["llm_temperature"]
-        if data["clear_api_key"]:
-            team.llm_api_key = ""
-        elif data["llm_api_key"]:
-            team.llm_api_key = data["llm_api_key"]
+        _apply_llm_settings(team, form.cleaned_data)
         team.save()
         messages.success(request, "Settings saved.")
         return redirect("team_settings", slug=slug)
@@ -233,14 +237,7 @@ def team_settings_test(request: HttpRequest, slug: str) -> HttpResponse:
     team = membership.team
     form = LLMSettingsForm(request.POST)
     if request.POST and form.is_valid():
-        data = form.cleaned_data
-        team.llm_model = data["llm_model"].strip()
-        team.llm_api_base = data["llm_api_base"].strip()
-        team.llm_temperature = data["llm_temperature"]
-        if data["clear_api_key"]:
-            team.llm_api_key = ""
-        elif data["llm_api_key"]:
-            team.llm_api_key = data["llm_api_key"]
+        _apply_llm_settings(team, form.cleaned_data)  # on this copy only: nothing is saved
     elif request.POST:
         errors = " ".join(" ".join(errs) for errs in form.errors.values())
         return render(request, "accounts/_test_result.html", {"ok": False, "text": errors})

@@ -301,3 +301,22 @@ def new_context(browser, artifacts, request):
                     print(f"screenshot of {name}-{index} failed: {exc}")
             (artifacts / f"{name}-console.log").write_text("\n".join(console))
         context.close()
+
+
+@pytest.fixture(scope="module")
+def provider_port():
+    """The scripted fake provider on its own event loop in a background thread."""
+    import asyncio
+    import threading
+
+    from assistant.fakellm.server import start_server
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="fakellm", daemon=True)
+    thread.start()
+    runner, port = asyncio.run_coroutine_threadsafe(start_server(), loop).result(10)
+    yield port
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()

@@ -4,7 +4,6 @@ and every way a provider fails: the user's message is kept and the reason is sho
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import pytest
@@ -12,7 +11,6 @@ import pytest
 from assistant import llm, streams
 from assistant.agent import execute_run
 from assistant.fakellm.script import scripted_tokens
-from assistant.fakellm.server import start_server
 from assistant.models import Message, Role, Run, RunStatus, UsageRecord
 from assistant.services import message_send
 
@@ -33,18 +31,6 @@ def stream_client(request, settings):
     """Each behaviour holds for the lean client and for litellm alike."""
     settings.LLM_STREAM_CLIENT = request.param
     return request.param
-
-
-@pytest.fixture(scope="module")
-def provider_port():
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    runner, port = asyncio.run_coroutine_threadsafe(start_server(), loop).result(10)
-    yield port
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
 
 
 def use_model(team, port: int, wire: str = "openai", *, key: str = "test-key", model=None):

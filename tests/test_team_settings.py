@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
-
 import pytest
 from django.test import Client
 
 from accounts.models import Team
-from assistant.fakellm.server import start_server
 
 pytestmark = pytest.mark.django_db
 
@@ -73,18 +69,6 @@ def test_members_cannot_see_or_change_settings(team, bob):
     assert client.get("/t/acme/settings/").status_code == 404
     assert client.post("/t/acme/settings/", {"llm_model": "x"}).status_code == 404
     assert Team.objects.get(slug="acme").llm_model == ""
-
-
-@pytest.fixture(scope="module")
-def provider_port():
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    runner, port = asyncio.run_coroutine_threadsafe(start_server(), loop).result(10)
-    yield port
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
 
 
 def test_test_connection_reports_success_and_failure_in_words(team, alice, provider_port):
