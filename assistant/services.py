@@ -142,10 +142,7 @@ def run_cancel(*, run: Run) -> None:
             {"t": "run.cancelled", "run": str(run.uuid), "message": None},
         )
         return
-    if (
-        run.status == RunStatus.RUNNING
-        or Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).exists()
-    ):
+    if Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).exists():
         streams.request_cancel(str(run.uuid))
 
 

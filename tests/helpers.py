@@ -20,19 +20,12 @@ def session_cookie(user) -> str:
 async def ws_connect(stack, conversation, user, *, origin: str | None = None):
     headers = {"Origin": origin or stack.base_url}
     if user is not None:
-        headers["Cookie"] = f"{settings.SESSION_COOKIE_NAME}={session_cookie_async(user)}"
+        headers["Cookie"] = f"{settings.SESSION_COOKIE_NAME}={session_cookie(user)}"
     return await websockets.connect(
         f"{stack.ws_url}/ws/conversations/{conversation.uuid}/",
         additional_headers=headers,
         open_timeout=10,
     )
-
-
-def session_cookie_async(user) -> str:
-    # The ORM refuses to run on an event loop thread; a login is a quick sync call.
-    from asgiref.sync import async_to_sync  # noqa: F401
-
-    return session_cookie(user)
 
 
 async def collect_run(ws, *, timeout: float = 30) -> dict:

@@ -255,7 +255,7 @@ def translate_error(exc: Exception, config: LLMConfig) -> LLMError:
         return LLMError(
             f"The model provider refused the request: {_short(exc)}", code="bad_request"
         )
-    if _is_connection_error(exc):
+    if _in_chain(exc, _is_connection_error):
         return LLMError(
             f"Could not reach the model provider at {where}, or it broke off the "
             f"connection: {_short(exc)}",
@@ -271,27 +271,26 @@ def translate_error(exc: Exception, config: LLMConfig) -> LLMError:
     return LLMError(f"The model call failed: {_short(exc)}", code="error", retryable=True)
 
 
+CONNECTION_ERRORS = {
+    "ConnectError",
+    "APIConnectionError",
+    "ClientConnectorError",
+    "ClientConnectionError",
+    "ServerDisconnectedError",
+    "ClientOSError",
+}
+
+
 def _is_connection_error(exc: BaseException) -> bool:
-    """litellm reports a refused connection as a 500 "Connection error." for some providers;
-    the cause chain says what really happened."""
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            return False
-        name = type(seen).__name__
-        if isinstance(seen, ConnectionError) or name in (
-            "ConnectError",
-            "APIConnectionError",
-            "ClientConnectorError",
-            "ClientConnectionError",
-            "ServerDisconnectedError",
-            "ClientOSError",
-        ):
-            return True
-        if "Connection error" in str(seen) or "Cannot connect to host" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    """A refused or dropped connection, by type or by the words litellm wraps it in (it
+    reports a refused connection as a 500 "Connection error." for some providers)."""
+    text = str(exc)
+    return (
+        isinstance(exc, ConnectionError)
+        or type(exc).__name__ in CONNECTION_ERRORS
+        or "Connection error" in text
+        or "Cannot connect to host" in text
+    )
 
 
 def _is_timeout(exc: BaseException) -> bool:
