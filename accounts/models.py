@@ -77,6 +77,9 @@ class Team(models.Model):
     llm_temperature = models.FloatField(
         null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)]
     )
+    # The agent's run_command asks a member every time, except for commands starting with one
+    # of these prefixes (one per line, e.g. "pytest", "npm test"); see assistant/policy.py.
+    command_allowlist = models.TextField(blank=True)
 
     def __str__(self) -> str:
         return self.slug

@@ -67,6 +67,8 @@ class RunStatus(models.TextChoices):
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
+    # Parked until a member approves or denies a command; no worker holds it meanwhile.
+    WAITING = "waiting", "Waiting for approval"
 
 
 FINISHED_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
@@ -91,6 +93,20 @@ class Run(models.Model):
     # Refreshed while the run executes; a running run whose heartbeat stops was cut off.
     heartbeat = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
+    # While parked (waiting): the text streamed so far and its last delta number, so the run
+    # resumes where it stopped, on whichever worker picks it up.
+    text = models.TextField(blank=True)
+    seq = models.PositiveIntegerField(default=0)
+    # Model calls made (each answer of the model is one step; tool calls come between them).
+    steps = models.PositiveIntegerField(default=0)
+    # The workspace's files as git trees at the start and the end of the turn: the turn's diff,
+    # and what Undo reverts. Blank when the conversation has no repository.
+    tree_before = models.CharField(max_length=64, blank=True)
+    tree_after = models.CharField(max_length=64, blank=True)
+    undone_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    undone_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["created", "id"]
@@ -99,8 +115,80 @@ class Run(models.Model):
         return f"run {self.uuid} ({self.status})"
 
     @property
+    def changed_files(self) -> bool:
+        return bool(self.tree_before and self.tree_after and self.tree_before != self.tree_after)
+
+    @property
     def is_finished(self) -> bool:
         return self.status in FINISHED_STATUSES
+
+
+class ToolCallStatus(models.TextChoices):
+    PENDING = "pending", "Pending"  # asked for by the model, not yet started
+    AWAITING = "awaiting", "Awaiting approval"
+    APPROVED = "approved", "Approved"  # approved, not yet started
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    DENIED = "denied", "Denied"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+TOOL_DONE_STATUSES = (
+    ToolCallStatus.SUCCEEDED,
+    ToolCallStatus.FAILED,
+    ToolCallStatus.DENIED,
+    ToolCallStatus.CANCELLED,
+)
+
+
+class Approval(models.TextChoices):
+    NOT_NEEDED = "", "Not needed"  # read-only tools and file edits
+    ALLOWLISTED = "allowlisted", "Allowlisted"
+    ASKED = "asked", "Asked"
+
+
+class ToolCall(models.Model):
+    """One tool call the model asked for during a run, and what came of it."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="tool_calls")
+    step = models.PositiveIntegerField()  # the model answer (Run.steps) that asked for it
+    index = models.PositiveIntegerField()  # its place among that answer's calls
+    call_id = models.CharField(max_length=200)  # the provider's id, echoed back with the result
+    name = models.CharField(max_length=100)
+    # The arguments as the model sent them (JSON text: it may not even parse).
+    arguments = models.TextField(blank=True)
+    # How much of the run's text came before this call: where it shows in the reply.
+    text_offset = models.PositiveIntegerField(default=0)
+    status = models.CharField(
+        max_length=10, choices=ToolCallStatus.choices, default=ToolCallStatus.PENDING
+    )
+    output = models.TextField(blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    truncated = models.BooleanField(default=False)
+    approval = models.CharField(max_length=12, choices=Approval.choices, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["step", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "step", "index"], name="toolcall_run_step_index")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"
+
+    @property
+    def is_done(self) -> bool:
+        return self.status in TOOL_DONE_STATUSES
 
 
 class UsageRecord(models.Model):
