@@ -220,6 +220,7 @@ def team_settings(request: HttpRequest, slug: str) -> HttpResponse:
         "team": team,
         "membership": membership,
         "form": form,
+        "allowlist": team.command_allowlist,
         "has_key": bool(team.llm_api_key_encrypted),
         "effective": config_for_team(team),
         "site": site_config(),
@@ -246,3 +247,27 @@ def team_settings_test(request: HttpRequest, slug: str) -> HttpResponse:
     except LLMError as exc:
         return render(request, "accounts/_test_result.html", {"ok": False, "text": exc.message})
     return render(request, "accounts/_test_result.html", {"ok": True, "text": result})
+
+
+@login_required
+@require_POST
+def team_agent_policy(request: HttpRequest, slug: str) -> HttpResponse:
+    """The commands the agent may run without asking (admins only)."""
+    from assistant import policy
+
+    membership = selectors.admin_membership_for(request.user, slug)
+    team = membership.team
+    try:
+        team.command_allowlist = policy.validate_allowlist(request.POST.get("allowlist", ""))
+    except ValueError as exc:
+        messages.error(request, f"The allowlist was not saved. {exc}")
+    else:
+        team.save(update_fields=["command_allowlist"])
+        count = len(policy.parse_allowlist(team.command_allowlist))
+        messages.success(
+            request,
+            f"Saved: {count} command prefix{'es' if count != 1 else ''} run without asking."
+            if count
+            else "Saved: every command asks a member first.",
+        )
+    return redirect("team_settings", slug=slug)

@@ -1,5 +1,11 @@
 """One assistant turn: claim the run, build the prompt, stream the reply, save it.
 
+When the conversation works on a repository the turn is an agent loop: the model answers, and
+when it asks for tools they run in the sandbox and their results go back to it, until it answers
+without asking for any (or a limit is reached). A command that needs a person's approval parks
+the run (status "waiting"): the worker lets go of it, and a decision queues it again, to resume
+on any worker from what the database holds.
+
 Async from end to end so one worker process (or the embedded server) holds many turns at once.
 The streamed text is coalesced into numbered deltas; the saved message is exactly their sum.
 """
@@ -8,15 +14,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import time
+from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.utils import timezone
 
-from . import events, llm, streams
-from .models import Message, Role, Run, RunStatus
-from .services import arun_claim, arun_finish, arun_heartbeat, ausage_record
+from . import events, llm, policy, repo_context, repos, streams, tools
+from .models import (
+    FINISHED_STATUSES,
+    Approval,
+    Message,
+    Role,
+    Run,
+    RunStatus,
+    ToolCall,
+    ToolCallStatus,
+    UsageRecord,
+    Workspace,
+)
+from .sandbox import SandboxLimits
+from .services import (
+    arun_claim,
+    arun_finish,
+    arun_heartbeat,
+    arun_park,
+    ausage_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +53,15 @@ SYSTEM_PROMPT = (
     "conversation. Several teammates may read and write here. Answer in Markdown; put code in "
     "fenced blocks with a language. Be concise and concrete."
 )
+AGENT_PROMPT = (
+    "This conversation works on the team's git repository, checked out for it alone. Use the "
+    "tools to read, search and change files and to run commands; paths are relative to the "
+    "repository root. Commands run in a sandbox without network access. Some commands need a "
+    "teammate's approval first; when one is denied, do not run it in another form: say what "
+    "you wanted it for. Make focused changes and check them (run the tests where there are "
+    "some) before you say you are done, then summarise what you changed."
+)
+OLD_TOOL_OUTPUT_CHARS = 2_000  # earlier turns' tool output, as the model sees it again
 HISTORY_CHARS = 120_000  # keep the prompt well inside common context windows
 CANCEL_POLL_SECONDS = 0.2
 HEARTBEAT_SECONDS = 20  # well inside services.STALE_AFTER
@@ -38,12 +75,14 @@ class DeltaPublisher:
     so a slow Redis never holds up reading the provider's stream.
     """
 
-    def __init__(self, conversation_id: str, run_id: str, window_ms: int) -> None:
+    def __init__(
+        self, conversation_id: str, run_id: str, window_ms: int, start_seq: int = 0
+    ) -> None:
         self.conversation_id = conversation_id
         self.run_id = run_id
         self.window = window_ms / 1000
         self.loop = asyncio.get_running_loop()
-        self.seq = 0
+        self.seq = start_seq  # a resumed run goes on numbering where it stopped
         self.pending: list[str] = []
         self.last_flush = -1e9
         self.timer: asyncio.TimerHandle | None = None
@@ -83,6 +122,16 @@ class DeltaPublisher:
         """Whether a recent batch saw this run's cancel flag (saves a poll of Redis)."""
         return bool(self.batcher and self.run_id in self.batcher.cancel_requested)
 
+    async def drain(self) -> None:
+        """Publish what is pending and wait until it is out: an event published next (a tool
+        call starting, say) then reaches viewers after the text that came before it."""
+        self.flush()
+        if self.batcher:
+            if self.last_sent is not None:
+                await self.last_sent
+        else:
+            await self.queue.join()
+
     async def _send_all(self) -> None:
         while (item := await self.queue.get()) is not None:
             seq, text = item
@@ -92,6 +141,8 @@ class DeltaPublisher:
             except Exception:
                 # Live viewers miss this delta; the saved message still has it all.
                 log.exception("Could not publish delta %s of run %s", seq, self.run_id)
+            finally:
+                self.queue.task_done()
 
     async def close(self) -> None:
         self.flush()
@@ -104,41 +155,202 @@ class DeltaPublisher:
         await self.sender
 
 
-def _build_prompt(run: Run) -> list[dict]:
-    """The conversation up to the run's user message, newest kept when it is too long."""
-    history = list(
+# --- The prompt ---------------------------------------------------------------------------------
+
+
+def _result_text(call: ToolCall, limit: int | None = None) -> str:
+    """A tool call's result as the model reads it."""
+    if call.status == ToolCallStatus.DENIED:
+        who = call.decided_by.name if call.decided_by else "A teammate"
+        return f"Not run: {who} denied this command."
+    if call.status == ToolCallStatus.CANCELLED:
+        return "Not finished: the run was stopped."
+    if not call.is_done:
+        return "Not run."
+    text = call.output
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + f"\n[… {len(call.output) - limit} more characters not shown]"
+    return text if call.status == ToolCallStatus.SUCCEEDED else f"Error: {text}"
+
+
+def replay(text: str, calls: list[ToolCall], *, output_limit: int | None = None) -> list[dict]:
+    """A turn as the model saw it: text, tool calls, their results, and so on; ``calls`` in
+    (step, index) order, each knowing where in ``text`` it came."""
+    turn: list[dict] = []
+    pos = 0
+    by_step: dict[int, list[ToolCall]] = {}
+    for call in calls:
+        by_step.setdefault(call.step, []).append(call)
+    for group in by_step.values():
+        offset = min(max(group[0].text_offset, pos), len(text))
+        turn.append(
+            {
+                "role": "assistant",
+                "content": text[pos:offset],
+                "tool_calls": [
+                    {
+                        "id": call.call_id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": _json_or_empty(call)},
+                    }
+                    for call in group
+                ],
+            }
+        )
+        turn += [
+            {
+                "role": "tool",
+                "tool_call_id": call.call_id,
+                "content": _result_text(call, output_limit),
+            }
+            for call in group
+        ]
+        pos = offset
+    if text[pos:]:
+        turn.append({"role": "assistant", "content": text[pos:]})
+    return turn
+
+
+def _json_or_empty(call: ToolCall) -> str:
+    """The arguments as sent, or "{}" when they don't parse: providers (and litellm's own
+    translations) reject a history whose tool arguments are not JSON. The call's result says
+    what was wrong with them."""
+    args, error = _parse_arguments(call.arguments)
+    return call.arguments if error is None and isinstance(args, dict) else "{}"
+
+
+def _size(entry: list[dict]) -> int:
+    return sum(
+        len(m.get("content") or "") + len(json.dumps(m.get("tool_calls", ""))) for m in entry
+    )
+
+
+def _build_prompt(run: Run, text_so_far: str, workspace: Workspace | None) -> list[dict]:
+    """The conversation up to the run's user message (newest kept when it is too long), then
+    what this run has done so far."""
+    anchor = run.user_message
+    users = list(
         Message.objects.filter(
-            conversation_id=run.conversation_id, created__lte=run.user_message.created
+            conversation_id=run.conversation_id, role=Role.USER, created__lte=anchor.created
+        ).exclude(content="")
+    )
+    earlier_runs = list(
+        Run.objects.filter(
+            conversation_id=run.conversation_id,
+            status__in=FINISHED_STATUSES,
+            user_message__created__lte=anchor.created,
         )
-        .exclude(content="")
-        .order_by("created", "id")
-        .values_list("role", "content", "id")
+        .exclude(pk=run.pk)
+        .select_related("assistant_message")
     )
-    # Keep only messages up to and including this run's own user message.
-    cut = next(
-        (i for i, (_, _, pk) in enumerate(history) if pk == run.user_message_id), len(history) - 1
-    )
-    history = history[: cut + 1]
-    selected: list[dict] = []
-    budget = HISTORY_CHARS
-    for role, content, _ in reversed(history):
-        if budget - len(content) < 0 and selected:
+    calls: dict[int, list[ToolCall]] = {}
+    for call in ToolCall.objects.filter(run__in=earlier_runs + [run]).select_related("decided_by"):
+        calls.setdefault(call.run_id, []).append(call)
+    by_user: dict[int, list[Run]] = {}
+    for earlier in earlier_runs:
+        by_user.setdefault(earlier.user_message_id, []).append(earlier)
+
+    # Entries are kept or dropped whole: a tool call never loses its result.
+    entries: list[list[dict]] = []
+    for message in users:  # in (created, id) order, up to and including the anchor
+        entries.append([{"role": "user", "content": message.content}])
+        for earlier in by_user.get(message.pk, []):
+            text = (
+                earlier.assistant_message.content if hasattr(earlier, "assistant_message") else ""
+            )
+            entry = replay(text, calls.get(earlier.pk, []), output_limit=OLD_TOOL_OUTPUT_CHARS)
+            if entry:
+                entries.append(entry)
+        if message.pk == anchor.pk:
             break
-        budget -= len(content)
-        selected.append(
-            {"role": "assistant" if role == Role.ASSISTANT else "user", "content": content}
-        )
+    selected: list[list[dict]] = []
+    budget = HISTORY_CHARS
+    for entry in reversed(entries):
+        size = _size(entry)
+        if budget - size < 0 and selected:
+            break
+        budget -= size
+        selected.append(entry)
     selected.reverse()
-    return [{"role": "system", "content": SYSTEM_PROMPT}, *selected]
+    system = SYSTEM_PROMPT
+    if workspace is not None:
+        context = repo_context.build_safe(workspace=workspace)
+        system = f"{SYSTEM_PROMPT}\n\n{AGENT_PROMPT}" + (f"\n\n{context}" if context else "")
+    prompt = [{"role": "system", "content": system}]
+    for entry in selected:
+        prompt += entry
+    return prompt + replay(text_so_far, calls.get(run.pk, []))
 
 
 _abuild_prompt = sync_to_async(_build_prompt, thread_sensitive=False)
 _aconfig_for_team = sync_to_async(llm.config_for_team, thread_sensitive=False)
 
 
+# --- One turn -----------------------------------------------------------------------------------
+
+
+class Parked(Exception):
+    """A command waits for a person's decision; the run lets go of its worker."""
+
+
+class Stopped(Exception):
+    """Someone pressed Stop."""
+
+
+class CannotContinue(Exception):
+    """The turn ends here, failed, for the reason in the message (a limit, say)."""
+
+
+@dataclass
+class Turn:
+    run: Run
+    config: llm.LLMConfig
+    workspace: Workspace | None
+    publisher: DeltaPublisher
+    parts: list[str] = field(default_factory=list)
+    allowlist: list[str] = field(default_factory=list)
+    tokens: int = 0
+    last_beat: float = field(default_factory=time.monotonic)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.run.uuid)
+
+    @property
+    def conversation_id(self) -> str:
+        return str(self.run.conversation.uuid)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def _workspace_of(run: Run) -> Workspace | None:
+    return (
+        Workspace.objects.filter(conversation_id=run.conversation_id)
+        .select_related("repository")
+        .first()
+    )
+
+
+def _tokens_used(run: Run) -> int:
+    totals = UsageRecord.objects.filter(run=run).values_list("prompt_tokens", "completion_tokens")
+    return sum(p + c for p, c in totals)
+
+
+def _save(instance, **changes) -> None:
+    for key, value in changes.items():
+        setattr(instance, key, value)
+    type(instance).objects.filter(pk=instance.pk).update(**changes)
+
+
+_asave = sync_to_async(_save, thread_sensitive=False)
+
+
 async def execute_run(run_id: str) -> None:
     """Execute one run, once. Safe to call twice for the same run: the second finds it
-    already claimed and returns."""
+    already claimed and returns. A parked run that was approved is queued again and comes
+    back here, to go on from where it stopped."""
     run = await arun_claim(run_id)
     if run is None:
         return
@@ -147,77 +359,254 @@ async def execute_run(run_id: str) -> None:
     await events.publish(
         conversation_id, {"t": "run.started", "run": run_id, "model": config.label}
     )
-    publisher = DeltaPublisher(conversation_id, run_id, settings.STREAM_COALESCE_MS)
-    parts: list[str] = []
-    usage = llm.Usage()
-    status, error, outcome = RunStatus.SUCCEEDED, "", "ok"
-    started = time.monotonic()
+    if run.seq:
+        await streams.seed(run_id, run.seq, run.text)
+    publisher = DeltaPublisher(conversation_id, run_id, settings.STREAM_COALESCE_MS, run.seq)
+    turn = Turn(
+        run=run,
+        config=config,
+        workspace=None,
+        publisher=publisher,
+        parts=[run.text] if run.text else [],
+        allowlist=policy.parse_allowlist(run.conversation.team.command_allowlist),
+    )
+    status, error = RunStatus.SUCCEEDED, ""
     try:
-        messages = await _abuild_prompt(run)
-        cancelled = await _stream_until_cancelled(config, messages, publisher, parts, usage, run)
-        if cancelled:
-            status, outcome = RunStatus.CANCELLED, "cancelled"
+        turn.workspace = await sync_to_async(_workspace_of, thread_sensitive=False)(run)
+        turn.tokens = await sync_to_async(_tokens_used, thread_sensitive=False)(run)
+        if turn.workspace is not None and not run.tree_before:
+            tree = await _asnapshot(turn.workspace)
+            await _asave(run, tree_before=tree)
+        await _agent_loop(turn)
+    except Parked:
+        await publisher.close()
+        await _park(turn)
+        return
+    except Stopped:
+        status = RunStatus.CANCELLED
+    except CannotContinue as exc:
+        status, error = RunStatus.FAILED, str(exc)
     except llm.LLMError as exc:
-        status, error, outcome = RunStatus.FAILED, exc.message, exc.code
+        status, error = RunStatus.FAILED, exc.message
+    except repos.RepoError as exc:
+        status, error = RunStatus.FAILED, str(exc)
     except Exception:
         log.exception("Run %s failed", run_id)
-        status, error, outcome = RunStatus.FAILED, "Tandem had an internal error.", "internal"
-    finally:
-        await publisher.close()
-    usage.latency_ms = usage.latency_ms or int((time.monotonic() - started) * 1000)
-    text = "".join(parts)
-    message = await arun_finish(run=run, status=status, text=text, error=error, model=config.label)
-    await ausage_record(run=run, model=config.model, usage=usage, outcome=outcome)
-    await _announce_end(conversation_id, run_id, status, error, message, config.label)
+        status, error = RunStatus.FAILED, "Tandem had an internal error."
+    await publisher.close()
+    tree_after = ""
+    if turn.workspace is not None and run.tree_before:
+        try:
+            tree_after = await _asnapshot(turn.workspace)
+        except repos.RepoError:
+            log.exception("Could not read the changes of run %s", run_id)
+    message = await arun_finish(
+        run=run, status=status, text=turn.text, error=error, model=config.label,
+        tree_after=tree_after,
+    )  # fmt: skip
+    await _announce_end(turn, status, error, message)
     await streams.discard(run_id)
 
 
-async def _stream_until_cancelled(config, messages, publisher, parts, usage, run) -> bool:
-    """Stream the reply into ``parts``; return True when someone pressed Stop."""
-    run_id = str(run.uuid)
+_asnapshot = sync_to_async(lambda ws: repos.snapshot(workspace=ws), thread_sensitive=False)
+
+
+async def _agent_loop(turn: Turn) -> None:
+    tool_schemas = tools.schemas() if turn.workspace is not None else None
+    while True:
+        for call in await _aopen_calls(turn.run):
+            await _run_call(turn, call)
+        if turn.run.steps >= settings.AGENT_MAX_STEPS:
+            raise CannotContinue(
+                f"The assistant stopped after {turn.run.steps} steps, the most one reply may "
+                "take. Send a message to let it go on."
+            )
+        if turn.tokens >= settings.AGENT_MAX_TOKENS:
+            raise CannotContinue(
+                f"The assistant stopped after using {turn.tokens:,} tokens, the most one reply "
+                "may use. Send a message to let it go on."
+            )
+        requests = await _model_step(turn, tool_schemas)
+        if not requests:
+            return
+        if tool_schemas is None:
+            raise CannotContinue(
+                "The model asked for a tool, but this conversation has no repository. Attach "
+                "one to let the assistant work on code."
+            )
+        await _asave_calls(turn.run, requests, len(turn.text))
+
+
+def _open_calls(run: Run) -> list[ToolCall]:
+    """The last step's calls that have not run yet, in order."""
+    runnable = (ToolCallStatus.PENDING, ToolCallStatus.APPROVED)
+    return list(
+        ToolCall.objects.filter(run=run, step=run.steps, status__in=runnable).order_by("index")
+    )
+
+
+_aopen_calls = sync_to_async(_open_calls, thread_sensitive=False)
+
+
+def _save_calls(run: Run, requests: list[llm.ToolCallRequest], offset: int) -> None:
+    ToolCall.objects.bulk_create(
+        ToolCall(
+            run=run,
+            step=run.steps,
+            index=i,
+            call_id=request.id[:200] or f"call_{run.steps}_{i}",
+            name=request.name[:100],
+            arguments=request.arguments,
+            text_offset=offset,
+        )
+        for i, request in enumerate(requests)
+    )
+
+
+_asave_calls = sync_to_async(_save_calls, thread_sensitive=False)
+
+
+async def _model_step(turn: Turn, tool_schemas: list[dict] | None) -> list[llm.ToolCallRequest]:
+    """One call of the model: its text streams out; the tool calls it asks for come back."""
+    messages = await _abuild_prompt(turn.run, turn.text, turn.workspace)
+    requests: list[llm.ToolCallRequest] = []
+    usage = llm.Usage()
 
     async def consume() -> None:
-        async for item in llm.stream_chat(config, messages):
+        async for item in llm.stream_chat(turn.config, messages, tools=tool_schemas):
             if isinstance(item, llm.Usage):
                 usage.__dict__.update(item.__dict__)
+            elif isinstance(item, llm.ToolCallRequest):
+                requests.append(item)
             else:
-                parts.append(item)
-                publisher.add(item)
+                turn.parts.append(item)
+                turn.publisher.add(item)
 
-    task = asyncio.create_task(consume())
-    last_beat = time.monotonic()
+    started = time.monotonic()
+    outcome = "ok"
+    try:
+        await _until_stopped(turn, consume(), streaming=True)
+    except Stopped:
+        outcome = "cancelled"
+        raise
+    except llm.LLMError as exc:
+        outcome = exc.code
+        raise
+    except Exception:
+        outcome = "internal"
+        raise
+    finally:
+        usage.latency_ms = usage.latency_ms or int((time.monotonic() - started) * 1000)
+        turn.tokens += usage.prompt_tokens + usage.completion_tokens
+        await _asave(turn.run, steps=turn.run.steps + 1)
+        await ausage_record(run=turn.run, model=turn.config.model, usage=usage, outcome=outcome)
+    return requests
+
+
+async def _until_stopped(turn: Turn, work, *, streaming: bool = False):
+    """Await ``work`` while watching for Stop (cancelling it, which kills a sandboxed command)
+    and sending heartbeats."""
+    task = asyncio.ensure_future(work)
+    publisher = turn.publisher
     while True:
         done, _ = await asyncio.wait({task}, timeout=CANCEL_POLL_SECONDS)
         if done:
-            task.result()  # re-raises LLMError
-            return False
-        if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
-            last_beat = time.monotonic()
-            await arun_heartbeat(run)
+            return task.result()
+        if time.monotonic() - turn.last_beat >= HEARTBEAT_SECONDS:
+            turn.last_beat = time.monotonic()
+            await arun_heartbeat(turn.run)
         # While deltas flow, each batch already looks at the cancel flag: poll only when quiet.
-        if publisher.cancel_seen() or (
-            not publisher.sent_within(CANCEL_POLL_SECONDS)
-            and await streams.is_cancel_requested(run_id)
+        if (streaming and publisher.cancel_seen()) or (
+            not (streaming and publisher.sent_within(CANCEL_POLL_SECONDS))
+            and await streams.is_cancel_requested(turn.run_id)
         ):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            return True
+            raise Stopped
 
 
-async def _announce_end(conversation_id, run_id, status, error, message, model) -> None:
+def _parse_arguments(text: str) -> tuple[object, str | None]:
+    try:
+        return json.loads(text or "{}"), None
+    except ValueError as exc:
+        return None, f"The arguments were not valid JSON ({exc.msg} at character {exc.pos})."
+
+
+async def _run_call(turn: Turn, call: ToolCall) -> None:
+    args, error = _parse_arguments(call.arguments)
+    if call.status == ToolCallStatus.PENDING and error is None:
+        approval = policy.approval_for(call.name, args, turn.allowlist)
+        if approval == Approval.ASKED:
+            await _asave(call, status=ToolCallStatus.AWAITING, approval=approval)
+            await turn.publisher.drain()
+            await _publish_call(turn, "tool.awaiting", call)
+            raise Parked
+        await _asave(call, approval=approval)
+    await turn.publisher.drain()
+    await _asave(call, status=ToolCallStatus.RUNNING, started=timezone.now())
+    await _publish_call(turn, "tool.started", call)
+    if error is not None:
+        result = tools.ToolResult(ok=False, output=error)
+    else:
+        assert turn.workspace is not None  # tools are only offered with a repository
+        ctx = _tool_context(turn.workspace)
+        try:
+            result = await _until_stopped(turn, tools.execute(call.name, args, ctx))
+        except Stopped:
+            await _asave(
+                call, status=ToolCallStatus.CANCELLED, output="Stopped.", finished=timezone.now()
+            )
+            await _publish_call(turn, "tool.finished", call)
+            raise
+    await _asave(
+        call,
+        status=ToolCallStatus.SUCCEEDED if result.ok else ToolCallStatus.FAILED,
+        output=result.output,
+        exit_code=result.exit_code,
+        duration_ms=result.duration_ms,
+        truncated=result.truncated,
+        finished=timezone.now(),
+    )
+    await _publish_call(turn, "tool.finished", call)
+
+
+def _tool_context(workspace: Workspace) -> tools.ToolContext:
+    limits = dataclasses.replace(SandboxLimits(), wall_seconds=settings.AGENT_COMMAND_SECONDS)
+    return tools.ToolContext(
+        tree=repos.workspace_path(workspace=workspace),
+        git_dir=repos.git_dir(workspace=workspace),
+        limits=limits,
+    )
+
+
+async def _publish_call(turn: Turn, kind: str, call: ToolCall) -> None:
+    data = await sync_to_async(events.tool_call_data, thread_sensitive=False)(call)
+    await events.publish(turn.conversation_id, {"t": kind, "run": turn.run_id, "call": data})
+
+
+async def _park(turn: Turn) -> None:
+    parked = await arun_park(run=turn.run, text=turn.text, seq=turn.publisher.seq)
+    await streams.discard(turn.run_id)
+    if parked:
+        await events.publish(turn.conversation_id, {"t": "run.waiting", "run": turn.run_id})
+
+
+async def _announce_end(turn: Turn, status, error, message) -> None:
     event_type = {
         RunStatus.SUCCEEDED: "run.completed",
         RunStatus.FAILED: "run.failed",
         RunStatus.CANCELLED: "run.cancelled",
     }[status]
-    await events.publish(
-        conversation_id,
-        {
-            "t": event_type,
-            "run": run_id,
-            "error": error,
-            "model": model,
-            "message": events.message_data(message) if message else None,
-        },
-    )
+    event = {
+        "t": event_type,
+        "run": turn.run_id,
+        "error": error,
+        "model": turn.config.label,
+        "message": events.message_data(message) if message else None,
+    }
+    if turn.workspace is not None:
+        # Tool calls and the turn's diff are rendered from the database: viewers fetch the
+        # finished bubble instead of building it from the event.
+        event["refresh"] = True
+    await events.publish(turn.conversation_id, event)

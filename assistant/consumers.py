@@ -20,7 +20,7 @@ from accounts.models import Membership
 
 from . import events, streams
 from .models import Conversation, Run, RunStatus
-from .rendering import message_context
+from .rendering import message_context, segments, tool_call_context
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,13 @@ def render_event(event: dict[str, Any]) -> str:
         )
     if kind == "run.queued":
         return render_to_string("assistant/_run.html", {"run": _run_from_event(event["run"], None)})
+    if kind.startswith("tool."):
+        return render_to_string(
+            "assistant/_tool_call.html", {"call": tool_call_context(event["call"])}
+        )
     if kind in ("run.completed", "run.failed", "run.cancelled"):
+        if event.get("refresh"):
+            return ""  # tool calls and diffs come from the database: the page fetches the run
         status = {"run.completed": "succeeded", "run.failed": "failed"}.get(kind, "cancelled")
         run = {"id": event["run"], "status": status, "error": event.get("error", "")}
         return render_to_string("assistant/_run.html", {"run": _run_from_event(run, event)})
@@ -73,6 +79,7 @@ def render_event(event: dict[str, Any]) -> str:
 
 def _run_from_event(run: dict[str, Any], event: dict[str, Any] | None) -> dict[str, Any]:
     message = event.get("message") if event else None
+    live = run["status"] in ("queued", "running", "waiting")
     return {
         "id": run["id"],
         "status": run["status"],
@@ -81,6 +88,7 @@ def _run_from_event(run: dict[str, Any], event: dict[str, Any] | None) -> dict[s
         "message": message_context(message) if message else None,
         "text": "",
         "seq": 0,
+        "segments": segments(message["content"] if message else "", [], live=live),
     }
 
 

@@ -5,7 +5,8 @@ not HTML; the consumer renders them for the browser. Deltas have their own small
 the consumer can forward them without touching the ORM or the template engine.
 
 Event types: message.created, run.started, delta, run.completed, run.failed, run.cancelled,
-conversation.renamed, conversation.deleted, presence.
+run.waiting (parked for an approval), run.updated (undone), tool.started, tool.finished,
+tool.awaiting, tool.decided, conversation.renamed, conversation.deleted, presence.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
-from .models import Conversation, Message, Run
+from .models import Conversation, Message, Run, ToolCall
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,25 @@ def message_data(message: Message) -> dict[str, Any]:
 
 def run_data(run: Run) -> dict[str, Any]:
     return {"id": str(run.uuid), "status": run.status, "error": run.error}
+
+
+def tool_call_data(call: ToolCall) -> dict[str, Any]:
+    """Everything a tool call's card shows (the consumer renders it without the database)."""
+    decided_by = call.decided_by if call.decided_by_id else None
+    return {
+        "id": str(call.uuid),
+        "run": str(call.run.uuid),
+        "name": call.name,
+        "arguments": call.arguments,
+        "status": call.status,
+        "output": call.output,
+        "exit_code": call.exit_code,
+        "duration_ms": call.duration_ms,
+        "truncated": call.truncated,
+        "approval": call.approval,
+        "decided_by": decided_by.name if decided_by else None,
+        "decided_at": call.decided_at.isoformat() if call.decided_at else None,
+    }
 
 
 async def publish(conversation_id: str, event: dict[str, Any]) -> None:

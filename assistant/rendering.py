@@ -7,6 +7,8 @@ reaches the page whatever the model or a teammate writes.
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -76,15 +78,120 @@ def message_context(message) -> dict[str, Any]:
     }
 
 
-def run_context(run, snapshot_text: str = "", snapshot_seq: int = 0) -> dict[str, Any]:
-    """Template context for a run bubble from a Run row (with its assistant message, if any)."""
+def run_context(
+    run, snapshot_text: str = "", snapshot_seq: int = 0, *, workspace=None
+) -> dict[str, Any]:
+    """Template context for a run bubble from a Run row (with its assistant message, if any,
+    its tool calls, and the turn's changes when ``workspace`` is given)."""
     message = getattr(run, "assistant_message", None) if run.is_finished else None
+    text, seq = snapshot_text, snapshot_seq
+    if run.status == "waiting":
+        text, seq = run.text, run.seq
+    elif message is not None:
+        text = message.content
+    calls = list(run.tool_calls.all()) if run.pk else []
+    live = not run.is_finished
     return {
         "id": str(run.uuid),
         "status": run.status,
         "error": run.error,
         "model": run.model,
         "message": message_context(message) if message else None,
-        "text": snapshot_text,
-        "seq": snapshot_seq,
+        "text": text,
+        "seq": seq,
+        "segments": segments(text, [tool_call_context(call) for call in calls], live=live),
+        "changes": run_changes(run, workspace) if workspace is not None else None,
     }
+
+
+def segments(text: str, calls: list[dict], *, live: bool) -> list[dict]:
+    """The reply's text cut where tool calls came, with the calls between the pieces. A live
+    reply always ends with a text piece: new deltas go to the last one."""
+    out: list[dict] = []
+    pos = 0
+    for call in calls:
+        offset = min(max(call["text_offset"], pos), len(text))
+        if text[pos:offset] or live:
+            out.append({"text": text[pos:offset]})
+        out.append({"call": call})
+        pos = offset
+    if text[pos:] or live:
+        out.append({"text": text[pos:]})
+    return out
+
+
+def tool_call_context(call) -> dict[str, Any]:
+    """Template context for a tool call's card, from a ToolCall row or an event's dict."""
+    if not isinstance(call, dict):
+        from .events import tool_call_data
+
+        data = tool_call_data(call)
+        data["text_offset"] = call.text_offset
+        call = data
+    context = dict(call)
+    try:
+        args = json.loads(call["arguments"] or "{}")
+    except ValueError:
+        args = None
+    context["summary"] = _summary(call["name"], args)
+    context["arguments_pretty"] = (
+        json.dumps(args, indent=2, ensure_ascii=False) if args is not None else call["arguments"]
+    )
+    context["command"] = args.get("command", "") if isinstance(args, dict) else ""
+    context["done"] = call["status"] in ("succeeded", "failed", "denied", "cancelled")
+    context["decided_at"] = (
+        datetime.fromisoformat(call["decided_at"]) if call.get("decided_at") else None
+    )
+    return context
+
+
+def _summary(name: str, args: Any) -> str:
+    """One line saying what the call does: the command, the file, the pattern."""
+    if not isinstance(args, dict):
+        return "(arguments that are not valid JSON)"
+    if name == "run_command":
+        return str(args.get("command", ""))
+    if name == "grep":
+        where = args.get("path") or args.get("glob") or ""
+        return f"{args.get('pattern', '')}" + (f"  in {where}" if where else "")
+    if name == "read_file" and args.get("start_line"):
+        end = args.get("end_line") or ""
+        return f"{args.get('path', '')}:{args['start_line']}-{end}"
+    for key in ("path", "glob", "pattern"):
+        if args.get(key):
+            return str(args[key])
+    return ", ".join(f"{k}={v}" for k, v in args.items())[:200]
+
+
+MAX_DIFF_CHARS = 200_000  # beyond this, the page says so and the patch download has it all
+
+
+def run_changes(run, workspace) -> dict[str, Any] | None:
+    """The files a finished turn changed, its highlighted diff, and whether it was undone."""
+    if not run.changed_files:
+        return None
+    from . import repos
+
+    try:
+        stat = repos.diff_stat(workspace=workspace, old=run.tree_before, new=run.tree_after)
+        diff = repos.diff_between(workspace=workspace, old=run.tree_before, new=run.tree_after)
+    except repos.RepoError as exc:
+        return {"error": str(exc)}
+    clipped = len(diff) > MAX_DIFF_CHARS
+    if clipped:
+        diff = diff[:MAX_DIFF_CHARS]
+    return {
+        "files": stat,
+        "added": sum(s.added or 0 for s in stat),
+        "deleted": sum(s.deleted or 0 for s in stat),
+        "diff_html": highlight_diff(diff),
+        "clipped": clipped,
+        "undone_by": run.undone_by.name if run.undone_by_id else None,
+        "undone_at": run.undone_at,
+    }
+
+
+@lru_cache(maxsize=256)
+def highlight_diff(diff: str) -> str:
+    # Pygments escapes the text itself; nothing of the diff is ever HTML.
+    return highlight(diff, get_lexer_by_name("diff"), _formatter)

@@ -13,4 +13,10 @@ urlpatterns = [
         repo_views.conversation_repository,
         name="conversation_repository",
     ),
+    path(
+        "c/<uuid:conversation_id>/patch/",
+        repo_views.conversation_patch,
+        name="conversation_patch",
+    ),
+    path("c/<uuid:conversation_id>/push/", repo_views.conversation_push, name="conversation_push"),
 ]

@@ -3,18 +3,19 @@ one (and a branch) to a conversation. The git work itself lives in assistant/rep
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.selectors import admin_membership_for, membership_for
 
-from . import repos, selectors
+from . import repos, selectors, services
 from .models import RepoAuth, Repository
 
 
@@ -178,4 +179,69 @@ def conversation_repository(request: HttpRequest, slug: str, conversation_id) ->
         messages.error(request, str(exc))
     else:
         messages.success(request, f"Attached “{repo.name}” @ {workspace.branch}.")
+    return back
+
+
+def _workspace(request: HttpRequest, slug: str, conversation_id):
+    membership = membership_for(request.user, slug)
+    conversation = selectors.conversation_for(membership, conversation_id)
+    workspace = selectors.workspace_of(conversation)
+    if workspace is None:
+        raise Http404("This conversation has no repository.")
+    return conversation, workspace
+
+
+@login_required
+@require_GET
+def conversation_patch(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
+    """Everything the conversation changed, as a patch for `git apply` on its base commit."""
+    conversation, workspace = _workspace(request, slug, conversation_id)
+    try:
+        body = repos.patch(workspace=workspace)
+    except repos.RepoError as exc:
+        return HttpResponse(str(exc), status=409, content_type="text/plain; charset=utf-8")
+    if not body:
+        return HttpResponse(
+            "This conversation has not changed any files yet.",
+            status=409,
+            content_type="text/plain; charset=utf-8",
+        )
+    response = HttpResponse(body, content_type="text/x-diff; charset=utf-8")
+    name = f"tandem-{workspace.repository.name}-{conversation.uuid.hex[:8]}.patch"
+    response["Content-Disposition"] = f'attachment; filename="{_safe_filename(name)}"'
+    return response
+
+
+def _safe_filename(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+@login_required
+@require_POST
+def conversation_push(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
+    """Commit the conversation's changes (authored by the person pushing) and push them to
+    a new branch of the remote. Never forced: an existing branch of that name is refused."""
+    conversation, workspace = _workspace(request, slug, conversation_id)
+    back = redirect("conversation_detail", slug=slug, conversation_id=conversation.uuid)
+    branch = request.POST.get("branch", "").strip() or workspace.work_branch
+    if conversation.runs.filter(status__in=services.IN_FLIGHT).exists():
+        messages.error(request, "Wait until the assistant has finished before pushing.")
+        return back
+    user = request.user
+    try:
+        if not repos.patch(workspace=workspace):
+            messages.error(request, "There is nothing to push: no file was changed.")
+            return back
+        repos.commit_all(
+            workspace=workspace,
+            message=f"{conversation.display_title}\n\nMade with Tandem in a conversation "
+            f"of the team {conversation.team.name}.",
+            author_name=user.name,
+            author_email=user.email,
+        )
+        sha = repos.push(workspace=workspace, remote_branch=branch)
+    except repos.RepoError as exc:
+        messages.error(request, str(exc))
+        return back
+    messages.success(request, f"Pushed {sha[:10]} to the branch “{branch}”.")
     return back

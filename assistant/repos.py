@@ -75,6 +75,9 @@ _HARDENING = (
     "-c", "commit.gpgSign=false",  # gpg.program is a command too
     "-c", "log.showSignature=false",
     "-c", "advice.addEmbeddedRepo=false",
+    # Snapshot trees are referenced by no ref (their ids live in the database), so an automatic
+    # gc (which prunes unreachable objects) must never run: undo would lose what it reverts to.
+    "-c", "gc.auto=0",
 )  # fmt: skip
 # Diff drivers and filters are commands named by .gitattributes and defined in config. This
 # file has the highest precedence of all attributes, so in-tree .gitattributes cannot name one.
@@ -121,6 +124,23 @@ class RepoError(Exception):
 class FileStatus:
     code: str  # porcelain v1 "XY": "M " staged, " M" modified, "??" untracked, " D" deleted…
     path: str  # os.fsdecode'd: names that are not UTF-8 survive as surrogate escapes
+
+
+@dataclass(frozen=True)
+class DiffStat:
+    path: str  # the name after the change; os.fsdecode'd like FileStatus.path
+    status: str  # "A", "M", "D" or "R"; a type change (file ↔ symlink) counts as "M"
+    added: int | None  # lines; None for a binary file
+    deleted: int | None
+    old_path: str = ""  # the name before a rename, else ""
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    mode: str  # "100644", "100755", "120000" (a symlink: its blob is the target) or "160000"
+    id: str
+    size: int | None  # bytes; None for a submodule
+    path: str  # os.fsdecode'd like FileStatus.path
 
 
 # --- Where things live ---------------------------------------------------------------------
@@ -245,6 +265,21 @@ def _git(
     ok_codes: tuple[int, ...] = (0,),
 ) -> bytes:
     """Run git hardened; its stdout, or RepoError("<doing> failed: <what to do>")."""
+    code, out, err = _run_git(args, doing=doing, env=env, input=input, timeout=timeout)
+    if code not in ok_codes:
+        raise RepoError(f"{doing} failed: {_explain(err, env)}")
+    return out
+
+
+def _run_git(
+    args: tuple[str | Path, ...],
+    *,
+    doing: str,
+    env: dict[str, str] | None,
+    input: bytes | None,
+    timeout: float,
+) -> tuple[int, bytes, bytes]:
+    """Run git hardened; exit code, stdout and stderr, for callers that read git's errors."""
     command = ["git", *_HARDENING, *map(str, args)]
     try:
         proc = subprocess.Popen(
@@ -264,9 +299,7 @@ def _git(
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise RepoError(f"{doing} took longer than {timeout:g} seconds and was stopped.")
-    if proc.returncode not in ok_codes:
-        raise RepoError(f"{doing} failed: {_explain(err, env)}")
-    return out
+    return proc.returncode, out, err
 
 
 def _explain(stderr: bytes, env: dict[str, str] | None) -> str:
@@ -553,6 +586,194 @@ def diff(*, workspace: Workspace, since: str | None = None) -> str:
 def patch(*, workspace: Workspace) -> bytes:
     """Everything the conversation changed since its base, for `git apply` on that base."""
     return _diff(workspace, workspace.base_commit)
+
+
+def snapshot(*, workspace: Workspace) -> str:
+    """The files on disk, untracked ones included, as a git tree id: what a turn started or
+    ended with, for `diff_between` and `revert_between`. No ref keeps it: see gc.auto."""
+    return _snapshot(workspace)
+
+
+def _checked_trees(workspace: Workspace, *ids: str) -> list[str]:
+    # Full hex ids only (nothing option-like, no ref names), and each must name a tree in this
+    # workspace: a commit id is taken as its tree, anything else is refused.
+    if not all(_SHA.fullmatch(value or "") for value in ids):
+        raise RepoError("That is not a snapshot of this workspace.")
+    wanted = "".join(f"{value}^{{tree}}\n" for value in ids).encode()
+    out = _ws_git(
+        workspace, "cat-file", "--batch-check", doing="Reading the snapshots", input=wanted
+    )
+    trees = []
+    for line in out.decode("utf-8", "replace").splitlines():
+        fields = line.split()  # "<id> tree <size>", or "<what was asked> missing"
+        if len(fields) != 3 or fields[1] != "tree" or not _SHA.fullmatch(fields[0]):
+            raise RepoError("That is not a snapshot of this workspace.")
+        trees.append(fields[0])
+    if len(trees) != len(ids):
+        raise RepoError("That is not a snapshot of this workspace.")
+    return trees
+
+
+def _tree_diff(workspace: Workspace, old: str, new: str, *options: str, doing: str) -> bytes:
+    old, new = _checked_trees(workspace, old, new)
+    return _ws_git(
+        workspace, "diff-tree", "-r", "-M", *options, "--no-ext-diff", "--no-textconv",
+        "--ignore-submodules=all", old, new,
+        doing=doing,
+    )  # fmt: skip
+
+
+def diff_between(*, workspace: Workspace, old: str, new: str) -> str:
+    """Unified diff from one snapshot (tree id) to another, binary files as git binary patches;
+    bytes that are not UTF-8 are shown as U+FFFD."""
+    out = _tree_diff(workspace, old, new, "-p", "--binary", doing="Computing the diff")
+    return out.decode("utf-8", "replace")
+
+
+def diff_stat(*, workspace: Workspace, old: str, new: str) -> list[DiffStat]:
+    """Per file: what happened between two snapshots and how many lines went in and out."""
+    out = _tree_diff(workspace, old, new, "-z", "--raw", "--numstat", doing="Counting the changes")
+    # NUL-separated, so any name survives. --raw comes first, one ":<modes> <ids> <status>"
+    # field then one name (two for a rename) per file; --numstat follows in the same order,
+    # "<added>\t<deleted>\t<name>", or for a rename "<added>\t<deleted>\t", old name, new name.
+    fields = out.split(b"\0")
+    at = 0
+    changes: list[tuple[str, bytes, bytes]] = []
+    while at < len(fields) and fields[at].startswith(b":"):
+        letter = fields[at].rsplit(b" ", 1)[-1][:1].decode()
+        if letter in ("R", "C"):
+            changes.append((letter, fields[at + 1], fields[at + 2]))
+            at += 3
+        else:
+            changes.append((letter, b"", fields[at + 1]))
+            at += 2
+    stats = []
+    for letter, old_name, name in changes:
+        added, deleted, rest = fields[at].split(b"\t", 2)
+        at += 3 if rest == b"" else 1
+        stats.append(
+            DiffStat(
+                path=os.fsdecode(name),
+                status={"T": "M", "C": "A"}.get(letter, letter),
+                added=None if added == b"-" else int(added),
+                deleted=None if deleted == b"-" else int(deleted),
+                old_path=os.fsdecode(old_name),
+            )
+        )
+    return stats
+
+
+def tree_entries(*, workspace: Workspace, tree: str) -> list[TreeEntry]:
+    """Every file of a snapshot, in all directories, with its size: one git process."""
+    (tree,) = _checked_trees(workspace, tree)
+    out = _ws_git(
+        workspace, "ls-tree", "-r", "-l", "-z", "--full-tree", tree, doing="Listing the files"
+    )
+    entries = []
+    for record in out.split(b"\0"):
+        if not record:
+            continue
+        meta, _, path = record.partition(b"\t")  # "<mode> <type> <id> <padded size>\t<path>"
+        mode, _, oid, size = meta.decode().split()
+        size = None if size == "-" else int(size)
+        entries.append(TreeEntry(mode, oid, size, path.decode("utf-8", "surrogateescape")))
+    return entries
+
+
+def read_blobs(*, workspace: Workspace, ids: list[str]) -> dict[str, bytes]:
+    """Blob contents by id, in one git process; ids that are not blobs here are left out."""
+    ids = [value for value in dict.fromkeys(ids) if _SHA.fullmatch(value or "")]
+    if not ids:
+        return {}
+    out = _ws_git(
+        workspace, "cat-file", "--batch",
+        doing="Reading files", input="".join(f"{value}\n" for value in ids).encode(),
+    )  # fmt: skip
+    found, at = {}, 0
+    for _ in ids:  # "<id> <type> <size>\n<content>\n", or "<id> missing\n"
+        end = out.index(b"\n", at)
+        header = out[at:end].split()
+        at = end + 1
+        if len(header) == 3:
+            size = int(header[2])
+            if header[1] == b"blob":
+                found[header[0].decode()] = out[at : at + size]
+            at += size + 1
+    return found
+
+
+# git apply's complaints, by what they mean for the person undoing. A path can draw several
+# (a failed hunk then "patch does not apply"); the more specific reason wins.
+_APPLY_REASONS = (
+    (re.compile(rb"^error: patch failed: (.*):\d+$"), "lines"),
+    (re.compile(rb"^error: (.*): patch does not apply$"), "lines"),
+    (re.compile(rb"^error: (.*): does not exist in (?:working directory|index)$"), "gone"),
+    (re.compile(rb"^error: (.*): No such file or directory$"), "gone"),
+    (re.compile(rb"^error: (.*): already exists in working directory$"), "back"),
+    (re.compile(rb"^error: (.*): wrong type$"), "replaced"),
+    (re.compile(rb"^error: affected file '(.*)' is beyond a symbolic link$"), "replaced"),
+    (re.compile(rb"^error: reading from '(.*)' beyond a symbolic link$"), "replaced"),
+    (re.compile(rb"^error: new mode \(\d+\) of (.*) does not match old mode \(\d+\)$"), "replaced"),
+)
+# The mode on a patch's "index" line, for regular files. Without it git apply keeps the mode
+# the file has now, so a later `chmod +x` survives the undo; symlinks keep theirs, so a link
+# put where the turn left a file is still refused. (Binary patch lines are base85: no spaces.)
+_INDEX_MODE = re.compile(rb"^(index [0-9a-f]+\.\.[0-9a-f]+) 100(?:644|755)$", re.MULTILINE)
+_APPLY_WORDS = {
+    "lines": "later changes touch the same lines of {}",
+    "gone": "{} was deleted or renamed later",
+    "back": "{} was created again later",
+    "replaced": "{} was replaced later by a symbolic link or another kind of file",
+}
+
+
+def revert_between(*, workspace: Workspace, old: str, new: str) -> None:
+    """Undo the change from snapshot `old` to snapshot `new` on the files on disk now, keeping
+    later edits that do not overlap it. All or nothing: when a later edit touches the same
+    lines (or deleted, re-created or replaced a file the change made), RepoError in words, and
+    no file has changed."""
+    doing = "Undoing the changes"
+    change = _tree_diff(workspace, old, new, "-p", "--binary", doing=doing)
+    if not change:
+        return
+    change = _INDEX_MODE.sub(rb"\1", change)
+    gd, tree = git_dir(workspace=workspace), workspace_path(workspace=workspace)
+    # git apply works on files relative to its current directory, not to --work-tree (without
+    # --index it never sets the work tree up; from "/" it would patch /src/app.py): -C puts it
+    # at the top of the tree, where the paths in the patch resolve. It checks every file before
+    # writing any, reads and replaces symlinks as links, and refuses paths behind one.
+    code, _, err = _run_git(
+        (
+            f"--git-dir={gd}", f"--work-tree={tree}", "-C", tree,
+            "-c", "apply.ignoreWhitespace=no",  # exact matches only, whatever config says
+            "apply", "-R", "--binary", "--whitespace=nowarn", "-",
+        ),
+        doing=doing, env=None, input=change, timeout=LOCAL_TIMEOUT,
+    )  # fmt: skip
+    if code:
+        raise RepoError(_why_not_applied(err))
+
+
+def _why_not_applied(stderr: bytes) -> str:
+    reasons: dict[bytes, str] = {}
+    for line in stderr.splitlines():
+        for pattern, reason in _APPLY_REASONS:
+            if match := pattern.match(line):
+                if reason != "lines" or match[1] not in reasons:
+                    reasons[match[1]] = reason
+                break
+    if not reasons:
+        return f"Undo could not be applied: {_explain(stderr, None)}"
+    by_reason: dict[str, list[str]] = {}
+    for path, reason in reasons.items():
+        by_reason.setdefault(reason, []).append(path.decode("utf-8", "replace"))
+    parts = [_APPLY_WORDS[reason].format(_names(paths)) for reason, paths in by_reason.items()]
+    return f"Undo could not be applied: {'; '.join(parts)}. Undo the later turn first."
+
+
+def _names(paths: list[str]) -> str:
+    shown = paths[:3] + ([f"{len(paths) - 3} more"] if len(paths) > 3 else [])
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
 
 
 def commit_all(*, workspace: Workspace, message: str, author_name: str, author_email: str) -> str:

@@ -7,7 +7,7 @@ from django.shortcuts import get_object_or_404
 
 from accounts.models import Membership, Team
 
-from .models import Conversation, Message, Role, Run
+from .models import Conversation, Message, Role, Run, ToolCall, Workspace
 
 
 def conversations_of(team: Team, *, query: str = "") -> QuerySet[Conversation]:
@@ -36,4 +36,24 @@ def user_messages_of(conversation: Conversation) -> QuerySet[Message]:
 
 
 def runs_of(conversation: Conversation) -> QuerySet[Run]:
-    return conversation.runs.select_related("assistant_message").order_by("created", "id")
+    return (
+        conversation.runs.select_related("assistant_message", "undone_by")
+        .prefetch_related("tool_calls__decided_by")
+        .order_by("created", "id")
+    )
+
+
+def workspace_of(conversation: Conversation) -> Workspace | None:
+    return Workspace.objects.filter(conversation=conversation).select_related("repository").first()
+
+
+def tool_call_for_user(user, call_id) -> tuple[ToolCall, Membership]:
+    """A tool call of a conversation in one of the user's teams, with the user's membership
+    there (approving is for members; "always allow" for admins)."""
+    call = get_object_or_404(
+        ToolCall.objects.select_related("run__conversation__team", "decided_by"),
+        uuid=call_id,
+        run__conversation__team__memberships__user=user,
+    )
+    membership = Membership.objects.get(team=call.run.conversation.team, user=user)
+    return call, membership

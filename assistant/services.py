@@ -8,14 +8,27 @@ from datetime import timedelta
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import Team, User
 
 from . import events, streams
-from .models import FINISHED_STATUSES, Conversation, Message, Role, Run, RunStatus, UsageRecord
+from .models import (
+    FINISHED_STATUSES,
+    Conversation,
+    Message,
+    Role,
+    Run,
+    RunStatus,
+    ToolCall,
+    ToolCallStatus,
+    UsageRecord,
+)
 
 TITLE_CHARS = 80
+IN_FLIGHT = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING)
 
 
 class ChatError(Exception):
@@ -52,7 +65,7 @@ def conversation_rename(*, conversation: Conversation, title: str) -> Conversati
 
 def conversation_delete(*, conversation: Conversation) -> None:
     conversation_id = str(conversation.uuid)
-    for run in conversation.runs.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]):
+    for run in conversation.runs.filter(status__in=IN_FLIGHT):
         streams.request_cancel(str(run.uuid))
     conversation.delete()
     events.publish_on_commit(conversation_id, {"t": "conversation.deleted"})
@@ -142,8 +155,149 @@ def run_cancel(*, run: Run) -> None:
             {"t": "run.cancelled", "run": str(run.uuid), "message": None},
         )
         return
+    if cancel_waiting(run):
+        return
     if Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).exists():
         streams.request_cancel(str(run.uuid))
+
+
+def cancel_waiting(run: Run) -> bool:
+    """Stop a run parked for an approval: no worker holds it, so it is finished here, keeping
+    the text it had written. Whether this call stopped it."""
+    run.refresh_from_db(fields=["text", "status", "tree_before"])
+    stopped, message = _finish(
+        run,
+        status=RunStatus.CANCELLED,
+        text=run.text,
+        error="",
+        from_status=RunStatus.WAITING,
+        tree_after=_tree_now(run),
+    )
+    if not stopped:
+        return False
+    ToolCall.objects.filter(
+        run=run,
+        status__in=[ToolCallStatus.PENDING, ToolCallStatus.AWAITING, ToolCallStatus.APPROVED],
+    ).update(status=ToolCallStatus.CANCELLED, finished=timezone.now())
+    events.publish_sync(
+        str(run.conversation.uuid),
+        {
+            "t": "run.cancelled",
+            "run": str(run.uuid),
+            "message": events.message_data(message) if message else None,
+            "refresh": True,
+        },
+    )
+    return True
+
+
+def _tree_now(run: Run) -> str:
+    """The workspace's files now, for a turn that ends without its worker (its diff)."""
+    from . import repos
+
+    workspace = getattr(run.conversation, "workspace", None)
+    if not run.tree_before or workspace is None:
+        return ""
+    try:
+        return repos.snapshot(workspace=workspace)
+    except repos.RepoError:
+        return ""
+
+
+class Decision:
+    APPROVE = "approve"
+    DENY = "deny"
+    ALWAYS = "always"  # approve, and allowlist the command for the team (admins only)
+
+
+def tool_call_decide(*, call: ToolCall, user: User, decision: str, is_admin: bool) -> ToolCall:
+    """A member's answer to a command awaiting approval. Recorded once (who, when); the run
+    is queued again when nothing else of it awaits a decision."""
+    from . import policy
+    from .runner import enqueue_run
+
+    if decision not in (Decision.APPROVE, Decision.DENY, Decision.ALWAYS):
+        raise ChatError("Choose Approve or Deny.")
+    if decision == Decision.ALWAYS and not is_admin:
+        raise ChatError("Only team admins can allow a command for good.")
+    run = call.run
+    with transaction.atomic():
+        approved = decision != Decision.DENY
+        now = timezone.now()
+        decided = ToolCall.objects.filter(pk=call.pk, status=ToolCallStatus.AWAITING).update(
+            status=ToolCallStatus.APPROVED if approved else ToolCallStatus.DENIED,
+            decided_by=user,
+            decided_at=now,
+            finished=None if approved else now,
+        )
+        if not decided:
+            call.refresh_from_db()
+            raise ChatError(_already_decided(call))
+        if decision == Decision.ALWAYS:
+            args = _json_object(call.arguments)
+            try:
+                policy.allow_always(run.conversation.team, str(args.get("command", "")))
+            except ValueError as exc:
+                raise ChatError(f"This command can't be allowed for good: {exc}")
+        requeue = not ToolCall.objects.filter(run=run, status=ToolCallStatus.AWAITING).exists()
+        if requeue:
+            requeue = bool(
+                Run.objects.filter(pk=run.pk, status=RunStatus.WAITING).update(
+                    status=RunStatus.QUEUED
+                )
+            )
+        call.refresh_from_db()
+        data = events.tool_call_data(call)
+        events.publish_on_commit(
+            str(run.conversation.uuid), {"t": "tool.decided", "run": str(run.uuid), "call": data}
+        )
+        if requeue:
+            transaction.on_commit(lambda: enqueue_run(str(run.uuid)))
+    return call
+
+
+def _already_decided(call: ToolCall) -> str:
+    who = call.decided_by.name if call.decided_by else "someone"
+    if call.status == ToolCallStatus.DENIED:
+        return f"{who} already denied this command."
+    if call.status == ToolCallStatus.CANCELLED:
+        return "The run was stopped; this command will not run."
+    return f"{who} already approved this command."
+
+
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def run_undo(*, run: Run, user: User) -> Run:
+    """Revert the files this turn changed, keeping later changes that don't conflict."""
+    from . import repos
+
+    if not run.is_finished:
+        raise ChatError("Wait until the reply has finished (or stop it) to undo its changes.")
+    if not run.changed_files:
+        raise ChatError("This reply changed no files.")
+    if run.undone_at:
+        raise ChatError("This reply's changes were already undone.")
+    workspace = getattr(run.conversation, "workspace", None)
+    if workspace is None:
+        raise ChatError("This conversation no longer has a repository.")
+    if run.conversation.runs.filter(status__in=IN_FLIGHT).exists():
+        raise ChatError("Wait until the assistant has finished before undoing changes.")
+    try:
+        repos.revert_between(workspace=workspace, old=run.tree_before, new=run.tree_after)
+    except repos.RepoError as exc:
+        raise ChatError(str(exc))
+    Run.objects.filter(pk=run.pk).update(undone_by=user, undone_at=timezone.now())
+    run.refresh_from_db()
+    events.publish_sync(str(run.conversation.uuid), {"t": "run.updated", "run": str(run.uuid)})
+    return run
 
 
 # --- Used by the agent (async code calls these through sync_to_async) ------------------------
@@ -153,7 +307,7 @@ def run_claim(run_id: str) -> Run | None:
     """queued -> running, once: a task delivered twice finds nothing to claim."""
     now = timezone.now()
     claimed = Run.objects.filter(uuid=run_id, status=RunStatus.QUEUED).update(
-        status=RunStatus.RUNNING, started=now, heartbeat=now
+        status=RunStatus.RUNNING, started=Coalesce("started", Value(now)), heartbeat=now
     )
     if not claimed:
         return None
@@ -163,19 +317,49 @@ def run_claim(run_id: str) -> Run | None:
 
 
 def run_finish(
-    *, run: Run, status: str, text: str, error: str = "", model: str = ""
+    *, run: Run, status: str, text: str, error: str = "", model: str = "", tree_after: str = ""
 ) -> Message | None:
     """Save the reply (exactly the text that was streamed) and the final status."""
-    _, message = _finish(run, status=status, text=text, error=error, model=model)
+    _, message = _finish(
+        run, status=status, text=text, error=error, model=model, tree_after=tree_after
+    )
     return message
 
 
-def _finish(run: Run, *, status: str, text: str, error: str, model: str = "", **only_if):
-    """running -> a final status, once; returns (whether this call finished it, message)."""
+def run_park(*, run: Run, text: str, seq: int) -> bool:
+    """running -> waiting (a command awaits approval), keeping the text so far. A Stop pressed
+    while the run was parking is honoured here, since no worker will look at the flag."""
+    parked = Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+        status=RunStatus.WAITING, text=text, seq=seq
+    )
+    if parked and streams.is_cancel_requested_sync(str(run.uuid)):
+        cancel_waiting(run)
+        return False
+    return bool(parked)
+
+
+def _finish(
+    run: Run,
+    *,
+    status: str,
+    text: str,
+    error: str,
+    model: str = "",
+    tree_after: str = "",
+    from_status: str = RunStatus.RUNNING,
+    **only_if,
+):
+    """running (or from_status) -> a final status, once; returns (whether this call finished
+    it, message)."""
     assert status in FINISHED_STATUSES
     with transaction.atomic():
-        updated = Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING, **only_if).update(
-            status=status, error=error, finished=timezone.now(), model=model or run.model
+        updated = Run.objects.filter(pk=run.pk, status=from_status, **only_if).update(
+            status=status,
+            error=error,
+            finished=timezone.now(),
+            model=model or run.model,
+            text="",
+            tree_after=tree_after,
         )
         if not updated:
             return False, None
@@ -212,6 +396,7 @@ def run_heartbeat(run: Run) -> None:
 arun_claim = sync_to_async(run_claim, thread_sensitive=False)
 arun_heartbeat = sync_to_async(run_heartbeat, thread_sensitive=False)
 arun_finish = sync_to_async(run_finish, thread_sensitive=False)
+arun_park = sync_to_async(run_park, thread_sensitive=False)
 ausage_record = sync_to_async(usage_record, thread_sensitive=False)
 
 

@@ -107,6 +107,20 @@ async def append(run_id: str, seq: int, text: str) -> None:
     await pipe.execute()
 
 
+async def seed(run_id: str, seq: int, text: str) -> None:
+    """Start a resumed run's stream from its saved text and delta number (a parked run's
+    stream was discarded; viewers joining now must still get the text so far)."""
+    if not _use_redis():
+        with _memory.lock:
+            _memory.text[run_id] = [text]
+            _memory.seq[run_id] = seq
+        return
+    pipe = _async_redis().pipeline(transaction=True)
+    pipe.set(_text_key(run_id), text, ex=TTL_SECONDS)
+    pipe.set(_seq_key(run_id), seq, ex=TTL_SECONDS)
+    await pipe.execute()
+
+
 def queue_append(pipe, run_id: str, seq: int, text: str) -> None:
     """Add the writes of one delta to a Redis MULTI pipeline (text and number change together,
     so a snapshot never has one without the other)."""
@@ -173,6 +187,12 @@ def request_cancel(run_id: str) -> None:
             _memory.cancel.add(run_id)
         return
     _redis().set(_cancel_key(run_id), "1", ex=TTL_SECONDS)
+
+
+def is_cancel_requested_sync(run_id: str) -> bool:
+    if not _use_redis():
+        return run_id in _memory.cancel
+    return bool(_redis().exists(_cancel_key(run_id)))
 
 
 async def is_cancel_requested(run_id: str) -> bool:

@@ -17,4 +17,6 @@ run_urlpatterns = [
     path("runs/<uuid:run_id>/", views.run_detail, name="run_detail"),
     path("runs/<uuid:run_id>/cancel/", views.run_cancel, name="run_cancel"),
     path("runs/<uuid:run_id>/retry/", views.run_retry, name="run_retry"),
+    path("runs/<uuid:run_id>/undo/", views.run_undo, name="run_undo"),
+    path("tools/<uuid:call_id>/decide/", views.tool_call_decide, name="tool_call_decide"),
 ]

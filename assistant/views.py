@@ -12,7 +12,7 @@ from accounts.selectors import membership_for
 
 from . import selectors, services, streams
 from .llm import config_for_team
-from .rendering import message_context, run_context
+from .rendering import message_context, run_context, tool_call_context
 
 
 @login_required
@@ -48,13 +48,24 @@ def _turns(conversation) -> list[dict]:
         turn = {"message": message_context(message), "runs": []}
         turns.append(turn)
         by_message[message.pk] = turn
+    workspace = selectors.workspace_of(conversation)
     for run in selectors.runs_of(conversation):
         turn = by_message.get(run.user_message_id)
         if turn is None:
             continue
-        snap = streams.snapshot_sync(str(run.uuid)) if not run.is_finished else None
-        turn["runs"].append(run_context(run, snap.text if snap else "", snap.seq if snap else 0))
+        turn["runs"].append(_run_context(run, workspace))
     return turns
+
+
+def _run_context(run, workspace, **extra) -> dict:
+    snap = streams.snapshot_sync(str(run.uuid)) if run.status in _STREAMING else None
+    context = run_context(
+        run, snap.text if snap else "", snap.seq if snap else 0, workspace=workspace
+    )
+    return {**context, **extra}
+
+
+_STREAMING = ("queued", "running")
 
 
 @login_required
@@ -151,6 +162,41 @@ def run_retry(request: HttpRequest, run_id) -> HttpResponse:
 def run_detail(request: HttpRequest, run_id) -> HttpResponse:
     """One run's bubble as it is now: the page asks for it when a stream ended unseen."""
     run = selectors.run_for_user(request.user, run_id)
-    snap = streams.snapshot_sync(str(run.uuid)) if not run.is_finished else None
-    context = {"run": run_context(run, snap.text if snap else "", snap.seq if snap else 0)}
+    context = {"run": _run_context(run, selectors.workspace_of(run.conversation))}
     return render(request, "assistant/_run.html", context)
+
+
+@login_required
+@require_POST
+def run_undo(request: HttpRequest, run_id) -> HttpResponse:
+    """Revert the files one turn changed; the bubble comes back saying so (or why not)."""
+    run = selectors.run_for_user(request.user, run_id)
+    error = ""
+    try:
+        run = services.run_undo(run=run, user=request.user)
+    except services.ChatError as exc:
+        error = str(exc)
+    workspace = selectors.workspace_of(run.conversation)
+    context = {"run": _run_context(run, workspace, undo_error=error)}
+    return render(request, "assistant/_run.html", context, status=200)
+
+
+@login_required
+@require_POST
+def tool_call_decide(request: HttpRequest, call_id) -> HttpResponse:
+    """Approve or deny a command awaiting approval; the card comes back as it is now (with
+    who decided, if someone was quicker)."""
+    call, membership = selectors.tool_call_for_user(request.user, call_id)
+    error = ""
+    try:
+        call = services.tool_call_decide(
+            call=call,
+            user=request.user,
+            decision=request.POST.get("decision", ""),
+            is_admin=membership.is_admin,
+        )
+    except services.ChatError as exc:
+        error = str(exc)
+        call.refresh_from_db()
+    context = {"call": {**tool_call_context(call), "error": error}}
+    return render(request, "assistant/_tool_call.html", context)

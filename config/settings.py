@@ -340,6 +340,14 @@ MAX_MESSAGE_CHARS = envint("MAX_MESSAGE_CHARS", 32000)
 STREAM_COALESCE_MS = envint("STREAM_COALESCE_MS", 30)
 INVITATION_DAYS = envint("INVITATION_DAYS", 7)
 
+# --- The agent (conversations attached to a repository) -------------------------------------
+# One reply may call the model at most this many times (tool calls come between the calls)...
+AGENT_MAX_STEPS = envint("AGENT_MAX_STEPS", 25)
+# ...and spend at most this many tokens (prompt + completion, summed over its calls).
+AGENT_MAX_TOKENS = envint("AGENT_MAX_TOKENS", 500_000)
+# Wall-clock limit of one tool call in the sandbox (a test suite, say).
+AGENT_COMMAND_SECONDS = envint("AGENT_COMMAND_SECONDS", 120)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -18,8 +18,10 @@ import pytest
 from assistant.fakellm.script import (
     DEFAULT_DELAY_MS,
     Conversation,
+    ToolCall,
     build_reply,
     parse_directives,
+    pending_tool_calls,
     scripted_tokens,
     word_tokens,
 )
@@ -203,6 +205,25 @@ def test_reply_to_a_tool_result(litellm, llm):
     assert not response.choices[0].message.tool_calls
 
 
+def test_streamed_parallel_tool_calls(litellm, llm):
+    text = '[[tool get_weather {"city": "Oslo"}]] [[tool get_time {}]] [[parallel=1]]'
+    stream = litellm.completion(**llm, messages=user(text), stream=True, **TOOL_KWARGS)
+    got = read_stream(stream)
+    assert got.finish_reasons == ["tool_calls"]
+    # Gathered by name, not by litellm's index: litellm numbers the calls of each Ollama chunk
+    # from 0, and the fake Ollama sends each call in a chunk of its own.
+    calls: list[list[str]] = []
+    for chunk in got.chunks:
+        for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            if call.function.name:
+                calls.append([call.function.name, ""])
+            calls[-1][1] += call.function.arguments or ""
+    assert [(name, json.loads(args)) for name, args in calls] == [
+        ("get_weather", {"city": "Oslo"}),
+        ("get_time", {}),
+    ]
+
+
 # --- errors ----------------------------------------------------------------------------------
 
 ERRORS = {
@@ -330,6 +351,115 @@ def test_hundreds_of_concurrent_streams(server_port):
     assert time.monotonic() - started < 5
 
 
+# --- tool-call sequences, in each wire format's own message shapes ---------------------------
+
+WIRE_PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages", "ollama": "/api/chat"}
+
+
+@dataclass
+class Answer:
+    text: str
+    calls: list[tuple[str | None, str, dict]]  # (id, name, arguments); Ollama has no ids
+
+
+def ask(port: int, wire: str, messages: list[dict]) -> Answer:
+    body = {"model": "fake-model", "messages": messages, "stream": False, "max_tokens": 100}
+    with post(port, WIRE_PATHS[wire], body) as response:
+        data = json.load(response)
+    if wire == "openai":
+        message = data["choices"][0]["message"]
+        calls = [
+            (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
+            for c in message.get("tool_calls") or []
+        ]
+        return Answer(message["content"] or "", calls)
+    if wire == "anthropic":
+        blocks = data["content"]
+        calls = [(b["id"], b["name"], b["input"]) for b in blocks if b["type"] == "tool_use"]
+        return Answer("".join(b.get("text", "") for b in blocks), calls)
+    message = data["message"]
+    calls = [
+        (None, c["function"]["name"], c["function"]["arguments"])
+        for c in message.get("tool_calls") or []
+    ]
+    return Answer(message["content"], calls)
+
+
+def answered(wire: str, calls: list, results: list[str]) -> list[dict]:
+    """The assistant's tool-call message and the results, as a client of ``wire`` sends them."""
+    if wire == "anthropic":
+        uses = [{"type": "tool_use", "id": i, "name": n, "input": a} for i, n, a in calls]
+        blocks = [
+            {"type": "tool_result", "tool_use_id": i, "content": [{"type": "text", "text": r}]}
+            for (i, _, _), r in zip(calls, results, strict=True)
+        ]
+        return [{"role": "assistant", "content": uses}, {"role": "user", "content": blocks}]
+    if wire == "openai":
+        tool_calls = [
+            {"id": i, "type": "function", "function": {"name": n, "arguments": json.dumps(a)}}
+            for i, n, a in calls
+        ]
+        results_messages = [
+            {"role": "tool", "tool_call_id": i, "content": r}
+            for (i, _, _), r in zip(calls, results, strict=True)
+        ]
+        return [{"role": "assistant", "content": None, "tool_calls": tool_calls}, *results_messages]
+    tool_calls = [{"function": {"name": n, "arguments": a}} for _, n, a in calls]
+    return [
+        {"role": "assistant", "content": "", "tool_calls": tool_calls},
+        *({"role": "tool", "content": r} for r in results),
+    ]
+
+
+@pytest.mark.parametrize("wire", list(WIRE_PATHS))
+def test_tool_calls_come_one_per_reply_in_order(server_port, wire):
+    messages = user('Go [[tool read {"path": "a.py"}]] [[tool grep {"q": "x"}]] [[tool run]]')
+    ids, expected = [], [("read", {"path": "a.py"}), ("grep", {"q": "x"}), ("run", {})]
+    for step, (name, arguments) in enumerate(expected):
+        answer = ask(server_port, wire, messages)
+        assert answer.text == ""
+        [(call_id, got_name, got_arguments)] = answer.calls
+        assert (got_name, got_arguments) == (name, arguments)
+        ids.append(call_id)
+        messages += answered(wire, answer.calls, [f"result {step}"])
+    assert ask(server_port, wire, messages).text == "Tool result received: result 2"
+    if wire != "ollama":
+        assert len(set(ids)) == 3
+    # A new user message starts over: the rounds before it do not count.
+    later = [*messages, *user("[[tokens=2]]")]
+    assert ask(server_port, wire, later) == Answer("alpha bravo", [])
+    again = [*messages, *user("[[tool grep {}]]")]
+    assert ask(server_port, wire, again).calls[0][1:] == ("grep", {})
+
+
+@pytest.mark.parametrize("wire", list(WIRE_PATHS))
+def test_parallel_tool_calls_come_in_one_reply(server_port, wire):
+    messages = user('[[tool read {"path": "a.py"}]] [[parallel=1]] [[tool read {"path": "b"}]]')
+    answer = ask(server_port, wire, messages)
+    assert [call[1:] for call in answer.calls] == [
+        ("read", {"path": "a.py"}),
+        ("read", {"path": "b"}),
+    ]
+    if wire != "ollama":
+        assert answer.calls[0][0] != answer.calls[1][0]
+    messages += answered(wire, answer.calls, ["first", "second " * 100])
+    final = ask(server_port, wire, messages)
+    assert final == Answer("Tool result received: " + ("second " * 100)[:200], [])
+
+
+def test_call_ids_are_unique_across_requests(server_port):
+    body = {"model": "fake-model", "messages": user("[[tool run]]"), "stream": False}
+    ids = set()
+    for path in ("/v1/chat/completions", "/v1/messages", "/v1/chat/completions"):
+        with post(server_port, path, body) as response:
+            data = json.load(response)
+        if "choices" in data:
+            ids.add(data["choices"][0]["message"]["tool_calls"][0]["id"])
+        else:
+            ids.add(data["content"][0]["id"])
+    assert len(ids) == 3
+
+
 # --- the script itself (pure functions) ------------------------------------------------------
 
 
@@ -348,12 +478,33 @@ def test_directive_parsing():
     )
     script, rest = parse_directives(text)
     assert script.tokens == 5 and script.delay_ms == 2.5
-    assert script.tool.name == "run" and script.tool.arguments == {"cmd": "[[ -f x ]]"}
+    assert script.tools == (ToolCall("run", {"cmd": "[[ -f x ]]"}),)
     assert rest == "Look  here  and [[ $a == b ]] [[unknown=1]] "
 
 
-def conversation(text: str, tool_result: str | None = None) -> Conversation:
-    return Conversation(user_text=text, tool_result=tool_result, prompt_chars=len(text))
+def conversation(text: str, tool_result: str | None = None, rounds: int = 0) -> Conversation:
+    return Conversation(
+        user_text=text, tool_result=tool_result, prompt_chars=len(text), tool_rounds=rounds
+    )
+
+
+def test_tool_call_sequence_rule():
+    script, _ = parse_directives('[[tool a]] text [[tool b {"n": 1}]]')
+    a, b = ToolCall("a", {}), ToolCall("b", {"n": 1})
+    assert script.tools == (a, b) and not script.parallel
+    assert [pending_tool_calls(script, k) for k in range(3)] == [(a,), (b,), ()]
+    together, _ = parse_directives('[[tool a]] [[tool b {"n": 1}]] [[parallel=1]]')
+    assert [pending_tool_calls(together, k) for k in range(2)] == [(a, b), ()]
+    # A reply makes the next call even when the last tool result is in the conversation.
+    assert build_reply(conversation("[[tool a]] [[tool b]]", "ok", rounds=1)).tool_calls == (
+        ToolCall("b", {}),
+    )
+    done = build_reply(conversation("[[tool a]] [[tool b]]", "ok", rounds=2))
+    assert "".join(done.tokens) == "Tool result received: ok" and not done.tool_calls
+    # Calls answered without a result (an odd client): the other rules decide.
+    assert "".join(build_reply(conversation("[[tool a]] [[tokens=2]]", rounds=1)).tokens) == (
+        "alpha bravo"
+    )
 
 
 def test_echo_and_tool_result_replies():
@@ -361,9 +512,12 @@ def test_echo_and_tool_result_replies():
     assert "".join(echo.tokens) == "say  this\nback"
     assert echo.tokens == ("say  ", "this\n", "back")
     long_result = "x" * 500
-    reply = build_reply(conversation("[[tool run {}]]", tool_result=long_result))
+    reply = build_reply(conversation("[[tool run {}]]", tool_result=long_result, rounds=1))
     assert "".join(reply.tokens) == "Tool result received: " + "x" * 200
-    assert reply.tool_call is None
+    assert reply.tool_calls == ()
+    # A tool result with no scripted call (a model that was never told to call one) too.
+    plain = build_reply(conversation("hello", tool_result="ok", rounds=1))
+    assert "".join(plain.tokens) == "Tool result received: ok"
 
 
 def test_demo_reply_without_directives():

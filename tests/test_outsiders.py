@@ -22,6 +22,11 @@ METHODS = ("GET", "POST")
 
 
 @pytest.fixture(autouse=True)
+def repos_root(settings, tmp_path):
+    settings.REPOS_ROOT = tmp_path / "repos"
+
+
+@pytest.fixture(autouse=True)
 def no_llm_call(monkeypatch):
     """The settings' Test connection button must not call a provider from these tests."""
 
@@ -127,6 +132,7 @@ def test_it_rejects_outsider_for_objects_that_do_not_exist(alice, charlie, other
         "run_id": uuid.uuid4(),
         "user_id": uuid.uuid4(),
         "invitation_id": uuid.uuid4(),
+        "call_id": uuid.uuid4(),
     }
     for route in team_routes:
         for method in METHODS:

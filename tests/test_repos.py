@@ -806,3 +806,313 @@ def test_orphaned_directories_are_swept(workspace, repo, conversation, root):
     repo.delete()
     assert repos.remove_orphans(older_than=0) == 1
     assert not repos.mirror_path(repo=repo).exists()
+
+
+# --- Snapshots, per-turn diffs and undo --------------------------------------------------------
+
+
+def test_a_snapshot_is_the_tree_on_disk_and_leaves_the_index_alone(workspace):
+    gd = repos.git_dir(workspace=workspace)
+    first = repos.snapshot(workspace=workspace)
+    assert first == git(gd, "rev-parse", "HEAD^{tree}").strip()
+
+    (tree(workspace) / "src" / "app.py").write_text("def main():\n    return 2\n")
+    (tree(workspace) / "untracked.txt").write_text("new\n")
+    second = repos.snapshot(workspace=workspace)
+
+    assert second != first and repos.snapshot(workspace=workspace) == second
+    assert git(gd, "cat-file", "-p", f"{second}:untracked.txt") == "new\n"
+    codes = {entry.path: entry.code for entry in repos.status(workspace=workspace)}
+    assert codes == {"src/app.py": " M", "untracked.txt": "??"}  # still untracked
+    assert repos._snapshot(workspace) == second  # the old name still works
+
+
+def test_diff_between_shows_one_turn_with_new_and_binary_files(workspace):
+    before = repos.snapshot(workspace=workspace)
+    (tree(workspace) / "src" / "app.py").write_text("def main():\n    return 42\n")
+    (tree(workspace) / "notes").mkdir()
+    (tree(workspace) / "notes" / "todo.md").write_text("- ship it\n")
+    (tree(workspace) / "logo.png").write_bytes(PNG[::-1])
+    (tree(workspace) / "data.bin").write_bytes(bytes(range(256)))
+    after = repos.snapshot(workspace=workspace)
+    (tree(workspace) / "README.md").write_text("a later edit, not in the turn\n")
+
+    text = repos.diff_between(workspace=workspace, old=before, new=after)
+
+    assert "-    return 1\n+    return 42" in text
+    assert "+++ b/notes/todo.md" in text and "+- ship it" in text
+    assert "diff --git a/logo.png b/logo.png" in text and "GIT binary patch" in text
+    assert "new file mode 100644" in text and "b/data.bin" in text
+    assert "README.md" not in text
+    assert repos.diff_between(workspace=workspace, old=after, new=after) == ""
+    backwards = repos.diff_between(workspace=workspace, old=after, new=before)
+    assert "-    return 42\n+    return 1" in backwards and "deleted file mode" in backwards
+    # A commit id stands for its tree: the base commit to a snapshot.
+    since_base = repos.diff_between(workspace=workspace, old=workspace.base_commit, new=after)
+    assert since_base == text
+
+
+def test_diff_stat_counts_lines_and_names_every_kind_of_change(workspace):
+    work = tree(workspace)
+    before = repos.snapshot(workspace=workspace)
+    (work / "src" / "app.py").write_text("def main():\n    return 42\n\n\nMORE = 1\n")
+    (work / "src" / "util.py").unlink()
+    (work / "new\nline\tname.txt").write_text("one\ntwo\nthree\n")
+    (work / "logo.png").write_bytes(PNG[::-1])
+    (work / "docs").mkdir()
+    (work / "README.md").rename(work / "docs" / "README.md")  # unchanged: a pure rename
+    (work / "link").symlink_to("src/app.py")
+    after = repos.snapshot(workspace=workspace)
+
+    stats = repos.diff_stat(workspace=workspace, old=before, new=after)
+
+    assert sorted(stats, key=lambda s: s.path) == [
+        repos.DiffStat("docs/README.md", "R", 0, 0, old_path="README.md"),
+        repos.DiffStat("link", "A", 1, 0),
+        repos.DiffStat("logo.png", "M", None, None),
+        repos.DiffStat("new\nline\tname.txt", "A", 3, 0),
+        repos.DiffStat("src/app.py", "M", 4, 1),
+        repos.DiffStat("src/util.py", "D", 0, 2),
+    ]
+    assert repos.diff_stat(workspace=workspace, old=after, new=after) == []
+
+
+def _plant_turn(work: Path) -> None:
+    """One turn of every kind of change: edit, add (in new directories), delete, binary edit,
+    binary add, mode change, symlink added and symlink removed, rename."""
+    (work / "src" / "app.py").write_text("def main():\n    return 'turn'\n")
+    (work / "pkg" / "deep").mkdir(parents=True)
+    (work / "pkg" / "deep" / "mod.py").write_text("X = 1\n")
+    (work / "src" / "util.py").unlink()
+    (work / "logo.png").write_bytes(PNG[::-1])
+    (work / "blob.bin").write_bytes(bytes(range(255, -1, -1)) * 8)
+    (work / "run.sh").chmod(0o755)
+    (work / "to-readme").symlink_to("README.md")
+    (work / "old-link").unlink()
+    (work / "docs").mkdir()
+    (work / "guide.md").rename(work / "docs" / "guide.md")
+    (work / 'odd "name"\n\tü.txt').write_text("quoted in the patch\n")
+    Path(os.fsdecode(os.path.join(os.fsencode(work), b"latin-\xe9.txt"))).write_bytes(b"\xe9\n")
+
+
+def test_revert_between_puts_the_files_back_exactly(workspace):
+    work = tree(workspace)
+    (work / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (work / "old-link").symlink_to("src")
+    (work / "guide.md").write_text("".join(f"line {n}\n" for n in range(30)))
+    before_files = files_of(work)
+    before = repos.snapshot(workspace=workspace)
+    _plant_turn(work)
+    after = repos.snapshot(workspace=workspace)
+
+    repos.revert_between(workspace=workspace, old=before, new=after)
+
+    assert repos.snapshot(workspace=workspace) == before
+    assert files_of(work) == before_files
+    assert not (work / "pkg").exists() and not (work / "docs").exists()  # no empty dirs left
+    assert os.stat(work / "run.sh").st_mode & 0o777 == 0o644
+    assert os.readlink(work / "old-link") == "src"
+    assert (work / "logo.png").read_bytes() == PNG
+    # Reverting the revert brings the turn back: the diff is an exact inverse.
+    repos.revert_between(workspace=workspace, old=after, new=before)
+    assert repos.snapshot(workspace=workspace) == after
+    # Nothing to undo is no work.
+    repos.revert_between(workspace=workspace, old=after, new=after)
+    assert repos.snapshot(workspace=workspace) == after
+
+
+def test_revert_keeps_later_changes_that_do_not_overlap(workspace):
+    work = tree(workspace)
+    (work / "long.txt").write_text("".join(f"line {n}\n" for n in range(40)))
+    start = repos.snapshot(workspace=workspace)
+    # Turn 1: the top of long.txt, app.py, a new file.
+    (work / "long.txt").write_text(
+        "".join(("TURN ONE\n" if n == 2 else f"line {n}\n") for n in range(40))
+    )
+    (work / "src" / "app.py").write_text("def main():\n    return 'one'\n")
+    (work / "one.txt").write_text("from turn one\n")
+    turn_one = repos.snapshot(workspace=workspace)
+    # Turn 2 (later): the bottom of long.txt, another file, another new file.
+    text = (work / "long.txt").read_text().replace("line 35\n", "TURN TWO\n")
+    (work / "long.txt").write_text(text)
+    (work / "src" / "util.py").write_text("def helper():\n    return 'two'\n")
+    (work / "two.txt").write_text("from turn two\n")
+    (work / "src" / "app.py").chmod(0o755)
+
+    repos.revert_between(workspace=workspace, old=start, new=turn_one)
+
+    long = (work / "long.txt").read_text()
+    assert "TURN ONE" not in long and "line 2\n" in long and "TURN TWO\n" in long
+    assert (work / "src" / "app.py").read_text() == "def main():\n    return 1\n"
+    assert os.stat(work / "src" / "app.py").st_mode & 0o777 == 0o755  # turn two's chmod stays
+    assert not (work / "one.txt").exists()
+    assert (work / "src" / "util.py").read_text() == "def helper():\n    return 'two'\n"
+    assert (work / "two.txt").read_text() == "from turn two\n"
+
+
+def test_a_conflicting_later_change_refuses_the_undo_and_changes_nothing(workspace):
+    work = tree(workspace)
+    start = repos.snapshot(workspace=workspace)
+    (work / "src" / "app.py").write_text("def main():\n    return 'one'\n")
+    (work / "README.md").write_text("# Demo\n\nTurn one.\n")  # would revert cleanly alone
+    (work / "one.txt").write_text("from turn one\n")
+    (work / "src" / "util.py").unlink()
+    turn_one = repos.snapshot(workspace=workspace)
+    (work / "src" / "app.py").write_text("def main():\n    return 'two'\n")
+    later = repos.snapshot(workspace=workspace)
+    before = files_of(work)
+
+    with pytest.raises(RepoError) as caught:
+        repos.revert_between(workspace=workspace, old=start, new=turn_one)
+
+    assert str(caught.value) == (
+        "Undo could not be applied: later changes touch the same lines of src/app.py. "
+        "Undo the later turn first."
+    )
+    assert files_of(work) == before and repos.snapshot(workspace=workspace) == later
+
+    # A file the turn added, deleted later; one it deleted, made again; the words say so.
+    (work / "src" / "app.py").write_text("def main():\n    return 'one'\n")
+    (work / "one.txt").unlink()
+    (work / "src" / "util.py").write_text("made again\n")
+    before = files_of(work)
+    with pytest.raises(RepoError) as caught:
+        repos.revert_between(workspace=workspace, old=start, new=turn_one)
+    message = str(caught.value)
+    assert "one.txt was deleted or renamed later" in message
+    assert "src/util.py was created again later" in message
+    assert "app.py" not in message and "README.md" not in message
+    assert files_of(work) == before
+
+
+def test_snapshot_ids_that_are_not_trees_of_the_workspace_are_refused(workspace, tmp_path):
+    snap = repos.snapshot(workspace=workspace)
+    gd = repos.git_dir(workspace=workspace)
+    blob = git(gd, "rev-parse", "HEAD:README.md").strip()
+    unknown = "0123456789abcdef" * 2 + "01234567"
+    written = tmp_path / "written"
+    bad_ids = ["HEAD", "main", f"--output={written}", snap[:12], snap.upper(), "", blob, unknown]
+    for bad in bad_ids:
+        for call in (repos.diff_between, repos.diff_stat, repos.revert_between):
+            with pytest.raises(RepoError, match="not a snapshot"):
+                call(workspace=workspace, old=bad, new=snap)
+            with pytest.raises(RepoError, match="not a snapshot"):
+                call(workspace=workspace, old=snap, new=bad)
+    assert not written.exists()
+
+
+def test_another_workspaces_snapshot_is_not_found_here(workspace, team, alice, repo):
+    other = repos.create_workspace(
+        conversation=conversation_create(team=team, author=alice, title="Second"),
+        repo=repo,
+        branch="main",
+    )
+    start = repos.snapshot(workspace=other)
+    (tree(other) / "theirs.txt").write_text("another conversation's work\n")
+    theirs = repos.snapshot(workspace=other)
+
+    with pytest.raises(RepoError, match="not a snapshot"):
+        repos.diff_between(workspace=workspace, old=start, new=theirs)
+    with pytest.raises(RepoError, match="not a snapshot"):
+        repos.revert_between(workspace=workspace, old=theirs, new=start)
+    assert not (tree(workspace) / "theirs.txt").exists()
+
+
+def test_diff_and_revert_never_follow_a_planted_symlink(workspace, tmp_path):
+    work = tree(workspace)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    start = repos.snapshot(workspace=workspace)
+    # The turn: a new config file in a new directory, a README edit, a link to /etc.
+    (work / "conf").mkdir()
+    (work / "conf" / "app.ini").write_text("[app]\nkey = 1\n")
+    (work / "README.md").write_text("# Demo\n\nEdited.\n")
+    (work / "etc").symlink_to("/etc")
+    (work / "passwd").symlink_to("/etc/passwd")
+    turn = repos.snapshot(workspace=workspace)
+
+    text = repos.diff_between(workspace=workspace, old=start, new=turn)
+    assert "+/etc\n" in text and "+/etc/passwd\n" in text and "root:" not in text
+    stats = repos.diff_stat(workspace=workspace, old=start, new=turn)
+    assert {(s.path, s.added) for s in stats} >= {("etc", 1), ("passwd", 1)}  # the link text
+
+    # Later the agent swaps conf/ and README.md for links to look-alikes outside the tree,
+    # whose contents would match the patch if git followed them.
+    (outside / "app.ini").write_text("[app]\nkey = 1\n")
+    (outside / "README.md").write_text("# Demo\n\nEdited.\n")
+    (work / "conf" / "app.ini").unlink()
+    (work / "conf").rmdir()
+    (work / "conf").symlink_to(outside)
+    (work / "README.md").unlink()
+    (work / "README.md").symlink_to(outside / "README.md")
+    before = files_of(work)
+
+    with pytest.raises(RepoError) as caught:
+        repos.revert_between(workspace=workspace, old=start, new=turn)
+    message = str(caught.value)
+    assert "conf/app.ini was replaced later by a symbolic link" in message
+    assert "README.md" in message  # the link's target text is not what the turn wrote
+    assert files_of(work) == before
+    assert (outside / "app.ini").read_text() == "[app]\nkey = 1\n"
+    assert (outside / "README.md").read_text() == "# Demo\n\nEdited.\n"
+
+    # Put the turn's own files back: the undo then removes the links themselves, not /etc.
+    (work / "conf").unlink()
+    (work / "conf").mkdir()
+    (work / "conf" / "app.ini").write_text("[app]\nkey = 1\n")
+    (work / "README.md").unlink()
+    (work / "README.md").write_text("# Demo\n\nEdited.\n")
+    repos.revert_between(workspace=workspace, old=start, new=turn)
+    assert repos.snapshot(workspace=workspace) == start
+    assert not os.path.lexists(work / "etc") and not os.path.lexists(work / "passwd")
+    assert Path("/etc/passwd").exists() and sorted(outside.iterdir()) == [
+        outside / "README.md",
+        outside / "app.ini",
+    ]
+
+
+def test_a_link_the_turn_changed_then_made_a_file_is_refused(workspace, tmp_path):
+    work = tree(workspace)
+    (work / "current").symlink_to("src")
+    start = repos.snapshot(workspace=workspace)
+    (work / "current").unlink()
+    (work / "current").symlink_to(tmp_path)
+    turn = repos.snapshot(workspace=workspace)
+    (work / "current").unlink()
+    (work / "current").write_text(str(tmp_path))  # same bytes as the link's target
+
+    with pytest.raises(RepoError, match="current was replaced later by a symbolic link or"):
+        repos.revert_between(workspace=workspace, old=start, new=turn)
+    assert (work / "current").read_text() == str(tmp_path)
+
+
+def test_revert_runs_no_planted_config_or_attributes(workspace, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    work = tree(workspace)
+    (work / "src" / "app.py").write_text("def main():   \n    return 1\n")
+    (work / "ws.txt").write_text("a = 1\n")
+    start = repos.snapshot(workspace=workspace)
+    (work / "src" / "app.py").write_text("def main():\n    return 2\n")
+    (work / "ws.txt").write_text("a = 2\n")
+    turn = repos.snapshot(workspace=workspace)
+    (work / "ws.txt").write_text("a  =  2\n")  # a later edit, whitespace only
+    (work / ".gitattributes").write_text("* diff=evil filter=evil\n")
+    (work / ".git").mkdir()
+    _plant(work / ".git" / "config", markers)
+    gd = repos.git_dir(workspace=workspace)
+    _plant(gd / "config", markers)
+    with (gd / "config").open("a") as fh:
+        # Refuse the trailing space the undo puts back; let whitespace-only edits match.
+        fh.write("[apply]\n\twhitespace = error\n\tignoreWhitespace = change\n")
+
+    repos.diff_between(workspace=workspace, old=start, new=turn)
+    repos.diff_stat(workspace=workspace, old=start, new=turn)
+    with pytest.raises(RepoError, match="touch the same lines of ws.txt"):
+        repos.revert_between(workspace=workspace, old=start, new=turn)
+    (work / "ws.txt").write_text("a = 2\n")
+    repos.revert_between(workspace=workspace, old=start, new=turn)
+
+    assert (work / "src" / "app.py").read_text() == "def main():   \n    return 1\n"
+    assert (work / "ws.txt").read_text() == "a = 1\n"
+    assert sorted(p.name for p in markers.iterdir()) == []

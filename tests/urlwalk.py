@@ -7,7 +7,11 @@ makes those tests fail, so a new URL can't slip by unchecked.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.urls.resolvers import RegexPattern, RoutePattern
@@ -35,6 +39,7 @@ TEAM_PARAMS = {
     "run_id": "run_id",  # a run in one of the team's conversations
     "user_id": "user_id",  # a member of the team (not the owner)
     "invitation_id": "invitation_id",  # an open invitation of the team
+    "call_id": "call_id",  # a tool call awaiting approval in one of the team's runs
 }
 
 # Pages only owners and admins may use: a plain member gets 404 there.
@@ -45,6 +50,7 @@ ADMIN_ONLY = {
     "repositories",
     "repository_fetch",
     "repository_remove",
+    "team_agent_policy",
 }
 
 
@@ -136,10 +142,25 @@ def make_world(*, team, owner, member) -> dict:
     from accounts.services import invitation_create, membership_add
     from assistant.services import conversation_create, message_send
 
+    from assistant import repos
+    from assistant.models import Repository, ToolCall, ToolCallStatus
+
     membership_add(team=team, user=member, role=Role.MEMBER)
     conversation = conversation_create(team=team, author=owner, title="Secret plans")
     sent = message_send(conversation=conversation, author=owner, content="The secret is 42")
     invitation = invitation_create(team=team, created_by=owner, email="")
+    # The conversation works on a repository, so its patch and push URLs answer the owner.
+    repo = Repository.objects.create(team=team, name="secret-repo", url=str(_origin()))
+    repos.create_workspace(conversation=conversation, repo=repo)
+    call = ToolCall.objects.create(
+        run=sent.run,
+        step=1,
+        index=0,
+        call_id="call_1",
+        name="run_command",
+        arguments='{"command": "ls"}',
+        status=ToolCallStatus.AWAITING,
+    )
     return {
         "team": team,
         "slug": team.slug,
@@ -147,6 +168,28 @@ def make_world(*, team, owner, member) -> dict:
         "run_id": sent.run.uuid,
         "user_id": member.uuid,
         "invitation_id": invitation.invitation.uuid,
+        "call_id": call.uuid,
         "conversation": conversation,
         "run": sent.run,
     }
+
+
+_ORIGIN: list[Path] = []
+
+
+def _origin() -> Path:
+    """One small git repository on disk, made once per test process."""
+    if not _ORIGIN:
+        path = Path(tempfile.mkdtemp(prefix="tandem-urlwalk-origin-"))
+        env = {
+            **os.environ,
+            "GIT_AUTHOR_NAME": "T",
+            "GIT_AUTHOR_EMAIL": "t@example.com",
+            "GIT_COMMITTER_NAME": "T",
+            "GIT_COMMITTER_EMAIL": "t@example.com",
+        }
+        (path / "README.md").write_text("# Secret plans\n")
+        for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "init"]):
+            subprocess.run(["git", *args], cwd=path, env=env, check=True, capture_output=True)
+        _ORIGIN.append(path)
+    return _ORIGIN[0]

@@ -3,7 +3,8 @@
 The last user message scripts the reply with directive blocks, anywhere in its text:
 
     [[key=value key=value ...]]     several blocks allowed; later keys override earlier ones
-    [[tool NAME {json arguments}]]  reply with a call of tool NAME (arguments optional, default {})
+    [[tool NAME {json arguments}]]  call tool NAME (arguments optional, default {}); several
+                                    blocks are called one after another, in the order written
 
 Keys of ``[[key=value]]`` blocks:
 
@@ -16,23 +17,36 @@ Keys of ``[[key=value]]`` blocks:
     error=CODE        answer with HTTP error CODE (400..599) in the provider's error shape
     fail_times=K      with error=: fail only the first K requests carrying this exact message
                       text (counted in server memory), then answer normally
-    break_after=N     send N tokens (or tool-argument pieces), then drop the connection
-                      without the final chunk / [DONE]
+    break_after=N     send N tokens (or tool-argument pieces, counted over all the calls of
+                      the reply), then drop the connection without the final chunk / [DONE]
     echo=1            reply with the message text, directives stripped, as word tokens
+    parallel=1        make all the ``[[tool ...]]`` calls at once, in one reply
 
 A block is only a directive when every ``key`` in it is one of the keys above, so ordinary
 text such as a bash ``[[ $a == b ]]`` is left alone. A value that does not parse is ignored.
 
+Tool calls are scripted as a sequence. Call k the number of tool-call rounds already in the
+conversation after the last user message (assistant messages with tool calls: ``tool_calls``
+in OpenAI and Ollama, ``tool_use`` blocks in Anthropic, whose tool-result-only user messages
+do not count as user messages). Reply number k to the user message makes the (k+1)-th
+scripted call; with ``parallel=1`` reply 0 makes all of them. The server counts nothing: a
+request is answered from the messages it carries, so any client can replay any step.
+
 What the reply contains, first rule that applies wins:
 
-1. the conversation ends with a tool result -> "Tool result received: <first 200 chars>"
-2. a ``[[tool ...]]`` block -> that tool call (no text)
+1. a scripted tool call still to make -> that call (several with ``parallel=1``), no text
+2. a tool result after the last user message -> "Tool result received: <first 200 chars of
+   the last tool result>"
 3. ``tokens=N`` -> ``scripted_tokens(N)``
 4. ``echo=1`` -> the message text, directives stripped
 5. otherwise -> the demo text (``demo_text``)
 
-Directives come from the last user message even when a tool result follows it, so delays,
-errors and break_after also apply to the reply to that tool result.
+Directives come from the last user message even when tool calls and results follow it, so
+delays, errors, fail_times counts and break_after apply to every reply of the sequence.
+
+Tool-call ids are ``call_<n>``, n counted per server (Anthropic and OpenAI only: Ollama's wire
+format has no call ids). Ollama sends each call whole, in its own chunk, once all its argument
+pieces have been paced out.
 
 Token rule of ``scripted_tokens(n)``: token i (0-based) is ``WORDS[i % len(WORDS)]`` followed
 by one space, except the last token, which has no trailing space. So
@@ -42,7 +56,7 @@ Free text (echo, demo, tool result) is split by ``word_tokens``: each token is a
 non-whitespace with the whitespace around it, so joining the tokens gives the text back.
 
 Usage: prompt tokens = max(1, characters of all message text // 4); completion tokens = the
-number of tokens (text) or argument pieces (tool call) in the reply.
+number of tokens (text) or argument pieces (tool calls) in the reply.
 """
 
 from __future__ import annotations
@@ -73,6 +87,7 @@ _CONVERTERS = {
     "fail_times": int,
     "break_after": int,
     "echo": _FLAG.__getitem__,
+    "parallel": _FLAG.__getitem__,
 }
 _BLOCK = re.compile(r"\[\[((?:\s*[a-z_]+=[^\s\]]+)+)\s*\]\]")
 _TOOL_HEAD = re.compile(r"\[\[tool\s+([A-Za-z0-9_.:-]+)\s*")
@@ -98,7 +113,8 @@ class Script:
     fail_times: int | None = None
     break_after: int | None = None
     echo: bool = False
-    tool: ToolCall | None = None
+    parallel: bool = False
+    tools: tuple[ToolCall, ...] = ()  # in the order written
     has_directives: bool = False
 
 
@@ -107,14 +123,15 @@ class Conversation:
     """The provider-neutral facts about a request that decide the reply."""
 
     user_text: str  # text of the last user message: the directive source
-    tool_result: str | None  # the tool result's text when the conversation ends with one
+    tool_result: str | None  # text of the last tool result after that message, if any
     prompt_chars: int  # characters of all message text, for the usage numbers
+    tool_rounds: int = 0  # assistant tool-call messages after the last user message
 
 
 @dataclass(frozen=True)
 class Reply:
-    tokens: tuple[str, ...]  # text tokens; empty for a tool call
-    tool_call: ToolCall | None
+    tokens: tuple[str, ...]  # text tokens; empty for tool calls
+    tool_calls: tuple[ToolCall, ...]
     script: Script
     fail_key: str  # what fail_times counts requests by
     prompt_tokens: int
@@ -152,20 +169,20 @@ def parse_directives(text: str) -> tuple[Script, str]:
         if all(key in _CONVERTERS for key, _ in pairs):
             values.update(_convert(pairs))
             spans.append(match.span())
-    tool, tool_spans = _find_tool_calls(text)
+    tools, tool_spans = _find_tool_calls(text)
     spans += tool_spans
-    script = Script(**values, tool=tool, has_directives=bool(spans))
+    script = Script(**values, tools=tools, has_directives=bool(spans))
     return script, _remove_spans(text, spans)
 
 
 def build_reply(conversation: Conversation) -> Reply:
     script, text = parse_directives(conversation.user_text)
-    tool_call = None
-    if conversation.tool_result is not None:
+    tool_calls = pending_tool_calls(script, conversation.tool_rounds)
+    if tool_calls:
+        tokens = []
+    elif conversation.tool_result is not None:
         preview = conversation.tool_result[:TOOL_RESULT_PREVIEW]
         tokens = word_tokens(f"Tool result received: {preview}")
-    elif script.tool is not None:
-        tokens, tool_call = [], script.tool
     elif script.tokens is not None:
         tokens = scripted_tokens(script.tokens)
     elif script.echo:
@@ -174,11 +191,18 @@ def build_reply(conversation: Conversation) -> Reply:
         tokens = word_tokens(demo_text(text))
     return Reply(
         tokens=tuple(tokens),
-        tool_call=tool_call,
+        tool_calls=tool_calls,
         script=script,
         fail_key=conversation.user_text,
         prompt_tokens=max(1, conversation.prompt_chars // 4),
     )
+
+
+def pending_tool_calls(script: Script, rounds: int) -> tuple[ToolCall, ...]:
+    """The calls of reply number ``rounds`` after the user message (rule in the docstring)."""
+    if script.parallel:
+        return script.tools if rounds == 0 else ()
+    return script.tools[rounds : rounds + 1]
 
 
 def demo_text(user_text: str) -> str:
@@ -211,20 +235,20 @@ def _convert(pairs: list[list[str]]) -> dict[str, object]:
     return converted
 
 
-def _find_tool_calls(text: str) -> tuple[ToolCall | None, list[tuple[int, int]]]:
-    """Find ``[[tool NAME {json}]]`` blocks; the last one wins.
+def _find_tool_calls(text: str) -> tuple[tuple[ToolCall, ...], list[tuple[int, int]]]:
+    """Find ``[[tool NAME {json}]]`` blocks, in order.
 
     The JSON is read with a real decoder, not a regex, so arguments may contain ``]]``.
     """
-    tool, spans = None, []
+    tools, spans = [], []
     for head in _TOOL_HEAD.finditer(text):
         arguments, end = _read_json_object(text, head.end())
         close = _CLOSE.match(text, end)
         if arguments is None or close is None:
             continue
-        tool = ToolCall(name=head.group(1), arguments=arguments)
+        tools.append(ToolCall(name=head.group(1), arguments=arguments))
         spans.append((head.start(), close.end()))
-    return tool, spans
+    return tuple(tools), spans
 
 
 def _read_json_object(text: str, start: int) -> tuple[dict | None, int]:

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .script import Conversation, Reply, build_reply, tool_argument_pieces
+from .script import Conversation, Reply, ToolCall, build_reply, tool_argument_pieces
 
 BAD_KEY = "bad-key"
 MISSING_MODEL = "no-such-model"
@@ -157,14 +157,19 @@ def _maybe_fail(app: web.Application, reply: Reply) -> None:
     raise ProviderError(status)
 
 
-def _units(reply: Reply) -> list[str]:
-    """What is paced out one by one: text tokens, or the pieces of the tool arguments."""
-    if reply.tool_call is not None:
-        return tool_argument_pieces(reply.tool_call.arguments)
-    return list(reply.tokens)
+def _units(reply: Reply) -> list[tuple[int | None, str]]:
+    """What is paced out one by one, as (tool call index, unit): text tokens (index None), or
+    the pieces of each tool call's arguments, call after call."""
+    if reply.tool_calls:
+        return [
+            (index, piece)
+            for index, call in enumerate(reply.tool_calls)
+            for piece in tool_argument_pieces(call.arguments)
+        ]
+    return [(None, token) for token in reply.tokens]
 
 
-async def _paced(reply: Reply) -> AsyncIterator[str]:
+async def _paced(reply: Reply) -> AsyncIterator[tuple[int | None, str]]:
     """Yield the reply's units with the scripted delays, stopping early for break_after.
 
     The stamp is taken after the sleep, immediately before the caller writes the unit.
@@ -172,12 +177,12 @@ async def _paced(reply: Reply) -> AsyncIterator[str]:
     units = _units(reply)
     if reply.script.break_after is not None:
         units = units[: max(0, reply.script.break_after)]
-    stamp = reply.script.stamp and reply.tool_call is None
-    for index, unit in enumerate(units):
-        delay = reply.delay_ms + (reply.script.first_token_ms if index == 0 else 0.0)
+    stamp = reply.script.stamp and not reply.tool_calls
+    for position, (call, unit) in enumerate(units):
+        delay = reply.delay_ms + (reply.script.first_token_ms if position == 0 else 0.0)
         if delay > 0:
             await asyncio.sleep(delay / 1000)
-        yield f"{time.time():.6f} " if stamp else unit
+        yield call, (f"{time.time():.6f} " if stamp else unit)
 
 
 def _breaks(reply: Reply) -> bool:
@@ -196,8 +201,13 @@ def _break_connection(request: web.Request) -> web.Response:
     return web.Response()
 
 
-async def _collect(reply: Reply) -> list[str]:
+async def _collect(reply: Reply) -> list[tuple[int | None, str]]:
     return [unit async for unit in _paced(reply)]
+
+
+def _text_of(units: list[tuple[int | None, str]], call: int | None = None) -> str:
+    """The text, or one tool call's argument JSON, put back together from paced units."""
+    return "".join(unit for index, unit in units if index == call)
 
 
 def _call_id(request: web.Request) -> str:
@@ -218,15 +228,24 @@ def content_text(content: object) -> str:
 
 
 def _role_based_conversation(messages: list[dict]) -> Conversation:
-    """OpenAI and Ollama: tool results are messages with role "tool"."""
-    users = [m for m in messages if m.get("role") == "user"]
-    last = messages[-1] if messages else {}
-    tool_result = content_text(last.get("content")) if last.get("role") == "tool" else None
+    """OpenAI and Ollama: tool calls ride on assistant messages, results have role "tool"."""
+    last_user = _last_index(messages, lambda m: m.get("role") == "user")
+    since = messages[last_user + 1 :]
+    results = [m for m in since if m.get("role") == "tool"]
     return Conversation(
-        user_text=content_text(users[-1].get("content")) if users else "",
-        tool_result=tool_result,
+        user_text=content_text(messages[last_user].get("content")) if last_user >= 0 else "",
+        tool_result=content_text(results[-1].get("content")) if results else None,
         prompt_chars=sum(len(content_text(m.get("content"))) for m in messages),
+        tool_rounds=sum(1 for m in since if m.get("role") == "assistant" and m.get("tool_calls")),
     )
+
+
+def _last_index(messages: list[dict], predicate) -> int:
+    """Index of the last message that satisfies predicate, -1 if none does."""
+    for index in range(len(messages) - 1, -1, -1):
+        if predicate(messages[index]):
+            return index
+    return -1
 
 
 def _messages(body: dict) -> list[dict]:
@@ -260,15 +279,16 @@ class OpenAIWire(Wire):
         units = await _collect(reply)
         if _breaks(reply):
             return _break_connection(request)
-        message: dict = {"role": "assistant", "content": "".join(units)}
-        if reply.tool_call is not None:
+        message: dict = {"role": "assistant", "content": _text_of(units)}
+        if reply.tool_calls:
             message["content"] = None
             message["tool_calls"] = [
                 {
                     "id": _call_id(request),
                     "type": "function",
-                    "function": {"name": reply.tool_call.name, "arguments": "".join(units)},
+                    "function": {"name": call.name, "arguments": _text_of(units, index)},
                 }
+                for index, call in enumerate(reply.tool_calls)
             ]
         return web.json_response(
             {
@@ -288,15 +308,18 @@ class OpenAIWire(Wire):
 
         await send({"role": "assistant", "content": ""})
         emitted = 0
-        if reply.tool_call is not None:
-            call = {"id": _call_id(request), "type": "function"}
-            head = {**call, "function": {"name": reply.tool_call.name, "arguments": ""}}
-            await send({"tool_calls": [{"index": 0, **head}]})
-        async for unit in _paced(reply):
-            if reply.tool_call is not None:
-                await send({"tool_calls": [{"index": 0, "function": {"arguments": unit}}]})
-            else:
+        opened = -1  # the last tool call whose first fragment (id and name) was sent
+        async for call, unit in _paced(reply):
+            if call is None:
                 await send({"content": unit})
+            else:
+                if call != opened:
+                    # As OpenAI does: id and name first, with empty arguments, then the pieces.
+                    head = {"id": _call_id(request), "type": "function"}
+                    function = {"name": reply.tool_calls[call].name, "arguments": ""}
+                    await send({"tool_calls": [{"index": call, **head, "function": function}]})
+                    opened = call
+                await send({"tool_calls": [{"index": call, "function": {"arguments": unit}}]})
             emitted += 1
         if _breaks(reply):
             return _break_connection(request)
@@ -314,7 +337,7 @@ class OpenAIWire(Wire):
 
     @staticmethod
     def _finish(reply: Reply) -> str:
-        return "tool_calls" if reply.tool_call is not None else "stop"
+        return "tool_calls" if reply.tool_calls else "stop"
 
     @staticmethod
     def _envelope(body: dict, kind: str) -> dict:
@@ -350,19 +373,25 @@ _ANTHROPIC_ERROR_TYPES = {
 class AnthropicWire(Wire):
     def conversation(self, body: dict) -> Conversation:
         messages = _messages(body)
-        users = [m for m in messages if m.get("role") == "user" and not _is_tool_result(m)]
-        last = messages[-1] if messages else {}
-        tool_result = None
-        if last.get("role") == "user" and _is_tool_result(last):
-            block = next(b for b in last["content"] if _is_tool_result_block(b))
-            tool_result = _tool_result_text(block)
+        last_user = _last_index(
+            messages, lambda m: m.get("role") == "user" and not _is_tool_result(m)
+        )
+        since = messages[last_user + 1 :]
+        results = [
+            block
+            for m in since
+            if m.get("role") == "user" and isinstance(m.get("content"), list)
+            for block in m["content"]
+            if _is_tool_result_block(block)
+        ]
         chars = len(_system_text(body.get("system"))) + sum(
             len(_anthropic_message_text(m)) for m in messages
         )
         return Conversation(
-            user_text=content_text(users[-1].get("content")) if users else "",
-            tool_result=tool_result,
+            user_text=content_text(messages[last_user].get("content")) if last_user >= 0 else "",
+            tool_result=_tool_result_text(results[-1]) if results else None,
             prompt_chars=chars,
+            tool_rounds=sum(1 for m in since if m.get("role") == "assistant" and _has_tool_use(m)),
         )
 
     def error_body(self, status: int, message: str) -> dict:
@@ -373,11 +402,14 @@ class AnthropicWire(Wire):
         units = await _collect(reply)
         if _breaks(reply):
             return _break_connection(request)
-        if reply.tool_call is not None:
-            block = {**self._tool_block(request, reply), "input": reply.tool_call.arguments}
+        if reply.tool_calls:
+            blocks = [
+                {**self._tool_block(request, call), "input": call.arguments}
+                for call in reply.tool_calls
+            ]
         else:
-            block = {"type": "text", "text": "".join(units)}
-        message = self._message(body, reply, content=[block], stop=self._stop(reply))
+            blocks = [{"type": "text", "text": _text_of(units)}]
+        message = self._message(body, reply, content=blocks, stop=self._stop(reply))
         message["usage"]["output_tokens"] = len(units)
         return web.json_response(message)
 
@@ -387,22 +419,31 @@ class AnthropicWire(Wire):
         async def send(event: dict) -> None:
             await _write_sse(resp, event, event_name=event["type"])
 
+        async def start(index: int, block: dict) -> None:
+            await send({"type": "content_block_start", "index": index, "content_block": block})
+
         await send({"type": "message_start", "message": self._message(body, reply, [], None)})
-        if reply.tool_call is not None:
-            block = self._tool_block(request, reply)
-            delta_type, field = "input_json_delta", "partial_json"
-        else:
-            block = {"type": "text", "text": ""}
-            delta_type, field = "text_delta", "text"
-        await send({"type": "content_block_start", "index": 0, "content_block": block})
+        opened = None  # the index of the content block open now
+        if not reply.tool_calls:
+            opened = 0
+            await start(0, {"type": "text", "text": ""})
         emitted = 0
-        async for unit in _paced(reply):
-            delta = {"type": delta_type, field: unit}
-            await send({"type": "content_block_delta", "index": 0, "delta": delta})
+        async for call, unit in _paced(reply):
+            if call is None:
+                delta = {"type": "text_delta", "text": unit}
+            else:
+                if call != opened:
+                    if opened is not None:
+                        await send({"type": "content_block_stop", "index": opened})
+                    opened = call
+                    await start(call, self._tool_block(request, reply.tool_calls[call]))
+                delta = {"type": "input_json_delta", "partial_json": unit}
+            await send({"type": "content_block_delta", "index": opened, "delta": delta})
             emitted += 1
         if _breaks(reply):
             return _break_connection(request)
-        await send({"type": "content_block_stop", "index": 0})
+        if opened is not None:
+            await send({"type": "content_block_stop", "index": opened})
         await send(
             {
                 "type": "message_delta",
@@ -416,17 +457,11 @@ class AnthropicWire(Wire):
 
     @staticmethod
     def _stop(reply: Reply) -> str:
-        return "tool_use" if reply.tool_call is not None else "end_turn"
+        return "tool_use" if reply.tool_calls else "end_turn"
 
     @staticmethod
-    def _tool_block(request: web.Request, reply: Reply) -> dict:
-        assert reply.tool_call is not None
-        return {
-            "type": "tool_use",
-            "id": _call_id(request),
-            "name": reply.tool_call.name,
-            "input": {},
-        }
+    def _tool_block(request: web.Request, call: ToolCall) -> dict:
+        return {"type": "tool_use", "id": _call_id(request), "name": call.name, "input": {}}
 
     @staticmethod
     def _message(body: dict, reply: Reply, content: list, stop: str | None) -> dict:
@@ -440,6 +475,13 @@ class AnthropicWire(Wire):
             "stop_sequence": None,
             "usage": {"input_tokens": reply.prompt_tokens, "output_tokens": 0},
         }
+
+
+def _has_tool_use(message: dict) -> bool:
+    content = message.get("content")
+    return isinstance(content, list) and any(
+        isinstance(block, dict) and block.get("type") == "tool_use" for block in content
+    )
 
 
 def _is_tool_result_block(block: object) -> bool:
@@ -486,34 +528,36 @@ class OllamaWire(Wire):
         units = await _collect(reply)
         if _breaks(reply):
             return _break_connection(request)
-        if reply.tool_call is not None:
-            message = self._message("", reply)
-        else:
-            message = self._message("".join(units), None)
+        message = self._message(_text_of(units), reply.tool_calls)
         return web.json_response(self._final(body, reply, message, len(units)))
 
     async def stream(self, request: web.Request, body: dict, reply: Reply) -> web.StreamResponse:
         resp = await _start_stream(request, "application/x-ndjson")
+        # Ollama sends a tool call whole, as one object, once the model has finished it.
+        pieces_left = [len(tool_argument_pieces(call.arguments)) for call in reply.tool_calls]
         emitted = 0
-        async for unit in _paced(reply):
+        async for call, unit in _paced(reply):
             emitted += 1
-            if reply.tool_call is not None:
-                continue  # Ollama sends a tool call whole, as one object, not in pieces
-            await _write_ndjson(resp, self._chunk(body, self._message(unit, None)))
+            if call is None:
+                await _write_ndjson(resp, self._chunk(body, self._message(unit)))
+                continue
+            pieces_left[call] -= 1
+            if not pieces_left[call]:
+                message = self._message("", reply.tool_calls[call : call + 1])
+                await _write_ndjson(resp, self._chunk(body, message))
         if _breaks(reply):
             return _break_connection(request)
-        if reply.tool_call is not None:
-            await _write_ndjson(resp, self._chunk(body, self._message("", reply)))
-        await _write_ndjson(resp, self._final(body, reply, self._message("", None), emitted))
+        await _write_ndjson(resp, self._final(body, reply, self._message(""), emitted))
         await resp.write_eof()
         return resp
 
     @staticmethod
-    def _message(content: str, tool_reply: Reply | None) -> dict:
+    def _message(content: str, calls: tuple[ToolCall, ...] = ()) -> dict:
         message: dict = {"role": "assistant", "content": content}
-        if tool_reply is not None and tool_reply.tool_call is not None:
-            call = tool_reply.tool_call
-            message["tool_calls"] = [{"function": {"name": call.name, "arguments": call.arguments}}]
+        if calls:
+            message["tool_calls"] = [
+                {"function": {"name": call.name, "arguments": call.arguments}} for call in calls
+            ]
         return message
 
     @staticmethod

@@ -1,17 +1,21 @@
 """The LLM gateway: the only code that calls litellm.
 
-``stream_chat`` yields text pieces as the provider sends them and ends with one ``Usage``.
-Provider failures become ``LLMError`` with a message in words for the conversation; failures
-before the first token are retried (with backoff, honouring Retry-After), failures after it are
-not, because a retry would repeat text the team has already seen.
+``stream_chat`` yields text pieces as the provider sends them, then one ``ToolCallRequest`` per
+tool call the model made, and ends with one ``Usage``. Provider failures become ``LLMError``
+with a message in words for the conversation; failures before the first token (of text or of
+a tool call) are retried, with backoff, honouring Retry-After; failures after it are not,
+because a retry would repeat text the team has already seen. Tool calls are handed out only
+once the stream is complete, so a call cut off half-way is never run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -46,6 +50,15 @@ class Usage:
     ttft_ms: int | None = None
     latency_ms: int = 0
     attempts: int = 1
+
+
+@dataclass(frozen=True)
+class ToolCallRequest:
+    """One tool call the model asked for, complete."""
+
+    id: str  # the provider's call id; generated ("call_…") where the provider gives none
+    name: str
+    arguments: str  # the JSON text of the arguments as the model sent it ("{}" when empty)
 
 
 class LLMError(Exception):
@@ -97,15 +110,21 @@ async def _call_kwargs(config: LLMConfig) -> dict:
     return kwargs
 
 
-async def stream_chat(config: LLMConfig, messages: list[dict]) -> AsyncIterator[str | Usage]:
-    """Yield text pieces, then one Usage. Raises LLMError."""
+async def stream_chat(
+    config: LLMConfig, messages: list[dict], tools: list[dict] | None = None
+) -> AsyncIterator[str | ToolCallRequest | Usage]:
+    """Yield text pieces, then a ToolCallRequest per tool call, then one Usage. Raises LLMError.
+
+    ``messages`` and ``tools`` are in OpenAI's chat format (assistant messages may carry
+    ``tool_calls``, results are ``role: tool`` messages); each client translates them.
+    """
     attempt = 0
     while True:
         attempt += 1
         started = time.monotonic()
         yielded = False
         try:
-            async for item in _stream_once(config, messages, started):
+            async for item in _stream_once(config, messages, tools, started):
                 if isinstance(item, Usage):
                     item.attempts = attempt
                 else:
@@ -140,19 +159,25 @@ def _litellm():
 
 
 async def _stream_once(
-    config: LLMConfig, messages: list[dict], started: float
-) -> AsyncIterator[str | Usage]:
+    config: LLMConfig, messages: list[dict], tools: list[dict] | None, started: float
+) -> AsyncIterator[str | ToolCallRequest | Usage]:
     usage = Usage()
     finished = False
+    text_seen = False
+    calls = _ToolCalls()
     try:
-        async for piece in await _pieces(config, messages):
+        async for piece in await _pieces(config, messages, tools):
             if piece.prompt_tokens is not None:
                 usage.prompt_tokens = piece.prompt_tokens
             if piece.completion_tokens is not None:
                 usage.completion_tokens = piece.completion_tokens
-            if piece.text:
+            if piece.text or piece.tool_fragments:
                 if usage.ttft_ms is None:
                     usage.ttft_ms = int((time.monotonic() - started) * 1000)
+                for fragment in piece.tool_fragments:
+                    calls.add(fragment)
+            if piece.text:
+                text_seen = True
                 yield piece.text
             finished = finished or piece.finished
     except LLMError:
@@ -163,22 +188,60 @@ async def _stream_once(
         if usage.ttft_ms is not None:
             raise LLMError(
                 "The connection to the model provider broke off in the middle of the reply. "
-                "The part received so far is kept; press Retry for a complete reply.",
+                + _broken_advice(text_seen),
                 code="stream_broken",
             ) from exc
         raise translate_error(exc, config) from exc
     if not finished:
         raise LLMError(
-            "The model provider's stream ended before the reply was complete. The part "
-            "received so far is kept; press Retry for a complete reply.",
+            "The model provider's stream ended before the reply was complete. "
+            + _broken_advice(text_seen),
             code="stream_broken",
             retryable=usage.ttft_ms is None,
         )
+    for call in calls.requests():
+        yield call
     usage.latency_ms = int((time.monotonic() - started) * 1000)
     yield usage
 
 
-async def _pieces(config: LLMConfig, messages: list[dict]) -> AsyncIterator[direct.Piece]:
+def _broken_advice(text_seen: bool) -> str:
+    if text_seen:
+        return "The part received so far is kept; press Retry for a complete reply."
+    return "It was in the middle of a tool call, which was not run; press Retry."
+
+
+class _ToolCalls:
+    """Tool calls put together from their streamed fragments, in the order they began."""
+
+    def __init__(self) -> None:
+        self._calls: list[direct.ToolFragment] = []
+        self._by_index: dict[int, direct.ToolFragment] = {}
+
+    def add(self, fragment: direct.ToolFragment) -> None:
+        call = self._by_index.get(fragment.index)
+        if call is None:
+            call = direct.ToolFragment(fragment.index)
+            self._calls.append(call)
+            self._by_index[fragment.index] = call
+        call.id = call.id or fragment.id
+        call.name = call.name or fragment.name
+        call.arguments += fragment.arguments
+
+    def requests(self) -> list[ToolCallRequest]:
+        return [
+            ToolCallRequest(
+                id=call.id or f"call_{uuid.uuid4().hex[:24]}",
+                name=call.name,
+                arguments=call.arguments if call.arguments.strip() else "{}",
+            )
+            for call in self._calls
+        ]
+
+
+async def _pieces(
+    config: LLMConfig, messages: list[dict], tools: list[dict] | None
+) -> AsyncIterator[direct.Piece]:
     """The provider's stream as Pieces: the lean client where it speaks the wire format,
     litellm for everything else."""
     kwargs = await _call_kwargs(config)
@@ -189,16 +252,41 @@ async def _pieces(config: LLMConfig, messages: list[dict]) -> AsyncIterator[dire
             api_key=config.api_key,
             temperature=config.temperature,
             messages=messages,
+            tools=tools,
         )
-    return _litellm_pieces(kwargs, messages)
+    if tools:
+        kwargs["tools"] = tools
+        # With tools, litellm's completion() first imports its MCP gateway, to see whether a
+        # tool is a litellm-proxy MCP server ({"type": "mcp"}); that import needs the optional
+        # `mcp` package and raises ModuleNotFoundError without it. Function tools never need
+        # the gateway, and this is the flag litellm sets on its own inner calls to skip it
+        # (it is on litellm's list of internal parameters never sent to a provider).
+        kwargs["_skip_mcp_handler"] = True
+    whole_calls = config.model.split("/", 1)[0] in ("ollama", "ollama_chat")
+    return _litellm_pieces(kwargs, _no_blank_text_beside_calls(messages), whole_calls)
 
 
-async def _litellm_pieces(kwargs: dict, messages: list[dict]) -> AsyncIterator[direct.Piece]:
+def _no_blank_text_beside_calls(messages: list[dict]) -> list[dict]:
+    """An assistant tool-call message with content "" as content None: for Anthropic, litellm
+    replaces blank text with "[System: Empty message content sanitised to satisfy protocol]",
+    words the model would then read as its own; None it leaves out."""
+    if not any(m.get("tool_calls") and m.get("content") == "" for m in messages):
+        return messages
+    return [
+        {**m, "content": None} if m.get("tool_calls") and m.get("content") == "" else m
+        for m in messages
+    ]
+
+
+async def _litellm_pieces(
+    kwargs: dict, messages: list[dict], whole_calls: bool
+) -> AsyncIterator[direct.Piece]:
     # The first import of litellm takes seconds; never on the event loop every reply shares.
     litellm = await asyncio.to_thread(_litellm)
     response = await litellm.acompletion(
         messages=messages, stream=True, stream_options={"include_usage": True}, **kwargs
     )
+    calls_seen = 0
     async for chunk in response:
         piece = direct.Piece()
         chunk_usage = getattr(chunk, "usage", None)
@@ -207,9 +295,40 @@ async def _litellm_pieces(kwargs: dict, messages: list[dict]) -> AsyncIterator[d
             piece.completion_tokens = chunk_usage.completion_tokens or 0
         if chunk.choices:
             choice = chunk.choices[0]
-            piece.text = (choice.delta.content if choice.delta else None) or ""
+            delta = choice.delta
+            piece.text = (delta.content if delta else None) or ""
+            if delta is not None and getattr(delta, "tool_calls", None):
+                # Ollama sends every call whole, but litellm numbers the calls of each chunk
+                # from 0 (and gives a call without arguments no id to tell it apart by), so
+                # calls sent in separate chunks would merge: number them across the stream.
+                first = calls_seen if whole_calls else None
+                piece.tool_fragments = _litellm_fragments(delta.tool_calls, first)
+                calls_seen += len(piece.tool_fragments)
             piece.finished = bool(choice.finish_reason)
         yield piece
+
+
+def _litellm_fragments(
+    tool_calls: list, first_index: int | None
+) -> tuple[direct.ToolFragment, ...]:
+    fragments = []
+    for position, call in enumerate(tool_calls):
+        function = getattr(call, "function", None)
+        arguments = getattr(function, "arguments", None) or ""
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments)
+        index = getattr(call, "index", None)
+        if first_index is not None or index is None:
+            index = (first_index or 0) + position
+        fragments.append(
+            direct.ToolFragment(
+                index=index,
+                id=getattr(call, "id", None) or "",
+                name=getattr(function, "name", None) or "",
+                arguments=arguments,
+            )
+        )
+    return tuple(fragments)
 
 
 class _NoLitellm:

@@ -46,9 +46,7 @@
   function replaceRun(id, html) {
     const el = runEl(id);
     if (!el) return refreshMessages();
-    const template = document.createElement("template");
-    template.innerHTML = html;
-    const node = template.content.firstElementChild;
+    const node = fromHtml(html);
     keepScrolled(() => el.replaceWith(node));
     htmx.process(node);
   }
@@ -64,9 +62,21 @@
     send({ t: "resync" });
   }
 
+  // New text goes to the last piece of the reply: tool calls split it into several.
+  const lastStream = (el) => {
+    const pieces = el ? el.querySelectorAll(".stream") : [];
+    return pieces.length ? pieces[pieces.length - 1] : null;
+  };
+
+  function fromHtml(html) {
+    const template = document.createElement("template");
+    template.innerHTML = html;
+    return template.content.firstElementChild;
+  }
+
   function applyDelta(frame) {
     const el = runEl(frame.r);
-    const stream = el && el.querySelector(".stream");
+    const stream = lastStream(el);
     if (!stream) return requestResync();
     const seq = Number(el.dataset.seq || 0);
     if (frame.s <= seq) return; // already have it (snapshot covered it)
@@ -83,6 +93,39 @@
     if (status) status.textContent = "Writing…";
   }
 
+  // A tool call's card: replaced where it is, or added after the text so far with a fresh
+  // text piece after it for what the model writes next.
+  function applyTool(frame) {
+    const el = runEl(frame.run);
+    const body = el && el.querySelector(".run-body");
+    if (!body) return refreshMessages();
+    const node = fromHtml(frame.html);
+    const existing = document.getElementById("tool-" + frame.call.id);
+    keepScrolled(() => {
+      if (existing) {
+        existing.replaceWith(node);
+      } else {
+        const next = document.createElement("div");
+        next.className = "content stream";
+        next.dataset.testid = "stream";
+        body.append(node, next);
+      }
+    });
+    htmx.process(node);
+    const status = el.querySelector(".status-text");
+    if (status && el.dataset.status === "running") {
+      status.textContent = frame.t === "tool.started" ? "Running " + frame.call.name + "…" : "Writing…";
+    }
+  }
+
+  function setWaiting(id) {
+    const el = runEl(id);
+    if (!el) return;
+    el.dataset.status = "waiting";
+    const status = el.querySelector(".status-text");
+    if (status) status.textContent = "Waiting for a teammate to approve a command…";
+  }
+
   function applySync(frame) {
     resyncPending = false;
     const active = new Set();
@@ -90,9 +133,14 @@
     for (const run of frame.runs) {
       active.add(run.run);
       const el = runEl(run.run);
-      const stream = el && el.querySelector(".stream");
+      const stream = lastStream(el);
       if (!stream) {
         unknown = true;
+        continue;
+      }
+      if (el.querySelector(".tool-call")) {
+        // The text is cut into pieces around tool calls: the server renders it whole.
+        if (run.seq > Number(el.dataset.seq || 0)) refreshRun(run.run);
         continue;
       }
       if (run.seq > Number(el.dataset.seq || 0)) {
@@ -165,7 +213,16 @@
       case "run.completed":
       case "run.failed":
       case "run.cancelled":
-        return replaceRun(frame.run, frame.html);
+        return frame.html ? replaceRun(frame.run, frame.html) : refreshRun(frame.run);
+      case "run.updated":
+        return refreshRun(frame.run);
+      case "run.waiting":
+        return setWaiting(frame.run);
+      case "tool.started":
+      case "tool.finished":
+      case "tool.awaiting":
+      case "tool.decided":
+        return applyTool(frame);
       case "conversation.renamed": {
         const input = document.querySelector("#title input");
         if (input && document.activeElement !== input) input.value = frame.title;
