@@ -102,6 +102,7 @@ INSTALLED_APPS = [
     "accounts",
     "assistant",
     "sharing",
+    "api",
 ]
 
 MIDDLEWARE = [
