@@ -140,10 +140,9 @@ def make_world(*, team, owner, member) -> dict:
     every parameter in TEAM_PARAMS. Runs are recorded, not queued: callers use ``no_runs``."""
     from accounts.models import Role
     from accounts.services import invitation_create, membership_add
-    from assistant.services import conversation_create, message_send
-
     from assistant import repos
     from assistant.models import Repository, ToolCall, ToolCallStatus
+    from assistant.services import conversation_create, message_send
 
     membership_add(team=team, user=member, role=Role.MEMBER)
     conversation = conversation_create(team=team, author=owner, title="Secret plans")
