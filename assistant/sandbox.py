@@ -292,6 +292,8 @@ def _bwrap_args(
         "LANG": "C.UTF-8",
         "TERM": "dumb",
         "TMPDIR": "/tmp",
+        # Bytecode caches in the tree would show up as changes in every turn's diff.
+        "PYTHONDONTWRITEBYTECODE": "1",
     }
     for key, value in env.items():
         args += ["--setenv", key, value]

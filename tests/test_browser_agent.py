@@ -24,6 +24,7 @@ pytestmark = [
     pytest.mark.skipif(not Path(sandbox.BWRAP).exists(), reason="bubblewrap is not installed"),
 ]
 APP = "def answer():\n    return 41\n"
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot-agent.png"
 
 
 @pytest.fixture
@@ -98,6 +99,9 @@ def test_attach_edit_approve_diff_undo(stack, new_context, conversation, team, a
     assert run.status == RunStatus.SUCCEEDED
     call = ToolCall.objects.get(run=run, name="run_command")
     assert call.status == ToolCallStatus.SUCCEEDED and call.decided_by == alice
+
+    if os.environ.get("UPDATE_SCREENSHOT"):
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
 
     page.once("dialog", lambda dialog: dialog.accept())
     changes.get_by_test_id("undo").click()
