@@ -559,7 +559,11 @@ def _snapshot(workspace: Workspace) -> str:
     index = gd / f"snapshot-index-{uuid.uuid4().hex}"
     try:
         if (gd / "index").exists():
-            shutil.copyfile(gd / "index", index)  # keeps stat data: only changed files rehash
+            # Keeps stat data, so only changed files rehash. copy2, not copyfile: the copy must
+            # keep the index's mtime, which is how git tells a file edited in the same second
+            # as the index was written ("racily clean") from an unchanged one. A fresh mtime
+            # hid same-size edits made within a second of the checkout.
+            shutil.copy2(gd / "index", index)
         env = {"GIT_INDEX_FILE": str(index)}
         _ws_git(workspace, "add", "--all", doing="Reading the changes", env=env)
         tree = _ws_git(workspace, "write-tree", doing="Reading the changes", env=env)

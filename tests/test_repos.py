@@ -1116,3 +1116,18 @@ def test_revert_runs_no_planted_config_or_attributes(workspace, tmp_path):
     assert (work / "src" / "app.py").read_text() == "def main():   \n    return 1\n"
     assert (work / "ws.txt").read_text() == "a = 1\n"
     assert sorted(p.name for p in markers.iterdir()) == []
+
+
+def test_a_same_size_edit_right_after_checkout_is_seen(team, repo, alice):
+    """Racy git: an edit that keeps the size, made within the second the index was written,
+    must still count as a change (the snapshot's index copy keeps the index's mtime)."""
+    from assistant.services import conversation_create
+
+    for attempt in range(3):
+        conversation = conversation_create(team=team, author=alice, title=f"racy {attempt}")
+        ws = repos.create_workspace(conversation=conversation, repo=repo, branch="main")
+        before = repos.snapshot(workspace=ws)
+        (tree(ws) / "src" / "app.py").write_text("def main():\n    return 2\n")  # same size
+        after = repos.snapshot(workspace=ws)
+        assert after != before
+        assert "+    return 2" in repos.diff_between(workspace=ws, old=before, new=after)
