@@ -57,6 +57,23 @@ def _turns(conversation) -> list[dict]:
     return turns
 
 
+def _attachable(conversation) -> list[dict]:
+    """The team's repositories with their known branches, for the attach form (none once the
+    conversation has a workspace)."""
+    from . import repos
+
+    if selectors.workspace_of(conversation) is not None:
+        return []
+    choices = []
+    for repo in conversation.team.repositories.all():
+        try:
+            names = repos.branches(repo=repo) if repos.mirror_path(repo=repo).exists() else []
+        except repos.RepoError:
+            names = []
+        choices.append({"repo": repo, "branches": names})
+    return choices
+
+
 def _run_context(run, workspace, **extra) -> dict:
     snap = streams.snapshot_sync(str(run.uuid)) if run.status in _STREAMING else None
     context = run_context(
@@ -83,6 +100,7 @@ def conversation_detail(request: HttpRequest, slug: str, conversation_id) -> Htt
     }
     if request.htmx and request.htmx.target == "messages":
         return render(request, "assistant/_messages.html", context)
+    context["repositories"] = _attachable(conversation)
     return render(request, "assistant/conversation.html", context)
 
 

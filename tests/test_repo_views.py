@@ -161,6 +161,9 @@ def test_attach_creates_a_workspace_and_the_header_shows_it(bob, conversation, r
     client = client_for(bob)  # a plain member may attach
     url = f"/t/acme/c/{conversation.uuid}/"
     assert 'data-testid="attach-repository"' in text(client.get(url))
+    repos.ensure_mirror(repo=repo)
+    # Once mirrored, its branches are offered as suggestions.
+    assert '<option value="feature">demo</option>' in text(client.get(url))
     response = client.post(url + "repository/", {"repository": repo.uuid, "branch": "feature"})
     assert response.status_code == 302 and response["Location"] == url
     workspace = Workspace.objects.get(conversation=conversation)
