@@ -328,7 +328,7 @@ class Turn:
 def _workspace_of(run: Run) -> Workspace | None:
     return (
         Workspace.objects.filter(conversation_id=run.conversation_id)
-        .select_related("repository")
+        .select_related("repository__team")
         .first()
     )
 

@@ -11,9 +11,7 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/9")
 os.environ.setdefault("TANDEM_DATA_DIR", "/tmp/tandem-test-data")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("RUN_EXECUTOR", "celery")
-# Playwright's sync API keeps an event loop running in the test thread; the ORM calls the tests
-# make around it are still plain synchronous calls.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+# DJANGO_ALLOW_ASYNC_UNSAFE is set only while a Playwright browser is open (tests/conftest.py).
 
 from .settings import *  # noqa: E402,F403
 

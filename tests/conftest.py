@@ -96,7 +96,9 @@ def start_stack(tmp: Path, *, db_name: str, redis_url: str, extra_env: dict | No
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
     }
-    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    # Empty, not absent: test_settings would set it again. The servers must hit Django's
+    # async-safety check exactly as in production.
+    env["DJANGO_ALLOW_ASYNC_UNSAFE"] = ""
     stack = Stack(f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{llm_port}", env)
     py = sys.executable
     commands = {
@@ -241,12 +243,23 @@ def browser():
         )
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield instance
-        instance.close()
+    # Playwright's sync API keeps an event loop running in the test thread; the ORM calls the
+    # tests make around it are still plain synchronous calls. Allowed only while it is open,
+    # so everywhere else Django's async-safety check catches a query made on an event loop.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            instance = playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+            yield instance
+            instance.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture

@@ -20,7 +20,9 @@ def session_cookie(user) -> str:
 async def ws_connect(stack, conversation, user, *, origin: str | None = None):
     headers = {"Origin": origin or stack.base_url}
     if user is not None:
-        headers["Cookie"] = f"{settings.SESSION_COOKIE_NAME}={session_cookie(user)}"
+        # A session is made with the ORM: in a thread, never on the scenario's event loop.
+        cookie = await asyncio.to_thread(session_cookie, user)
+        headers["Cookie"] = f"{settings.SESSION_COOKIE_NAME}={cookie}"
     return await websockets.connect(
         f"{stack.ws_url}/ws/conversations/{conversation.uuid}/",
         additional_headers=headers,
