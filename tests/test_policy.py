@@ -55,6 +55,9 @@ def test_allowlist_validation():
 def test_admins_edit_the_allowlist(team, alice, bob):
     client = Client()
     client.force_login(alice)
+    page = client.get("/t/acme/settings/").content.decode()
+    assert page.count('data-testid="allowlist-form"') == 1
+    assert "<title>Settings · Acme" in page
     response = client.post(
         "/t/acme/settings/agent/", {"allowlist": "pytest\nnpm test"}, follow=True
     )
