@@ -138,11 +138,25 @@ def tool_call_context(call) -> dict[str, Any]:
         json.dumps(args, indent=2, ensure_ascii=False) if args is not None else call["arguments"]
     )
     context["command"] = args.get("command", "") if isinstance(args, dict) else ""
+    context["allowlistable"] = _allowlistable(context["command"])
     context["done"] = call["status"] in ("succeeded", "failed", "denied", "cancelled")
     context["decided_at"] = (
         datetime.fromisoformat(call["decided_at"]) if call.get("decided_at") else None
     )
     return context
+
+
+def _allowlistable(command: object) -> bool:
+    """Whether "Always allow" can be offered: commands with shell syntax never run unasked."""
+    from . import policy
+
+    if not isinstance(command, str) or not command.strip():
+        return False
+    try:
+        policy.validate_allowlist(command)
+    except ValueError:
+        return False
+    return True
 
 
 def _summary(name: str, args: Any) -> str:
