@@ -10,9 +10,10 @@
   const messagesUrl = script.dataset.messagesUrl;
   const runUrlTemplate = script.dataset.runUrl;
   const messages = document.getElementById("messages");
+  // A read-only page (a shared conversation) has no composer; its notices go to data-notice.
   const composer = document.getElementById("composer");
-  const textarea = composer.querySelector("textarea");
-  const errorBox = document.getElementById("composer-error");
+  const textarea = composer?.querySelector("textarea");
+  const errorBox = document.getElementById(script.dataset.notice || "composer-error");
   const connection = document.getElementById("connection");
   const presence = document.getElementById("presence");
 
@@ -230,16 +231,34 @@
         return;
       }
       case "conversation.deleted":
-        gone = true;
-        composer.querySelectorAll("textarea,button").forEach((el) => (el.disabled = true));
-        errorBox.innerHTML = "";
-        errorBox.append(banner("This conversation was deleted by a teammate."));
-        return;
+        return end("This conversation was deleted by a teammate.");
       case "presence":
+        if (!presence) return; // a share viewer's page: never sent, nowhere to show
         presence.textContent = frame.viewers.length ? "Viewing: " + frame.viewers.join(", ") : "";
         return;
     }
   }
+
+  // Stop for good (no reconnecting), and say why.
+  function end(text) {
+    gone = true;
+    composer?.querySelectorAll("textarea,button").forEach((el) => (el.disabled = true));
+    errorBox.innerHTML = "";
+    errorBox.append(banner(text));
+    // Nothing more will arrive: a "Writing…" spinner would claim otherwise.
+    messages.querySelectorAll(".run-status .spinner").forEach((el) => el.remove());
+    messages.querySelectorAll(".run-status .status-text").forEach((el) => {
+      el.textContent = "No longer updated.";
+    });
+  }
+
+  // Close codes after which reconnecting is pointless. 4460/4461: a share link revoked or
+  // expired while watching (sharing/consumers.py).
+  const FINAL_CLOSES = {
+    4404: "You no longer have access to this conversation.",
+    4460: "This link was revoked.",
+    4461: "This link has expired.",
+  };
 
   function banner(text) {
     const div = document.createElement("div");
@@ -278,13 +297,8 @@
       if (ws !== socket) return; // an old socket, already replaced
       clearInterval(pingTimer);
       resyncPending = false;
-      if (event.code === 4404) {
-        // Removed from the team while watching: stop, and say so.
-        gone = true;
-        composer.querySelectorAll("textarea,button").forEach((el) => (el.disabled = true));
-        errorBox.innerHTML = "";
-        errorBox.append(banner("You no longer have access to this conversation."));
-      }
+      // Removed from the team, or a share link ended, while watching: stop, and say so.
+      if (FINAL_CLOSES[event.code]) end(FINAL_CLOSES[event.code]);
       if (gone) return setConnection("closed", "closed");
       setConnection("down", "reconnecting…");
       const delay = Math.min(5000, 250 * 2 ** attempts++);
@@ -297,7 +311,7 @@
   });
 
   // Composer: Enter sends, Shift+Enter is a new line.
-  textarea.addEventListener("keydown", (event) => {
+  textarea?.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       if (textarea.value.trim()) htmx.trigger(composer, "submit");
@@ -332,7 +346,7 @@
     const id = (xhr.responseText.match(/id="msg-([0-9a-f-]+)"/) || [])[1];
     if (id && document.getElementById("msg-" + id)) event.detail.shouldSwap = false;
   });
-  composer.addEventListener("htmx:afterRequest", (event) => {
+  composer?.addEventListener("htmx:afterRequest", (event) => {
     if (event.detail.successful) {
       textarea.value = "";
       errorBox.innerHTML = "";
@@ -340,7 +354,7 @@
       window.scrollTo(0, document.body.scrollHeight);
     }
   });
-  composer.addEventListener("htmx:sendError", () => {
+  composer?.addEventListener("htmx:sendError", () => {
     errorBox.innerHTML = "";
     errorBox.append(banner("Could not reach Tandem. Your message is still here: send it again."));
   });
