@@ -7,16 +7,24 @@ the consumer can forward them without touching the ORM or the template engine.
 Event types: message.created, run.started, delta, run.completed, run.failed, run.cancelled,
 run.waiting (parked for an approval), run.updated (undone), tool.started, tool.finished,
 tool.awaiting, tool.decided, conversation.renamed, conversation.deleted, presence.
+
+Every event but presence is also appended to the conversation's event log (see "The event log"
+below), which the JSON API's event stream reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import threading
+import time
+from collections import deque
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import transaction
 
 from .models import Conversation, Message, Run, ToolCall
@@ -79,11 +87,17 @@ def tool_call_data(call: ToolCall) -> dict[str, Any]:
 
 
 async def publish(conversation_id: str, event: dict[str, Any]) -> None:
+    await log_event(conversation_id, event)
+    await _group_send(conversation_id, event)
+
+
+async def _group_send(conversation_id: str, event: dict[str, Any]) -> None:
     layer = get_channel_layer()
     await layer.group_send(group_name(conversation_id), {"type": "conv.event", "event": event})
 
 
 async def publish_delta(conversation_id: str, run_id: str, seq: int, text: str) -> None:
+    await log_event(conversation_id, delta_event(run_id, seq, text))
     layer = get_channel_layer()
     await layer.group_send(
         group_name(conversation_id), {"type": "conv.delta", "run": run_id, "seq": seq, "text": text}
@@ -139,13 +153,19 @@ class DeltaBatcher:
 
         pipe = streams.async_redis().pipeline(transaction=True)
         runs: list[str] = []
+        conversations: set[str] = set()
         for conversation_id, run_id, seq, text, _ in batch:
             streams.queue_append(pipe, run_id, seq, text)
+            # In the same MULTI: the log entry, the snapshot and the PUBLISH agree at any instant.
+            queue_log(pipe, conversation_id, delta_event(run_id, seq, text))
+            conversations.add(conversation_id)
             message = {"type": "conv.delta", "run": run_id, "seq": seq, "text": text}
             channel = self.layer._get_group_channel_name(group_name(conversation_id))
             pipe.publish(channel, self.layer.serialize(message))
             if run_id not in runs:
                 runs.append(run_id)
+        for conversation_id in conversations:
+            queue_log_expiry(pipe, conversation_id)
         for run_id in runs:
             streams.queue_cancel_check(pipe, run_id)
         error: Exception | None = None
@@ -166,7 +186,10 @@ class DeltaBatcher:
 def publish_sync(conversation_id: str, event: dict[str, Any]) -> None:
     """For rare events from sync code (views, services). Inside Daphne's worker threads
     async_to_sync runs this on the server's own loop, which the in-memory layer requires."""
-    async_to_sync(publish)(conversation_id, event)
+    # The log entry is written with the sync client: elsewhere (a Celery thread) async_to_sync
+    # makes a loop per call, and a per-loop async client would be left behind each time.
+    log_event_sync(conversation_id, event)
+    async_to_sync(_group_send)(conversation_id, event)
 
 
 def publish_on_commit(conversation_id: str, event: dict[str, Any]) -> None:
@@ -183,3 +206,148 @@ def message_created(message: Message, run: Run | None) -> dict[str, Any]:
 
 def conversation_renamed(conversation: Conversation) -> dict[str, Any]:
     return {"t": "conversation.renamed", "title": conversation.display_title}
+
+
+# --- The event log ---------------------------------------------------------------------------
+# The channel layer is at-most-once pub/sub: whoever isn't subscribed at the instant an event is
+# published never gets it. The JSON API's event stream needs more — a client that reconnects
+# gives the id of the last event it saw and must get exactly what it missed — so every event
+# (but presence, which is only "who is here now") is also appended to a log per conversation:
+# a Redis Stream trimmed to about API_EVENT_LOG_LENGTH entries and expiring API_EVENT_LOG_TTL
+# seconds after its last event. Entry ids (``<ms>-<n>``) are the stream's event ids. Embedded
+# mode keeps the same log in this process's memory. The reading side is api/eventlog.py.
+
+UNLOGGED = frozenset({"presence"})
+
+
+def log_key(conversation_id: str) -> str:
+    return f"tandem:events:{conversation_id}"
+
+
+def delta_event(run_id: str, seq: int, text: str) -> dict[str, Any]:
+    return {"t": "delta", "run": run_id, "seq": seq, "text": text}
+
+
+def _encode(event: dict[str, Any]) -> str:
+    return json.dumps(event, separators=(",", ":"))
+
+
+def queue_log(pipe, conversation_id: str, event: dict[str, Any]) -> None:
+    """Add one event to a Redis pipeline. Approximate trimming (``MAXLEN ~``) costs O(1): it
+    drops whole nodes of the stream, so the log holds at least, not exactly, that many."""
+    pipe.xadd(
+        log_key(conversation_id),
+        {"e": _encode(event)},
+        maxlen=settings.API_EVENT_LOG_LENGTH,
+        approximate=True,
+    )
+
+
+def queue_log_expiry(pipe, conversation_id: str) -> None:
+    pipe.expire(log_key(conversation_id), settings.API_EVENT_LOG_TTL)
+
+
+def _log_pipeline(client, conversation_id: str, event: dict[str, Any]):
+    pipe = client.pipeline(transaction=True)  # an entry never exists without its expiry
+    queue_log(pipe, conversation_id, event)
+    queue_log_expiry(pipe, conversation_id)
+    return pipe
+
+
+async def log_event(conversation_id: str, event: dict[str, Any]) -> None:
+    if event.get("t") in UNLOGGED:
+        return
+    if not settings.REDIS_URL:
+        memory_log.append(conversation_id, event)
+        return
+    from . import streams
+
+    try:
+        await _log_pipeline(streams.async_redis(), conversation_id, event).execute()
+    except Exception:  # the live viewers must still get it; an API stream misses it
+        log.exception("Could not log %s of conversation %s", event.get("t"), conversation_id)
+
+
+def log_event_sync(conversation_id: str, event: dict[str, Any]) -> None:
+    if event.get("t") in UNLOGGED:
+        return
+    if not settings.REDIS_URL:
+        memory_log.append(conversation_id, event)
+        return
+    from . import streams
+
+    try:
+        _log_pipeline(streams._redis(), conversation_id, event).execute()
+    except Exception:
+        log.exception("Could not log %s of conversation %s", event.get("t"), conversation_id)
+
+
+EntryId = tuple[int, int]
+
+
+class _ConversationLog:
+    def __init__(self) -> None:
+        self.entries: deque[tuple[EntryId, str]] = deque()
+        self.trimmed = False
+        self.last_write_ms = 0
+
+
+class MemoryLog:
+    """Embedded mode's event log, with the Redis Stream's rules: ids ``<ms>-<n>`` that only
+    grow, the oldest entries dropped past the length (noted, so a reader can tell it missed
+    something) and the whole log dropped once idle for the TTL."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()  # readers take it around state() and after() together
+        self.logs: dict[str, _ConversationLog] = {}
+        self.last: EntryId = (0, 0)
+        self.appends = 0
+
+    def _expired(self, entry: _ConversationLog, now_ms: int) -> bool:
+        return now_ms - entry.last_write_ms >= settings.API_EVENT_LOG_TTL * 1000
+
+    def append(self, conversation_id: str, event: dict[str, Any]) -> EntryId:
+        data = _encode(event)
+        with self.lock:
+            now = int(time.time() * 1000)
+            self.last = (now, 0) if now > self.last[0] else (self.last[0], self.last[1] + 1)
+            entry = self.logs.get(conversation_id)
+            if entry is None or self._expired(entry, now):
+                entry = self.logs[conversation_id] = _ConversationLog()
+            entry.entries.append((self.last, data))
+            while len(entry.entries) > settings.API_EVENT_LOG_LENGTH:
+                entry.entries.popleft()
+                entry.trimmed = True
+            entry.last_write_ms = now
+            self.appends += 1
+            if self.appends % 1000 == 0:
+                for key in [k for k, v in self.logs.items() if self._expired(v, now)]:
+                    del self.logs[key]
+            return self.last
+
+    def state(self, conversation_id: str) -> tuple[int, EntryId | None, EntryId | None, bool]:
+        """(now in ms, first id, last id, whether entries were dropped from the front); ids
+        are None when there is no log."""
+        with self.lock:
+            now = int(time.time() * 1000)
+            entry = self.logs.get(conversation_id)
+            if entry is None or self._expired(entry, now) or not entry.entries:
+                return now, None, None, False
+            first, last = entry.entries[0][0], entry.entries[-1][0]
+            return now, first, last, entry.trimmed
+
+    def after(self, conversation_id: str, position: EntryId, count: int):
+        with self.lock:
+            entry = self.logs.get(conversation_id)
+            if entry is None or self._expired(entry, int(time.time() * 1000)):
+                return []
+            found = []
+            for eid, data in reversed(entry.entries):  # the new ones are at the end
+                if eid <= position:
+                    break
+                found.append((eid, data))
+            found.reverse()
+            return found[:count]
+
+
+memory_log = MemoryLog()

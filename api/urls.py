@@ -1,0 +1,27 @@
+from django.urls import path
+
+from . import stream, views
+
+urlpatterns = [
+    path("me", views.me, name="api_me"),
+    path("conversations", views.conversations, name="api_conversations"),
+    path("conversations/<uuid:conversation_id>", views.conversation, name="api_conversation"),
+    path("conversations/<uuid:conversation_id>/messages", views.messages, name="api_messages"),
+    path(
+        "conversations/<uuid:conversation_id>/events",
+        stream.conversation_events,
+        name="api_conversation_events",
+    ),
+    path("runs/<uuid:run_id>", views.run, name="api_run"),
+    path("runs/<uuid:run_id>/cancel", views.run_cancel, name="api_run_cancel"),
+    path(
+        "tool-calls/<uuid:call_id>/decision",
+        views.tool_call_decision,
+        name="api_tool_call_decision",
+    ),
+    path("openapi.json", views.openapi, name="api_openapi"),
+    path("docs", views.docs, name="api_docs"),
+    # Anything else under /api/v1/ is a JSON 404, not the site's HTML page.
+    path("", views.unknown),
+    path("<path:rest>", views.unknown),
+]

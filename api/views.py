@@ -1,0 +1,316 @@
+"""The /api/v1/ endpoints (see api/openapi.py for what each takes and answers)."""
+
+from __future__ import annotations
+
+import functools
+import re
+import uuid
+from datetime import datetime
+
+from django.core import signing
+from django.db import transaction
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.csrf import csrf_exempt
+
+from accounts.models import Membership
+from assistant import repos, services
+from assistant.models import Conversation, Repository, Run, ToolCall
+
+from . import data
+from .http import ApiError, Caller, endpoint, error_response, json_body, not_found, team_param
+from .openapi import schema
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 100
+
+
+@endpoint("GET")
+def me(request: HttpRequest, caller: Caller) -> JsonResponse:
+    if caller.key is not None:
+        key = caller.key
+        teams = [data.team_data(key.team, caller.key_role)]
+        key_data = {
+            "id": str(key.uuid),
+            "name": key.name,
+            "prefix": key.prefix,
+            "scope": key.scope,
+            "expires": data.iso(key.expires),
+        }
+    else:
+        memberships = Membership.objects.filter(user=caller.user).select_related("team")
+        teams = [data.team_data(m.team, m.role) for m in memberships.order_by("team__name")]
+        key_data = None
+    return JsonResponse(
+        {
+            "user": data.user_data(caller.user),
+            "team": teams[0] if caller.key is not None else None,
+            "teams": teams,
+            "key": key_data,
+        }
+    )
+
+
+# --- Conversations -------------------------------------------------------------------------------
+
+
+def _page_size(request: HttpRequest) -> int:
+    raw = request.GET.get("limit")
+    if raw is None or raw == "":
+        return DEFAULT_LIMIT
+    if not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ApiError(400, "invalid_parameter", f"limit is a whole number from 1 to {MAX_LIMIT}.")
+    return int(raw)
+
+
+CURSOR_SALT = "api.v1.conversations.cursor"
+
+
+def _cursor_for(conversation: Conversation) -> str:
+    # Signed, so a client can't hand-craft positions; opaque, so its form can change.
+    return signing.dumps([conversation.updated.isoformat(), conversation.pk], salt=CURSOR_SALT)
+
+
+def _after_cursor(raw: str) -> Q:
+    try:
+        updated, pk = signing.loads(raw, salt=CURSOR_SALT)
+        updated = datetime.fromisoformat(updated)
+        pk = int(pk)
+    except (signing.BadSignature, ValueError, TypeError):
+        raise ApiError(400, "invalid_cursor", "This cursor is not one the API gave out.")
+    return Q(updated__lt=updated) | Q(updated=updated, pk__lt=pk)
+
+
+@endpoint("GET", "POST")
+def conversations(request: HttpRequest, caller: Caller) -> JsonResponse:
+    if request.method == "POST":
+        return _conversation_create(request, caller)
+    membership = caller.membership(team_param(request), required=True)
+    limit = _page_size(request)
+    query = request.GET.get("q", "")
+    if len(query) > 200:
+        raise ApiError(400, "invalid_parameter", "q can have at most 200 characters.")
+    query = query.replace("\x00", "").strip()  # PostgreSQL can't compare with NUL
+    found = (
+        Conversation.objects.filter(team=membership.team)
+        .select_related("team", "created_by", "workspace__repository")
+        .order_by("-updated", "-pk")
+    )
+    if query:
+        found = found.filter(title__icontains=query)
+    cursor = request.GET.get("cursor")
+    if cursor:
+        found = found.filter(_after_cursor(cursor))
+    page = list(found[: limit + 1])
+    more = len(page) > limit
+    page = page[:limit]
+    return JsonResponse(
+        {
+            "data": [data.conversation_data(c) for c in page],
+            "next": _cursor_for(page[-1]) if more else None,
+        }
+    )
+
+
+def _text_field(body: dict, name: str, *, max_chars: int) -> str:
+    value = body.get(name, "")
+    if "\x00" in value:
+        raise ApiError(422, "invalid_field", f"“{name}” contains a NUL character.")
+    if len(value) > max_chars:
+        raise ApiError(422, "invalid_field", f"“{name}” can have at most {max_chars} characters.")
+    return value.strip()
+
+
+def _repository(team, ref: str) -> Repository:
+    """A repository of the team, by id or by name."""
+    found = Repository.objects.filter(team=team)
+    try:
+        by_id = found.filter(uuid=uuid.UUID(ref)).first()
+    except ValueError:
+        by_id = None
+    repo = by_id or found.filter(name=ref).first()
+    if repo is None:
+        raise ApiError(422, "unknown_repository", "The team has no such repository.")
+    return repo
+
+
+def _conversation_create(request: HttpRequest, caller: Caller) -> JsonResponse:
+    body = json_body(request, {"title": str, "repository": str, "branch": str})
+    title = _text_field(body, "title", max_chars=200)
+    repository = _text_field(body, "repository", max_chars=100)
+    branch = _text_field(body, "branch", max_chars=255)
+    if branch and not repository:
+        raise ApiError(422, "invalid_field", "A branch needs a repository.")
+    membership = caller.membership(team_param(request), required=True)
+    repo = _repository(membership.team, repository) if repository else None
+    # One transaction: a repository that can't be attached leaves no conversation behind.
+    with transaction.atomic():
+        conversation = services.conversation_create(
+            team=membership.team, author=caller.user, title=title
+        )
+        if repo is not None:
+            try:
+                repos.create_workspace(conversation=conversation, repo=repo, branch=branch)
+            except repos.RepoError as exc:
+                raise ApiError(422, "repository_error", str(exc))
+    conversation = _conversations(caller, None).get(pk=conversation.pk)
+    return JsonResponse(data.conversation_data(conversation), status=201)
+
+
+def _conversations(caller: Caller, team_slug: str | None):
+    return Conversation.objects.filter(caller.in_teams("", team_slug)).select_related(
+        "team", "created_by", "workspace__repository"
+    )
+
+
+def _conversation(request: HttpRequest, caller: Caller, conversation_id) -> Conversation:
+    conversation = _conversations(caller, team_param(request)).filter(uuid=conversation_id).first()
+    if conversation is None:
+        raise not_found("The conversation")
+    return conversation
+
+
+@endpoint("GET", "DELETE")
+def conversation(request: HttpRequest, caller: Caller, conversation_id) -> HttpResponse:
+    found = _conversation(request, caller, conversation_id)
+    if request.method == "DELETE":
+        services.conversation_delete(conversation=found)
+        return HttpResponse(status=204)
+    messages = found.messages.select_related("author").order_by("created", "id")
+    runs = found.runs.select_related("conversation", "user_message", "assistant_message")
+    return JsonResponse(
+        {
+            **data.conversation_data(found),
+            "messages": [data.message_data(m) for m in messages],
+            "runs": [data.run_data(r) for r in runs.order_by("created", "id")],
+        }
+    )
+
+
+@endpoint("POST")
+def messages(request: HttpRequest, caller: Caller, conversation_id) -> JsonResponse:
+    found = _conversation(request, caller, conversation_id)
+    body = json_body(request, {"content": str})
+    if "content" not in body:
+        raise ApiError(400, "missing_field", "“content” is required.")
+    try:
+        sent = services.message_send(
+            conversation=found, author=caller.user, content=body["content"], api_key=caller.key
+        )
+    except services.ChatError as exc:
+        if _is_budget(exc):
+            raise ApiError(429, "budget_exceeded", str(exc))
+        raise ApiError(422, "invalid_content", str(exc))
+    return JsonResponse(
+        {"message": data.message_data(sent.message), "run": data.run_data(sent.run)}, status=202
+    )
+
+
+def _is_budget(exc: Exception) -> bool:
+    """A message refused because the team's budget or the person's tokens are used up (a
+    ChatError too, but no fault of the message)."""
+    try:
+        from usage.budgets import BudgetExceeded
+    except ImportError:
+        return False
+    return isinstance(exc, BudgetExceeded)
+
+
+# --- Runs and tool calls -----------------------------------------------------------------------
+
+
+def _run(request: HttpRequest, caller: Caller, run_id) -> Run:
+    run = (
+        Run.objects.filter(caller.in_teams("conversation__", team_param(request)))
+        .select_related("conversation__team", "user_message", "assistant_message")
+        .filter(uuid=run_id)
+        .first()
+    )
+    if run is None:
+        raise not_found("The run")
+    return run
+
+
+@endpoint("GET")
+def run(request: HttpRequest, caller: Caller, run_id) -> JsonResponse:
+    return JsonResponse(data.run_detail_data(_run(request, caller, run_id)))
+
+
+@endpoint("POST")
+def run_cancel(request: HttpRequest, caller: Caller, run_id) -> JsonResponse:
+    found = _run(request, caller, run_id)
+    json_body(request, {})
+    if found.is_finished:
+        raise ApiError(409, "run_finished", f"This run has already {found.status}.")
+    services.run_cancel(run=found)
+    found.refresh_from_db()
+    return JsonResponse(data.run_data(found), status=202)
+
+
+DECISIONS = (services.Decision.APPROVE, services.Decision.DENY)
+
+
+@endpoint("POST")
+def tool_call_decision(request: HttpRequest, caller: Caller, call_id) -> JsonResponse:
+    call = (
+        ToolCall.objects.filter(caller.in_teams("run__conversation__", team_param(request)))
+        .select_related("run__conversation__team", "decided_by")
+        .filter(uuid=call_id)
+        .first()
+    )
+    if call is None:
+        raise not_found("The tool call")
+    body = json_body(request, {"decision": str})
+    if body.get("decision") not in DECISIONS:
+        raise ApiError(400, "invalid_field", "“decision” is approve or deny.")
+    if caller.key is not None:
+        is_admin = Membership(role=caller.key_role).is_admin
+    else:
+        is_admin = Membership.objects.get(
+            team=call.run.conversation.team, user=caller.user
+        ).is_admin
+    try:
+        call = services.tool_call_decide(
+            call=call, user=caller.user, decision=body["decision"], is_admin=is_admin
+        )
+    except services.ChatError as exc:
+        raise ApiError(409, "conflict", str(exc))
+    return JsonResponse(data.tool_call_data(call))
+
+
+# --- Schema, docs, unknown URLs ------------------------------------------------------------------
+
+
+def public(view):
+    """A page anyone may GET. Other methods get the API's JSON 405, not Django's HTML one;
+    CSRF-exempt because it changes nothing (else an unsafe method meets the HTML 403)."""
+
+    @csrf_exempt
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if request.method not in ("GET", "HEAD"):
+            return error_response(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not allowed here.",
+                {"Allow": "GET, HEAD"},
+            )
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+@public
+def openapi(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(schema(), json_dumps_params={"indent": 1})
+
+
+@public
+def docs(request: HttpRequest) -> HttpResponse:
+    return render(request, "api/docs.html")
+
+
+@csrf_exempt  # a JSON 404 for every method, never the HTML CSRF page
+def unknown(request: HttpRequest, rest: str = "") -> JsonResponse:
+    return error_response(404, "not_found", "There is no such API endpoint.")

@@ -1,0 +1,253 @@
+"""The conversation event log behind the event stream: what it keeps, when it admits it can't
+vouch for a position (trimmed, expired, unknown), and the stream's reset, heartbeat and end —
+against real Redis, and in memory as embedded mode keeps it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from api import eventlog
+from api.eventlog import LogState, parse_id
+from api.http import Caller
+from api.stream import Opened, _events
+from assistant import events
+
+TTL_MS = 3_600_000
+
+
+@pytest.fixture(params=["redis", "memory"])
+def backend(request, settings, redis_clean):
+    """Each test runs against Redis and against embedded mode's in-memory log."""
+    if request.param == "memory":
+        settings.REDIS_URL = ""
+        events.memory_log.logs.clear()
+    return request.param
+
+
+def log(conversation_id: str, event: dict) -> None:
+    events.log_event_sync(conversation_id, event)
+
+
+def read(conversation_id: str, position) -> tuple[LogState, list]:
+    async def go():
+        reader = eventlog.reader_for(conversation_id)
+        try:
+            return await reader.read_checked(position)
+        finally:
+            await reader.close()
+
+    return asyncio.run(go())
+
+
+def state_of(conversation_id: str) -> LogState:
+    async def go():
+        reader = eventlog.reader_for(conversation_id)
+        try:
+            return await reader.state()
+        finally:
+            await reader.close()
+
+    return asyncio.run(go())
+
+
+# --- The rules, alone ---------------------------------------------------------------------------
+
+
+def test_the_resume_rules(settings):
+    now = 10_000_000
+    no_log = LogState(now, None, None, False)
+    assert no_log.has_everything_after((now - 1000, 0))
+    assert not no_log.has_everything_after((now - TTL_MS, 0))  # a log may have come and gone
+    assert not no_log.has_everything_after((now + 1000, 0))  # from the future
+    assert no_log.tail == (now - 1, 0)
+
+    whole = LogState(now, (5000, 0), (9000, 3), False)
+    assert whole.has_everything_after((9000, 3)) and whole.has_everything_after((6000, 0))
+    assert whole.has_everything_after((4000, 7))  # before the first, but no gap possible
+    assert not whole.has_everything_after((9000, 4))  # never given out
+    assert not whole.has_everything_after((5000 - TTL_MS, 0))  # an older log expired between
+
+    trimmed = LogState(now, (5000, 0), (9000, 3), True)
+    assert trimmed.has_everything_after((5000, 0))
+    assert not trimmed.has_everything_after((4999, 9))
+
+
+def test_only_well_formed_ids_parse():
+    assert parse_id("1700000000000-12") == (1700000000000, 12)
+    for bad in ("", "12", "a-b", "1-2-3", "-1-2", "1700000000000-1\n2", "9" * 16 + "-0"):
+        assert parse_id(bad) is None
+
+
+# --- Both backends ---------------------------------------------------------------------------
+
+
+def test_entries_come_back_in_order_after_any_position(backend):
+    for i in range(5):
+        log("c1", {"t": "delta", "run": "r", "seq": i + 1, "text": str(i)})
+    log("c1", {"t": "presence", "viewers": ["alice"]})  # not logged: only "who is here now"
+    state, entries = read("c1", (0, 0))
+    assert [e["seq"] for _, e in entries] == [1, 2, 3, 4, 5]
+    assert state.last == entries[-1][0] and not state.trimmed
+    ids = [entry_id for entry_id, _ in entries]
+    assert ids == sorted(set(ids))
+    _, rest = read("c1", ids[1])
+    assert [e["seq"] for _, e in rest] == [3, 4, 5]
+    assert read("other", (0, 0))[1] == []
+
+
+def test_a_trimmed_log_says_so(backend, settings):
+    settings.API_EVENT_LOG_LENGTH = 10
+    for i in range(400):
+        log("c2", {"t": "delta", "run": "r", "seq": i + 1, "text": "x"})
+    state, entries = read("c2", (0, 0))
+    first_kept = entries[0][1]["seq"]
+    assert first_kept > 1 and state.trimmed  # Redis trims whole nodes: ~MAXLEN, at least
+    assert not state.has_everything_after((0, 0))
+    assert state.has_everything_after(entries[0][0])
+    assert state.has_everything_after(state.last)
+
+
+def test_an_expired_log_is_not_mistaken_for_a_quiet_one(backend, settings):
+    settings.API_EVENT_LOG_TTL = 1
+    log("c3", {"t": "run.started", "run": "r"})
+    seen = state_of("c3").last
+    time.sleep(1.2)  # the log expires...
+    assert state_of("c3").last is None
+    assert not state_of("c3").has_everything_after(seen)
+    log("c3", {"t": "run.completed", "run": "r"})  # ...and a new one starts
+    assert not state_of("c3").has_everything_after(seen)
+    # A position taken when there was no log, shortly before the new one: nothing missed.
+    settings.API_EVENT_LOG_TTL = 60
+    tail = state_of("c4").tail
+    log("c4", {"t": "run.started", "run": "r"})
+    state, entries = read("c4", tail)
+    assert state.has_everything_after(tail) and len(entries) == 1
+
+
+# --- The stream itself ------------------------------------------------------------------------
+
+
+async def take(stream, count: int, timeout: float = 10) -> list[bytes]:
+    chunks = []
+    for _ in range(count):
+        chunks.append(await asyncio.wait_for(anext(stream), timeout))
+    return chunks
+
+
+def frames(chunks: list[bytes]) -> list[dict]:
+    from tests.api_client import parse_sse
+
+    return parse_sse(b"".join(chunks).decode())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_position_gets_reset_and_a_snapshot(backend, settings, conversation, alice):
+    settings.API_EVENT_LOG_LENGTH = 10
+    cid = str(conversation.uuid)
+    log(cid, {"t": "run.started", "run": "r0"})
+    early = state_of(cid).last
+    for i in range(400):
+        log(cid, {"t": "delta", "run": "r0", "seq": i + 1, "text": "x"})
+    opened = Opened(Caller(alice), conversation.pk, cid, early)
+
+    async def go():
+        stream = _events(opened)
+        chunks = await take(stream, 2)  # retry, then reset and snapshot together
+        await stream.aclose()
+        return chunks
+
+    got = frames(asyncio.run(go())[1:])
+    assert [f["event"] for f in got] == ["reset", "snapshot"]
+    assert got[1]["id"] == eventlog.format_id(state_of(cid).last)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_idle_stream_beats_and_ends_when_the_key_is_revoked(backend, settings, team, alice):
+    from api.models import ApiKey
+    from assistant.services import conversation_create
+    from tests.api_client import make_key
+
+    settings.API_SSE_HEARTBEAT_SECONDS = 0.2
+    conversation = conversation_create(team=team, author=alice)
+    make_key(team, alice)
+    key = ApiKey.objects.get()
+    opened = Opened(Caller(alice, key, "owner"), conversation.pk, str(conversation.uuid), None)
+
+    async def go():
+        stream = _events(opened)
+        start = await take(stream, 3)  # retry, snapshot, a heartbeat
+        await asyncio.to_thread(ApiKey.objects.filter(pk=key.pk).update, revoked_at=time_now())
+        rest = [chunk async for chunk in stream]  # ends by itself
+        return start, rest
+
+    start, rest = asyncio.run(go())
+    assert start[0].startswith(b"retry:") and b"event: snapshot" in start[1]
+    assert start[2] == b": keepalive\n\n"
+    assert all(chunk == b": keepalive\n\n" for chunk in rest)
+
+
+def time_now():
+    from django.utils import timezone
+
+    return timezone.now()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_stream_ends_with_the_conversation(backend, conversation, alice):
+    from assistant.services import conversation_delete
+
+    opened = Opened(Caller(alice), conversation.pk, str(conversation.uuid), None)
+
+    async def go():
+        stream = _events(opened)
+        await take(stream, 2)
+        await asyncio.to_thread(conversation_delete, conversation=conversation)
+        return [chunk async for chunk in stream]
+
+    rest = frames(asyncio.run(go()))
+    assert [f["event"] for f in rest] == ["conversation.deleted"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deltas_the_snapshot_already_holds_are_not_sent_twice(
+    backend, conversation, alice, monkeypatch
+):
+    """The snapshot is read after the log's position, so deltas that land in between are in
+    both: the stream drops the log's copies."""
+    import api.stream
+    from assistant import streams
+    from assistant.models import Run, RunStatus
+    from assistant.services import message_send
+
+    sent = message_send(conversation=conversation, author=alice, content="Hi")
+    Run.objects.filter(pk=sent.run.pk).update(status=RunStatus.RUNNING)
+    cid, rid = str(conversation.uuid), str(sent.run.uuid)
+
+    async def delta(seq: int, text: str) -> None:
+        await streams.append(rid, seq, text)
+        await events.log_event(cid, events.delta_event(rid, seq, text))
+
+    real_snapshot = api.stream._asnapshot
+
+    async def racing_snapshot(pk):
+        await delta(1, "Hel")
+        await delta(2, "lo")
+        return await real_snapshot(pk)
+
+    monkeypatch.setattr(api.stream, "_asnapshot", racing_snapshot)
+
+    async def go():
+        stream = _events(Opened(Caller(alice), conversation.pk, cid, None))
+        first = await take(stream, 2)
+        await delta(3, " you")
+        more = await take(stream, 1)
+        await stream.aclose()
+        return first, more
+
+    first, more = asyncio.run(go())
+    snapshot = frames(first)[0]
+    assert snapshot["data"]["runs"] == [{"id": rid, "status": "running", "seq": 2, "text": "Hello"}]
+    assert [(f["event"], f["data"]["seq"]) for f in frames(more)] == [("delta", 3)]

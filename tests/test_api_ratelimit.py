@@ -1,0 +1,112 @@
+"""The rate limiter is one count in Redis for every process: many OS processes hammering the
+same bucket at the same instant let through exactly the limit, never more."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from django.conf import settings
+
+from api import ratelimit
+from tests.conftest import ROOT
+
+WORKER = """
+import os, sys, time
+import django
+django.setup()
+from api import ratelimit
+
+start_at, attempts = float(sys.argv[1]), int(sys.argv[2])
+buckets = [(sys.argv[i], int(sys.argv[i + 1])) for i in range(3, len(sys.argv), 2)]
+time.sleep(max(0.0, start_at - time.time()))
+verdicts = [ratelimit.hit(buckets) for _ in range(attempts)]
+allowed = sum(v.allowed for v in verdicts)
+retry = {v.retry_after for v in verdicts if not v.allowed}
+assert all(1 <= r <= 60 for r in retry), retry
+print(allowed)
+"""
+
+
+def hammer(processes: int, attempts: int, buckets: list[tuple[str, int]]) -> list[int]:
+    """Every process makes ``attempts`` checks, all starting at the same moment."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.test_settings",
+        "REDIS_URL": settings.REDIS_URL,
+    }
+    start_at = time.time() + 3.0  # after every process has imported Django
+    args = [str(start_at), str(attempts)]
+    for key, limit in buckets:
+        args += [key, str(limit)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    counts = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        counts.append(int(out.split()[-1]))
+    return counts
+
+
+def bucket() -> str:
+    return f"tandem:rl:test:{uuid.uuid4().hex}"
+
+
+@pytest.mark.slow
+def test_many_processes_get_exactly_the_limit(redis_clean):
+    counts = hammer(processes=8, attempts=400, buckets=[(bucket(), 1500)])
+    print(f"\n8 processes x 400 attempts, limit 1500: allowed {counts} = {sum(counts)}")
+    assert sum(counts) == 1500  # of 3200 tries, exactly the limit
+    assert sum(1 for c in counts if 0 < c < 400) >= 2  # they were refused while competing
+
+
+@pytest.mark.slow
+def test_the_tightest_of_several_buckets_holds_and_refusals_cost_nothing(redis_clean):
+    person, key = bucket(), bucket()
+    counts = hammer(processes=6, attempts=60, buckets=[(person, 1000), (key, 90)])
+    assert sum(counts) == 90
+    # Only the requests let through were counted against the person's bucket.
+    assert int(redis_clean.get(person)) == 90
+    assert int(redis_clean.get(key)) == 90
+    assert 0 < redis_clean.pttl(key) <= ratelimit.WINDOW_MS
+
+
+def test_a_window_opens_with_its_first_request_and_lasts_a_minute(redis_clean):
+    name = bucket()
+    first = ratelimit.hit([(name, 2)])
+    assert (first.allowed, first.limit, first.remaining) == (True, 2, 1)
+    assert ratelimit.hit([(name, 2)]).remaining == 0
+    refused = ratelimit.hit([(name, 2)])
+    assert not refused.allowed and 59 <= refused.retry_after <= 60
+    redis_clean.pexpire(name, 5)  # the minute is up
+    time.sleep(0.05)
+    assert ratelimit.hit([(name, 2)]).allowed
+
+
+def test_no_buckets_no_limit():
+    assert ratelimit.hit([]).allowed
+    assert ratelimit.buckets_for(1, None)[0][1] == settings.API_RATE_PER_MINUTE
+
+
+def test_redis_down_lets_requests_through(settings, caplog):
+    ratelimit._registered = None
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    try:
+        assert ratelimit.hit([(bucket(), 1)]).allowed
+    finally:
+        ratelimit._registered = None
+    assert "Rate limit check failed" in caplog.text
