@@ -25,7 +25,7 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Team)
 class TeamAdmin(admin.ModelAdmin):
-    list_display = ["slug", "name", "created"]
+    list_display = ["slug", "name", "monthly_budget_usd", "member_daily_tokens", "created"]
     search_fields = ["slug", "name"]
     inlines = [MembershipInline]
     exclude = ["llm_api_key_encrypted"]

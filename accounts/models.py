@@ -80,6 +80,21 @@ class Team(models.Model):
     # The agent's run_command asks a member every time, except for commands starting with one
     # of these prefixes (one per line, e.g. "pytest", "npm test"); see assistant/policy.py.
     command_allowlist = models.TextField(blank=True)
+    # Limits enforced before every model call (usage/budgets.py); empty means none. The budget
+    # is per calendar month and the token cap per member per day, both in UTC.
+    monthly_budget_usd = models.DecimalField(
+        max_digits=12,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Spending limit per calendar month (UTC) in US dollars. Empty: no limit.",
+    )
+    member_daily_tokens = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Tokens each member may use per day (UTC). Empty: no limit.",
+    )
 
     def __str__(self) -> str:
         return self.slug
