@@ -24,7 +24,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from . import events, llm, policy, repo_context, repos, streams, tools
+from . import events, hooks, llm, policy, repo_context, repos, streams, tools
 from .models import (
     FINISHED_STATUSES,
     Approval,
@@ -44,6 +44,7 @@ from .services import (
     arun_heartbeat,
     arun_park,
     ausage_record,
+    ausage_record_tool,
 )
 
 log = logging.getLogger(__name__)
@@ -326,6 +327,7 @@ class Turn:
 
 
 def _workspace_of(run: Run) -> Workspace | None:
+    # With the team: the workspace's path names it, and the loop may not query lazily.
     return (
         Workspace.objects.filter(conversation_id=run.conversation_id)
         .select_related("repository__team")
@@ -405,6 +407,7 @@ async def execute_run(run_id: str) -> None:
         tree_after=tree_after,
     )  # fmt: skip
     await _announce_end(turn, status, error, message)
+    await _ahook_run_ended(run)
     await streams.discard(run_id)
 
 
@@ -469,6 +472,7 @@ _asave_calls = sync_to_async(_save_calls, thread_sensitive=False)
 async def _model_step(turn: Turn, tool_schemas: list[dict] | None) -> list[llm.ToolCallRequest]:
     """One call of the model: its text streams out; the tool calls it asks for come back."""
     messages = await _abuild_prompt(turn.run, turn.text, turn.workspace)
+    await _reserve_budget(turn, messages)
     requests: list[llm.ToolCallRequest] = []
     usage = llm.Usage()
 
@@ -501,6 +505,18 @@ async def _model_step(turn: Turn, tool_schemas: list[dict] | None) -> list[llm.T
         await _asave(turn.run, steps=turn.run.steps + 1)
         await ausage_record(run=turn.run, model=turn.config.model, usage=usage, outcome=outcome)
     return requests
+
+
+async def _reserve_budget(turn: Turn, messages: list[dict]) -> None:
+    """Before each model call, atomically across every worker: the team's monthly budget and
+    the member's tokens for today must not be used up, and the call's estimate is held
+    (usage/budgets.py). Used up, the turn ends in words and the model is not called."""
+    from usage import budgets
+
+    try:
+        await budgets.areserve(run=turn.run, model=turn.config.model, messages=messages)
+    except budgets.BudgetExceeded as exc:
+        raise CannotContinue(f"The assistant stopped: {exc}")
 
 
 async def _until_stopped(turn: Turn, work, *, streaming: bool = False):
@@ -541,6 +557,8 @@ async def _run_call(turn: Turn, call: ToolCall) -> None:
             await _asave(call, status=ToolCallStatus.AWAITING, approval=approval)
             await turn.publisher.drain()
             await _publish_call(turn, "tool.awaiting", call)
+            call.run = turn.run  # receivers read the run and conversation without queries
+            await _ahook(hooks.approval_needed, call=call)
             raise Parked
         await _asave(call, approval=approval)
     await turn.publisher.drain()
@@ -558,6 +576,10 @@ async def _run_call(turn: Turn, call: ToolCall) -> None:
                 call, status=ToolCallStatus.CANCELLED, output="Stopped.", finished=timezone.now()
             )
             await _publish_call(turn, "tool.finished", call)
+            ran_ms = int((call.finished - call.started).total_seconds() * 1000)
+            await ausage_record_tool(
+                run=turn.run, call=call, duration_ms=ran_ms, outcome="cancelled"
+            )
             raise
     await _asave(
         call,
@@ -569,6 +591,8 @@ async def _run_call(turn: Turn, call: ToolCall) -> None:
         finished=timezone.now(),
     )
     await _publish_call(turn, "tool.finished", call)
+    if error is None:  # arguments that don't parse never reach the sandbox
+        await ausage_record_tool(run=turn.run, call=call, duration_ms=result.duration_ms)
 
 
 def _tool_context(workspace: Workspace) -> tools.ToolContext:
@@ -578,6 +602,15 @@ def _tool_context(workspace: Workspace) -> tools.ToolContext:
         git_dir=repos.git_dir(workspace=workspace),
         limits=limits,
     )
+
+
+def _hook_run_ended(run: Run) -> None:
+    run.refresh_from_db()
+    hooks.send(hooks.run_ended, run=run)
+
+
+_ahook_run_ended = sync_to_async(_hook_run_ended, thread_sensitive=False)
+_ahook = sync_to_async(hooks.send, thread_sensitive=False)
 
 
 async def _publish_call(turn: Turn, kind: str, call: ToolCall) -> None:

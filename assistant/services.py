@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from accounts.models import Team, User
 
-from . import events, streams
+from . import events, hooks, streams
 from .models import (
     FINISHED_STATUSES,
     Conversation,
@@ -24,7 +24,6 @@ from .models import (
     RunStatus,
     ToolCall,
     ToolCallStatus,
-    UsageRecord,
 )
 
 TITLE_CHARS = 80
@@ -91,16 +90,25 @@ class Sent:
 
 
 @transaction.atomic
-def message_send(*, conversation: Conversation, author: User, content: str) -> Sent:
+def message_send(*, conversation: Conversation, author: User, content: str, api_key=None) -> Sent:
     """Save the user's message and a queued run in one transaction; after commit, tell the
-    viewers and start the run."""
+    viewers and start the run. ``api_key``: the key an API request came with (metered per key).
+    Refused (usage.budgets.BudgetExceeded, a ChatError) when the team's budget or the author's
+    tokens for today are used up."""
+    from usage import budgets
+
     content = validate_content(content)
+    budgets.check(team=conversation.team, user=author)
     now = timezone.now()
     message = Message.objects.create(
         conversation=conversation, role=Role.USER, author=author, content=content, created=now
     )
     run = Run.objects.create(
-        conversation=conversation, user_message=message, requested_by=author, created=now
+        conversation=conversation,
+        user_message=message,
+        requested_by=author,
+        created=now,
+        api_key=api_key,
     )
     fields = ["updated"]
     conversation.updated = now
@@ -373,18 +381,17 @@ def _finish(
 
 
 def usage_record(*, run: Run, model: str, usage, outcome: str) -> None:
-    UsageRecord.objects.create(
-        team_id=run.conversation.team_id,
-        user=run.requested_by,
-        conversation_id=run.conversation_id,
-        run=run,
-        model=model,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        latency_ms=usage.latency_ms,
-        ttft_ms=usage.ttft_ms,
-        outcome=outcome,
-    )
+    """One model call: priced, rolled up and settled against the budgets (usage/metering.py)."""
+    from usage import metering
+
+    metering.record_llm(run=run, model=model, usage=usage, outcome=outcome)
+
+
+def usage_record_tool(*, run: Run, call: ToolCall, duration_ms: int, outcome: str = "ok") -> None:
+    """One tool execution in the sandbox (counted, with its time; it costs no tokens)."""
+    from usage import metering
+
+    metering.record_tool(run=run, name=call.name, duration_ms=duration_ms, outcome=outcome)
 
 
 # Not thread-sensitive: each is one self-contained unit of work, and hundreds of runs on one
@@ -398,6 +405,7 @@ arun_heartbeat = sync_to_async(run_heartbeat, thread_sensitive=False)
 arun_finish = sync_to_async(run_finish, thread_sensitive=False)
 arun_park = sync_to_async(run_park, thread_sensitive=False)
 ausage_record = sync_to_async(usage_record, thread_sensitive=False)
+ausage_record_tool = sync_to_async(usage_record_tool, thread_sensitive=False)
 
 
 def fail_interrupted_runs() -> int:
@@ -431,6 +439,8 @@ def fail_stale_runs(*, older_than: timedelta = STALE_AFTER) -> int:
         if not finished:
             continue  # it finished, or another sweeper got there first
         count += 1
+        run.refresh_from_db()
+        hooks.send(hooks.run_ended, run=run)
         events.publish_sync(
             str(run.conversation.uuid),
             {

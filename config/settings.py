@@ -103,6 +103,8 @@ INSTALLED_APPS = [
     "assistant",
     "sharing",
     "api",
+    "usage",
+    "slack",
 ]
 
 MIDDLEWARE = [
@@ -335,6 +337,21 @@ if LLM_STREAM_CLIENT not in ("direct", "litellm"):
 # Key for secrets at rest; derived from SECRET_KEY when unset.
 FIELD_ENCRYPTION_KEY = env("FIELD_ENCRYPTION_KEY")
 
+# --- Slack (slack/) -----------------------------------------------------------------------------
+# The Slack app's OAuth credentials ("Add to Slack") and its signing secret, which every request
+# from Slack is checked against. Without a signing secret every request from Slack is refused.
+SLACK_CLIENT_ID = env("SLACK_CLIENT_ID")
+SLACK_CLIENT_SECRET = env("SLACK_CLIENT_SECRET")
+SLACK_SIGNING_SECRET = env("SLACK_SIGNING_SECRET")
+SLACK_API_BASE = env("SLACK_API_BASE", "https://slack.com/api/")
+SLACK_AUTHORIZE_URL = "https://slack.com/oauth/v2/authorize"
+# Where incoming webhooks and slash-command response URLs may point (tests add the stand-in).
+SLACK_WEBHOOK_PREFIXES = ["https://hooks.slack.com/"]
+# Posting: attempts after a 429 or 5xx, and the first back-off (doubled each time, Retry-After
+# wins when Slack sends one).
+SLACK_MAX_RETRIES = envint("SLACK_MAX_RETRIES", 5)
+SLACK_RETRY_BASE_SECONDS = envint("SLACK_RETRY_BASE_SECONDS", 10)
+
 # --- Chat limits -------------------------------------------------------------------------------
 MAX_MESSAGE_CHARS = envint("MAX_MESSAGE_CHARS", 32000)
 # Deltas are coalesced for this long before being published.
@@ -348,6 +365,27 @@ AGENT_MAX_STEPS = envint("AGENT_MAX_STEPS", 25)
 AGENT_MAX_TOKENS = envint("AGENT_MAX_TOKENS", 500_000)
 # Wall-clock limit of one tool call in the sandbox (a test suite, say).
 AGENT_COMMAND_SECONDS = envint("AGENT_COMMAND_SECONDS", 120)
+
+# --- Budgets (usage/budgets.py) ----------------------------------------------------------------
+# Before a model call its cost is not known: this many completion tokens (plus the prompt's
+# estimated size) are reserved against the team's budget and the member's daily tokens, and
+# settled with the real figures when the call is recorded.
+BUDGET_RESERVE_COMPLETION_TOKENS = envint("BUDGET_RESERVE_COMPLETION_TOKENS", 1000)
+# Members see a warning from this share of a limit on.
+BUDGET_WARN_PERCENT = envint("BUDGET_WARN_PERCENT", 80)
+
+# --- The JSON API (/api/v1/) --------------------------------------------------------------------
+# Requests per minute per person (whatever the credential) and per API key.
+API_RATE_PER_MINUTE = envint("API_RATE_PER_MINUTE", 120)
+API_KEY_RATE_PER_MINUTE = envint("API_KEY_RATE_PER_MINUTE", API_RATE_PER_MINUTE)
+# Largest request body: room for the longest message even if every character is \u-escaped.
+API_MAX_BODY_BYTES = envint("API_MAX_BODY_BYTES", 6 * MAX_MESSAGE_CHARS + 65536)
+# Each conversation's event log (what the event stream resumes from): newest events kept, and
+# how long it outlives the conversation's last event.
+API_EVENT_LOG_LENGTH = envint("API_EVENT_LOG_LENGTH", 5000)
+API_EVENT_LOG_TTL = envint("API_EVENT_LOG_TTL", 3600)
+# An idle event stream sends a comment this often (proxies close silent connections).
+API_SSE_HEARTBEAT_SECONDS = 15
 
 LOGGING = {
     "version": 1,

@@ -13,5 +13,11 @@ urlpatterns = [
     path("t/<slug:slug>/", include("accounts.urls")),
     path("t/<slug:slug>/", include("assistant.urls")),
     path("t/<slug:slug>/", include("assistant.repo_urls")),
+    path("t/<slug:slug>/", include("api.key_urls")),
+    path("api/v1/", include("api.urls")),
+    path("t/<slug:slug>/usage/", include("usage.urls")),
+    path("staff/usage/", include("usage.staff_urls")),
+    path("", include("sharing.urls")),  # /t/<slug>/…/shares/ and the shared page /s/<token>/
+    path("", include("slack.urls")),  # /slack/… (from Slack) and /t/<slug>/slack/…
     *run_urlpatterns,
 ]

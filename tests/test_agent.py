@@ -150,7 +150,7 @@ def test_it_reads_greps_and_edits_then_answers(conversation, alice, workspace, t
     # The model saw the edit's result and answered in words; four model calls, four records.
     assert reply_of(run).startswith("Tool result received:")
     assert run.steps == 4
-    assert UsageRecord.objects.filter(run=run).count() == 4
+    assert UsageRecord.objects.filter(run=run, kind="llm").count() == 4  # and 3 tool records
     # The turn's diff is kept as two trees.
     assert run.changed_files
     diff = repos.diff_between(workspace=workspace, old=run.tree_before, new=run.tree_after)

@@ -13,7 +13,15 @@ import pytest
 from django.db import transaction
 from django.test import Client
 
-from tests.urlwalk import ADMIN_ONLY, PUBLIC_PREFIXES, PUBLIC_ROUTES, classify, make_world
+from tests.urlwalk import (
+    ADMIN_ONLY,
+    PUBLIC_PREFIXES,
+    PUBLIC_ROUTES,
+    STAFF_PREFIXES,
+    classify,
+    make_world,
+    staff_routes,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -188,3 +196,37 @@ def test_it_hides_the_settings_link_from_members(alice, bob, team):
     assert "/t/acme/settings/" not in member.get("/t/acme/").content.decode()
     owner, _ = signed_in(alice, "/t/acme/")
     assert "/t/acme/settings/" in owner.get("/t/acme/").content.decode()
+
+
+def test_it_hides_staff_pages_from_everyone_else(alice, bob, charlie, team, django_user_model):
+    """Site-wide pages: a team's owner is no one special there; only staff get in."""
+    from tests.conftest import _user
+
+    routes = staff_routes()
+    assert {"staff_usage", "staff_usage_csv"} <= {route.name for route in routes}
+    for prefix in STAFF_PREFIXES:
+        assert any(route.route.startswith(prefix) for route in routes), prefix
+    erin = _user(django_user_model, "erin@example.com")
+    erin.is_staff = True
+    erin.save(update_fields=["is_staff"])
+    staff, staff_token = signed_in(erin, "/teams/new/")
+    others = [signed_in(user, "/t/acme/") for user in (alice, bob)]
+    others.append(signed_in(charlie, "/teams/new/"))
+    for route in routes:
+        url = "/" + route.route
+        for method in METHODS:
+            control = send(staff, method, url, staff_token)
+            for client, token in others:
+                seen = send(client, method, url, token)
+                if method_not_allowed(seen, method):
+                    assert method_not_allowed(control, method), (method, url)
+                    continue
+                assert seen.status_code == 404, (method, url, seen.status_code)
+            assert control.status_code not in (403, 404) and control.status_code < 500, (
+                method,
+                url,
+                control.status_code,
+            )
+            anonymous = send(Client(), method, url)
+            assert anonymous.status_code == 302, (method, url, anonymous.status_code)
+            assert anonymous["Location"].startswith("/accounts/login/?next="), (method, url)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,15 @@ PUBLIC_PREFIXES = {
     # django-allauth: sign-in, sign-up, password reset, email management, OAuth callbacks. They
     # act on the signed-in user's own account, never on a team's objects.
     "accounts/": "allauth account pages (the user's own account only)",
+    # Shared conversations: the unguessable token is the authorisation (public links need no
+    # account by design); tests/test_sharing.py covers who gets what under it.
+    "s/": "share links: the secret token is the authorisation (tests/test_sharing.py)",
+    # The JSON API authenticates by key or session itself and answers 401/404 in JSON, never a
+    # sign-in redirect; tests/test_api_access.py walks every route under it for outsiders.
+    "api/v1/": "JSON API: its own auth and JSON errors (walked by tests/test_api_access.py)",
+    # Slack's requests (signature-checked, no session: tests/test_slack.py), the OAuth callback
+    # (bound to the admin's session) and one-time account links (the token is the authorisation).
+    "slack/": "Slack: signed requests, OAuth callback, one-time links (tests/test_slack*.py)",
 }
 # Static files and /healthz have no URL pattern: middleware answers them, public by nature.
 PUBLIC_ROUTES = {
@@ -31,6 +41,10 @@ PUBLIC_ROUTES = {
     "teams/new/": "create a team; the creator becomes its owner",
     "invite/<str:token>/": "invitation link: the secret token is the authorisation",
 }
+
+# Site-staff pages: no team in the URL; 404 to anyone signed in who is not staff (is_staff).
+# Walked by test_outsiders.test_it_hides_staff_pages_from_everyone_else.
+STAFF_PREFIXES = {"staff/": "site-wide pages for site staff (is_staff), 404 for anyone else"}
 
 # Parameters the walker knows how to fill, with the key of the value in a ``world`` dict.
 TEAM_PARAMS = {
@@ -40,6 +54,7 @@ TEAM_PARAMS = {
     "user_id": "user_id",  # a member of the team (not the owner)
     "invitation_id": "invitation_id",  # an open invitation of the team
     "call_id": "call_id",  # a tool call awaiting approval in one of the team's runs
+    "link_id": "link_id",  # a share link of one of the team's conversations, made by the owner
 }
 
 # Pages only owners and admins may use: a plain member gets 404 there.
@@ -51,6 +66,19 @@ ADMIN_ONLY = {
     "repository_fetch",
     "repository_remove",
     "team_agent_policy",
+    "team_shares",
+    "sharing_policy",
+    "usage_dashboard",
+    "usage_csv",
+    "usage_budget",
+    "usage_prices",
+    "slack_settings",
+    "slack_connect",
+    "slack_webhook",
+    "slack_channel",
+    "slack_kinds",
+    "slack_test",
+    "slack_disconnect",
 }
 
 
@@ -66,7 +94,10 @@ class Route:
         path = self.route
         for part in _parts(self.route):
             name = part.split(":")[-1]
-            path = path.replace(f"<{part}>", str(world[TEAM_PARAMS[name]]))
+            # An id the world lacks is one of an object that exists nowhere (for the tests of
+            # unknown ids); a real world without it fails its owner's control request.
+            value = world.get(TEAM_PARAMS[name]) or uuid.uuid4()
+            path = path.replace(f"<{part}>", str(value))
         return "/" + path
 
 
@@ -117,6 +148,8 @@ def classify() -> tuple[list[Route], list[str], list[str]]:
         if public_reason(route):
             public.append(route)
             continue
+        if route.startswith(tuple(STAFF_PREFIXES)):
+            continue  # see staff_routes()
         unknown = [p for p in params if p not in TEAM_PARAMS]
         if is_regex:
             problems.append(f"{route} ({view}): regex patterns can't be filled; use path()")
@@ -133,6 +166,15 @@ def classify() -> tuple[list[Route], list[str], list[str]]:
         else:
             team.append(Route(route, name, tuple(params), view))
     return team, public, problems
+
+
+def staff_routes() -> list[Route]:
+    """Every route under a STAFF_PREFIXES prefix (they take no parameters)."""
+    return [
+        Route(route, name, tuple(params), view)
+        for route, name, params, view, _ in _walk(get_resolver())
+        if route.startswith(tuple(STAFF_PREFIXES)) and not public_reason(route)
+    ]
 
 
 def make_world(*, team, owner, member) -> dict:
@@ -160,6 +202,11 @@ def make_world(*, team, owner, member) -> dict:
         arguments='{"command": "ls"}',
         status=ToolCallStatus.AWAITING,
     )
+    from sharing.services import create_link
+
+    link = create_link(
+        conversation=conversation, user=owner, audience="team", mode="snapshot", expiry="7d"
+    ).link
     return {
         "team": team,
         "slug": team.slug,
@@ -168,6 +215,7 @@ def make_world(*, team, owner, member) -> dict:
         "user_id": member.uuid,
         "invitation_id": invitation.invitation.uuid,
         "call_id": call.uuid,
+        "link_id": link.uuid,
         "conversation": conversation,
         "run": sent.run,
     }
