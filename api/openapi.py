@@ -379,6 +379,34 @@ def _paths() -> dict[str, Any]:
                 ),
             },
         },
+        "/conversations/{conversation_id}/export": {
+            "parameters": [conversation_id, TEAM],
+            "get": {
+                "operationId": "exportConversation",
+                "summary": "The conversation as a Markdown or JSON document (secrets redacted)",
+                "parameters": [
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["markdown", "json"]},
+                        "description": "markdown (default) or json.",
+                    }
+                ],
+                "responses": _responses(
+                    {
+                        "200": {
+                            "description": "The document.",
+                            "content": {
+                                "text/markdown": {"schema": {"type": "string"}},
+                                "application/json": {"schema": {"type": "object"}},
+                            },
+                        }
+                    },
+                    "BadRequest",
+                    "NotFound",
+                ),
+            },
+        },
         "/conversations/{conversation_id}/messages": {
             "parameters": [conversation_id, TEAM],
             "post": {

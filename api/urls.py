@@ -8,6 +8,11 @@ urlpatterns = [
     path("conversations/<uuid:conversation_id>", views.conversation, name="api_conversation"),
     path("conversations/<uuid:conversation_id>/messages", views.messages, name="api_messages"),
     path(
+        "conversations/<uuid:conversation_id>/export",
+        views.conversation_export,
+        name="api_conversation_export",
+    ),
+    path(
         "conversations/<uuid:conversation_id>/events",
         stream.conversation_events,
         name="api_conversation_events",

@@ -188,6 +188,23 @@ def conversation(request: HttpRequest, caller: Caller, conversation_id) -> HttpR
     )
 
 
+@endpoint("GET")
+def conversation_export(request: HttpRequest, caller: Caller, conversation_id) -> HttpResponse:
+    """The conversation as a Markdown or JSON document (the same as the page's Export), with
+    the team's secrets and common token patterns redacted."""
+    from sharing import export
+
+    found = _conversation(request, caller, conversation_id)
+    kind = request.GET.get("format", "markdown")
+    if kind not in ("markdown", "json"):
+        raise ApiError(400, "invalid_parameter", "format is markdown or json.")
+    if kind == "json":
+        return JsonResponse(export.export_data(found))
+    response = HttpResponse(export.to_markdown(found), content_type="text/markdown; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="conversation-{found.uuid}.md"'
+    return response
+
+
 @endpoint("POST")
 def messages(request: HttpRequest, caller: Caller, conversation_id) -> JsonResponse:
     found = _conversation(request, caller, conversation_id)

@@ -540,3 +540,25 @@ def test_messages_sent_with_a_key_are_metered_to_it(api, key, conversation, no_r
     path = f"conversations/{conversation.uuid}/messages"
     body = call(api, "POST", path, key=key, body={"content": "x"}).json()
     assert Run.objects.get(uuid=body["run"]["id"]).api_key == ApiKey.objects.get()
+
+
+def test_export_a_conversation_redacted(api, key, team, alice, conversation, charlie, other_team):
+    from assistant.services import message_send
+    from tests.api_client import make_key as other_key
+
+    secret = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+    message_send(conversation=conversation, author=alice, content=f"My token is {secret}")
+    response = call(api, "GET", f"conversations/{conversation.uuid}/export", key=key)
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/markdown")
+    text = response.content.decode()
+    assert "# Refactor the parser" in text and "My token is" in text
+    assert secret not in text
+    data = call(api, "GET", f"conversations/{conversation.uuid}/export?format=json", key=key)
+    assert data.json()["title"] == "Refactor the parser"
+    assert secret not in data.content.decode()
+    assert_error(
+        call(api, "GET", f"conversations/{conversation.uuid}/export?format=pdf", key=key), 400
+    )
+    outsider = other_key(other_team, charlie)
+    assert_error(call(api, "GET", f"conversations/{conversation.uuid}/export", key=outsider), 404)
