@@ -333,3 +333,20 @@ def provider_port():
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
     loop.close()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Close the HTTP client sessions tests left on event loops that are gone (each
+    asyncio.run() makes a loop; the lean client keeps one session per loop). Left to the
+    interpreter's shutdown, their __del__ warnings go through litellm's logging filter after
+    its module is torn down and print tracebacks that hide the real summary."""
+    import gc
+
+    from assistant.llm import direct
+
+    for client in list(direct._sessions.values()):
+        connector = client.connector
+        if connector is not None and not connector.closed:
+            connector._close()  # synchronous: the loop it belongs to no longer runs
+    direct._sessions.clear()
+    gc.collect()
