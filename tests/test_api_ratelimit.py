@@ -21,9 +21,11 @@ import django
 django.setup()
 from api import ratelimit
 
-start_at, attempts = float(sys.argv[1]), int(sys.argv[2])
-buckets = [(sys.argv[i], int(sys.argv[i + 1])) for i in range(3, len(sys.argv), 2)]
-time.sleep(max(0.0, start_at - time.time()))
+attempts = int(sys.argv[1])
+buckets = [(sys.argv[i], int(sys.argv[i + 1])) for i in range(2, len(sys.argv), 2)]
+ratelimit._script()  # connect and load the script before the start
+print("ready", flush=True)
+sys.stdin.readline()  # the start: every process is ready by then
 verdicts = [ratelimit.hit(buckets) for _ in range(attempts)]
 allowed = sum(v.allowed for v in verdicts)
 retry = {v.retry_after for v in verdicts if not v.allowed}
@@ -33,14 +35,14 @@ print(allowed)
 
 
 def hammer(processes: int, attempts: int, buckets: list[tuple[str, int]]) -> list[int]:
-    """Every process makes ``attempts`` checks, all starting at the same moment."""
+    """Every process makes ``attempts`` checks, all starting at the same moment: each says
+    it is ready (Django imported, Redis connected), and only then are they all told to go."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.test_settings",
         "REDIS_URL": settings.REDIS_URL,
     }
-    start_at = time.time() + 3.0  # after every process has imported Django
-    args = [str(start_at), str(attempts)]
+    args = [str(attempts)]
     for key, limit in buckets:
         args += [key, str(limit)]
     procs = [
@@ -48,12 +50,18 @@ def hammer(processes: int, attempts: int, buckets: list[tuple[str, int]]) -> lis
             [sys.executable, "-c", WORKER, *args],
             cwd=ROOT,
             env=env,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for _ in range(processes)
     ]
+    for proc in procs:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()[-2000:]
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     counts = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)
