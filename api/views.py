@@ -17,6 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 from accounts.models import Membership
 from assistant import repos, services
 from assistant.models import Conversation, Repository, Run, ToolCall
+from usage.budgets import BudgetExceeded
 
 from . import data
 from .http import ApiError, Caller, endpoint, error_response, json_body, not_found, team_param
@@ -215,23 +216,13 @@ def messages(request: HttpRequest, caller: Caller, conversation_id) -> JsonRespo
         sent = services.message_send(
             conversation=found, author=caller.user, content=body["content"], api_key=caller.key
         )
+    except BudgetExceeded as exc:  # a ChatError too, but no fault of the message
+        raise ApiError(429, "budget_exceeded", str(exc))
     except services.ChatError as exc:
-        if _is_budget(exc):
-            raise ApiError(429, "budget_exceeded", str(exc))
         raise ApiError(422, "invalid_content", str(exc))
     return JsonResponse(
         {"message": data.message_data(sent.message), "run": data.run_data(sent.run)}, status=202
     )
-
-
-def _is_budget(exc: Exception) -> bool:
-    """A message refused because the team's budget or the person's tokens are used up (a
-    ChatError too, but no fault of the message)."""
-    try:
-        from usage.budgets import BudgetExceeded
-    except ImportError:
-        return False
-    return isinstance(exc, BudgetExceeded)
 
 
 # --- Runs and tool calls -----------------------------------------------------------------------
