@@ -209,6 +209,25 @@ def start() -> tuple[Standin, ThreadingHTTPServer]:
     return standin, server
 
 
+def bot_connection(team, connected_by, **fields):
+    """A team's connection to the stand-in workspace with its bot token (an OAuth install)."""
+    from slack.models import SlackConnection
+
+    conn = SlackConnection(
+        team=team,
+        slack_team_id=WORKSPACE,
+        workspace_name="Acme Slack",
+        bot_user_id=BOT_USER,
+        channel_id="C0GENERAL",
+        channel_name="general",
+        connected_by=connected_by,
+        **fields,
+    )
+    conn.bot_token = BOT_TOKEN
+    conn.save()
+    return conn
+
+
 # --- Signing, as Slack does ----------------------------------------------------------------------
 
 

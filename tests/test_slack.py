@@ -24,7 +24,15 @@ from slack.models import (
     Status,
 )
 from tests.slack_standin import *  # noqa: F403 (the stand-in's fixtures)
-from tests.slack_standin import BOT_TOKEN, BOT_USER, OAUTH_CODE, WORKSPACE, post_json, sign
+from tests.slack_standin import (
+    BOT_TOKEN,
+    BOT_USER,
+    OAUTH_CODE,
+    WORKSPACE,
+    bot_connection,
+    post_json,
+    sign,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -34,18 +42,7 @@ GITHUB_TOKEN = "ghp_" + "a" * 36
 
 @pytest.fixture
 def connection(team, alice, slack_api):
-    conn = SlackConnection(
-        team=team,
-        slack_team_id=WORKSPACE,
-        workspace_name="Acme Slack",
-        bot_user_id=BOT_USER,
-        channel_id="C0GENERAL",
-        channel_name="general",
-        connected_by=alice,
-    )
-    conn.bot_token = BOT_TOKEN
-    conn.save()
-    return conn
+    return bot_connection(team, alice)
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from django.test import Client
 
 from assistant.models import Conversation, Message, Role, Run, RunStatus, ToolCall, ToolCallStatus
 from assistant.runner import run_on_worker_loop
-from slack.models import LinkRequest, SeenEvent, SlackConnection, SlackThread, SlackUserLink
+from slack.models import LinkRequest, SeenEvent, SlackThread, SlackUserLink
 from tests.slack_standin import *  # noqa: F403 (the stand-in's fixtures)
-from tests.slack_standin import BOT_TOKEN, BOT_USER, WORKSPACE, post_form, post_json
+from tests.slack_standin import BOT_USER, WORKSPACE, bot_connection, post_form, post_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -30,19 +30,7 @@ def model(settings, provider_port):
 
 @pytest.fixture
 def connection(team, alice, slack_api):
-    conn = SlackConnection(
-        team=team,
-        slack_team_id=WORKSPACE,
-        workspace_name="Acme Slack",
-        bot_user_id=BOT_USER,
-        channel_id="C0GENERAL",
-        channel_name="general",
-        connected_by=alice,
-        kinds=[],  # only the thread answers here
-    )
-    conn.bot_token = BOT_TOKEN
-    conn.save()
-    return conn
+    return bot_connection(team, alice, kinds=[])  # only the thread answers here
 
 
 def execute(run_ids: list[str]) -> list[Run]:

@@ -16,7 +16,7 @@ import pytest
 from django.conf import settings
 
 from assistant.models import Role, RunStatus
-from slack.models import Delivery, SlackConnection, SlackThread
+from slack.models import Delivery, SlackThread
 from tests import slack_standin
 from tests.conftest import start_stack
 
@@ -61,18 +61,7 @@ def test_slash_command_answered_in_the_thread_by_the_worker(slack_stack, team, a
     stack, standin = slack_stack
     standin.reset()
     standin.emails["U0BOB"] = bob.email
-    connection = SlackConnection(
-        team=team,
-        slack_team_id=slack_standin.WORKSPACE,
-        workspace_name="Acme Slack",
-        bot_user_id=slack_standin.BOT_USER,
-        channel_id="C0GENERAL",
-        channel_name="general",
-        connected_by=alice,
-        kinds=[],
-    )
-    connection.bot_token = slack_standin.BOT_TOKEN
-    connection.save()
+    slack_standin.bot_connection(team, alice, kinds=[])
 
     body = urllib.parse.urlencode(
         {
