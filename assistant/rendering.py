@@ -8,6 +8,7 @@ reaches the page whatever the model or a teammate writes.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -180,22 +181,33 @@ def _summary(name: str, args: Any) -> str:
 MAX_DIFF_CHARS = 200_000  # beyond this, the page says so and the patch download has it all
 
 
-def run_changes(run, workspace) -> dict[str, Any] | None:
-    """The files a finished turn changed, its highlighted diff, and whether it was undone."""
+def run_changes(run, workspace, *, redact: Callable[[str], str] | None = None) -> dict | None:
+    """The files a finished turn changed, its highlighted diff, and whether it was undone.
+    ``redact`` (a share page's) is applied to paths and the diff before highlighting, which
+    would otherwise split a secret across spans."""
     if not run.changed_files:
         return None
     from . import repos
 
     try:
-        stat = repos.diff_stat(workspace=workspace, old=run.tree_before, new=run.tree_after)
-        diff = repos.diff_between(workspace=workspace, old=run.tree_before, new=run.tree_after)
+        stat, diff = _tree_changes(workspace, run.tree_before, run.tree_after)
     except repos.RepoError as exc:
         return {"error": str(exc)}
+    if redact is not None:
+        diff = redact(diff)
     clipped = len(diff) > MAX_DIFF_CHARS
     if clipped:
         diff = diff[:MAX_DIFF_CHARS]
     return {
-        "files": stat,
+        "files": [
+            {
+                "status": s.status,
+                "path": redact(s.path) if redact else s.path,
+                "added": s.added,
+                "deleted": s.deleted,
+            }
+            for s in stat
+        ],
         "added": sum(s.added or 0 for s in stat),
         "deleted": sum(s.deleted or 0 for s in stat),
         "diff_html": highlight_diff(diff),
@@ -203,6 +215,18 @@ def run_changes(run, workspace) -> dict[str, Any] | None:
         "undone_by": run.undone_by.name if run.undone_by_id else None,
         "undone_at": run.undone_at,
     }
+
+
+@lru_cache(maxsize=128)
+def _tree_changes(workspace, old: str, new: str):
+    """A turn's changes, from git once per process: two trees never change, and every viewer
+    fetches the finished bubble (models hash by primary key, so the workspace is a fine key)."""
+    from . import repos
+
+    return (
+        repos.diff_stat(workspace=workspace, old=old, new=new),
+        repos.diff_between(workspace=workspace, old=old, new=new),
+    )
 
 
 @lru_cache(maxsize=256)

@@ -14,7 +14,7 @@ from typing import Any
 
 from assistant import streams
 from assistant.models import Conversation, Message, Role, Run, RunStatus, Workspace
-from assistant.rendering import MAX_DIFF_CHARS, highlight_diff, run_context
+from assistant.rendering import run_changes, run_context
 
 from . import redact as redaction
 
@@ -176,39 +176,16 @@ def workspace_of(conversation: Conversation) -> Workspace | None:
 
 
 def _changes(run: Run, workspace: Workspace, lens: Lens) -> dict[str, Any] | None:
-    """The turn's diff as assistant.rendering.run_changes shows it, redacted before it is
-    highlighted (highlighting would split a secret across spans)."""
-    if not run.changed_files:
+    """The turn's diff as the conversation shows it, redacted, with undo as of the share."""
+    changes = run_changes(run, workspace, redact=lens.redact)
+    if changes is None:
         return None
-    from assistant import repos
-
-    try:
-        stat = repos.diff_stat(workspace=workspace, old=run.tree_before, new=run.tree_after)
-        diff = repos.diff_between(workspace=workspace, old=run.tree_before, new=run.tree_after)
-    except repos.RepoError:
+    if "error" in changes:
         # The error names paths on the server: say less.
         return {"error": "the repository is not available."}
-    diff = lens.redact(diff)
-    clipped = len(diff) > MAX_DIFF_CHARS
-    if clipped:
-        diff = diff[:MAX_DIFF_CHARS]
     undone = run.undone_by_id is not None and (
         lens.until is None or (run.undone_at is not None and run.undone_at <= lens.until)
     )
-    return {
-        "files": [
-            {
-                "status": s.status,
-                "path": lens.redact(s.path),
-                "added": s.added,
-                "deleted": s.deleted,
-            }
-            for s in stat
-        ],
-        "added": sum(s.added or 0 for s in stat),
-        "deleted": sum(s.deleted or 0 for s in stat),
-        "diff_html": highlight_diff(diff),
-        "clipped": clipped,
-        "undone_by": author_name(run.undone_by, public=lens.public) if undone else None,
-        "undone_at": run.undone_at if undone else None,
-    }
+    changes["undone_by"] = author_name(run.undone_by, public=lens.public) if undone else None
+    changes["undone_at"] = run.undone_at if undone else None
+    return changes
