@@ -40,7 +40,7 @@ def conversation_create(request: HttpRequest, slug: str) -> HttpResponse:
     return redirect("conversation_detail", slug=slug, conversation_id=conversation.uuid)
 
 
-def _turns(conversation) -> list[dict]:
+def _turns(conversation, workspace) -> list[dict]:
     """User messages, each with the runs that answer it, in order."""
     turns: list[dict] = []
     by_message: dict[int, dict] = {}
@@ -48,7 +48,6 @@ def _turns(conversation) -> list[dict]:
         turn = {"message": message_context(message), "runs": []}
         turns.append(turn)
         by_message[message.pk] = turn
-    workspace = selectors.workspace_of(conversation)
     for run in selectors.runs_of(conversation):
         turn = by_message.get(run.user_message_id)
         if turn is None:
@@ -57,12 +56,12 @@ def _turns(conversation) -> list[dict]:
     return turns
 
 
-def _attachable(conversation) -> list[dict]:
+def _attachable(conversation, workspace) -> list[dict]:
     """The team's repositories with their known branches, for the attach form (none once the
     conversation has a workspace)."""
     from . import repos
 
-    if selectors.workspace_of(conversation) is not None:
+    if workspace is not None:
         return []
     choices = []
     for repo in conversation.team.repositories.all():
@@ -90,17 +89,19 @@ _STREAMING = ("queued", "running")
 def conversation_detail(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
     membership = membership_for(request.user, slug)
     conversation = selectors.conversation_for(membership, conversation_id)
+    workspace = selectors.workspace_of(conversation)  # once: the turns, header and form need it
     context = {
         "team": membership.team,
         "membership": membership,
         "conversation": conversation,
-        "turns": _turns(conversation),
+        "workspace": workspace,
+        "turns": _turns(conversation, workspace),
         "model_label": config_for_team(membership.team).label,
         "max_chars": services.settings.MAX_MESSAGE_CHARS,
     }
     if request.htmx and request.htmx.target == "messages":
         return render(request, "assistant/_messages.html", context)
-    context["repositories"] = _attachable(conversation)
+    context["repositories"] = _attachable(conversation, workspace)
     return render(request, "assistant/conversation.html", context)
 
 
