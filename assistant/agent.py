@@ -450,7 +450,9 @@ def _open_calls(run: Run) -> list[ToolCall]:
     """The last step's calls that have not run yet, in order."""
     runnable = (ToolCallStatus.PENDING, ToolCallStatus.APPROVED)
     return list(
-        ToolCall.objects.filter(run=run, step=run.steps, status__in=runnable).order_by("index")
+        ToolCall.objects.filter(run=run, step=run.steps, status__in=runnable)
+        .select_related("decided_by")  # its events name who approved it
+        .order_by("index")
     )
 
 
@@ -560,6 +562,7 @@ def _parse_arguments(text: str) -> tuple[object, str | None]:
 
 
 async def _run_call(turn: Turn, call: ToolCall) -> None:
+    call.run = turn.run  # events and receivers read it: no query for each
     args, error = _parse_arguments(call.arguments)
     if call.status == ToolCallStatus.PENDING and error is None:
         approval = policy.approval_for(call.name, args, turn.allowlist)
@@ -567,7 +570,6 @@ async def _run_call(turn: Turn, call: ToolCall) -> None:
             await _asave(call, status=ToolCallStatus.AWAITING, approval=approval)
             await turn.publisher.drain()
             await _publish_call(turn, "tool.awaiting", call)
-            call.run = turn.run  # receivers read the run and conversation without queries
             await _ahook(hooks.approval_needed, call=call)
             raise Parked
         await _asave(call, approval=approval)
