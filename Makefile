@@ -6,15 +6,26 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test prod bench lint format check-services migrate clean
+.PHONY: run test prod bench lint format check-services migrate clean lock lockcheck
 
-$(STAMP): pyproject.toml
+## Installs come from requirements.lock only (exact versions and hashes); `make lock` is the one
+## way it changes. A pyproject.toml that disagrees with the lock stops here with one line.
+lockcheck:
+	@$(PYTHON) scripts/lockfile.py check
+
+$(STAMP): requirements.lock
+	@$(PYTHON) scripts/lockfile.py check
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
 	@touch $(STAMP)
 
-migrate: $(STAMP)
+## Re-resolve pyproject.toml's ranges into requirements.lock (uv, installed from the lock).
+lock: $(STAMP)
+	$(PY) scripts/lockfile.py lock $(VENV)/bin/uv
+	$(PY) -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
+	@touch $(STAMP)
+
+migrate: lockcheck $(STAMP)
 	$(PY) manage.py migrate --noinput -v0
 
 ## Embedded mode: SQLite, in-memory channel layer, runs inside the server. No services needed.
@@ -22,10 +33,12 @@ run: migrate
 	$(PY) -m config.serve -b $(HOST) -p $(PORT)
 
 ## The whole suite against PostgreSQL and Redis (DATABASE_URL, REDIS_URL; default 127.0.0.1).
-test: $(STAMP)
+test: lockcheck $(STAMP)
 	@$(PY) scripts/install_test_deps.py
 	@$(PY) scripts/check_services.py
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@rm -rf .coverage-data
+	$(PY) -m coverage run -m pytest $(PYTEST_ARGS)
+	@$(PY) scripts/coverage_gate.py $(if $(PYTEST_ARGS),--no-gate,)
 
 ## Production topology on one machine (Daphne + Celery worker) against local PostgreSQL and
 ## Redis, with the fake provider as the model unless LLM_MODEL is set.
