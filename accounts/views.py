@@ -174,7 +174,9 @@ class LLMSettingsForm(forms.Form):
         help_text="A litellm model name, e.g. openai/gpt-4o, anthropic/claude-sonnet-4-5, "
         "ollama_chat/llama3.1. Empty: the site default.",
     )
-    llm_api_base = forms.URLField(label="API base URL", max_length=500, required=False)
+    llm_api_base = forms.URLField(
+        label="API base URL", max_length=500, required=False, assume_scheme="https"
+    )
     llm_api_key = forms.CharField(
         label="API key",
         required=False,
