@@ -19,7 +19,7 @@ def main() -> int:
         total = cov.report(file=sink)
     floor = float(cov.get_option("report:fail_under") or 0)
     gated = "--no-gate" not in sys.argv
-    verdict = "" if not gated else (" (floor %.0f%%: ok)" % floor if total >= floor else "")
+    verdict = f" (floor {floor:.0f}%: ok)" if gated and total >= floor else ""
     print(f"Coverage of the apps, across all test processes: {total:.1f}%{verdict}")
     if gated and total < floor:
         print(f"Coverage {total:.1f}% is under the floor of {floor:.0f}%.", file=sys.stderr)

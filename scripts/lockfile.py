@@ -1,7 +1,7 @@
 """The lock file: `requirements.lock` pins every package, direct and transitive, with hashes.
 
-    python scripts/lockfile.py lock     re-resolve pyproject.toml's ranges and rewrite the lock
-    python scripts/lockfile.py check    exit 1 with one line when pyproject.toml and the lock disagree
+    python scripts/lockfile.py lock     re-resolve the ranges and rewrite the lock
+    python scripts/lockfile.py check    exit 1, in one line, if pyproject.toml and the lock disagree
 
 The lock is compiled by uv (`uv pip compile --universal --generate-hashes`): one file that pip
 installs with `--require-hashes`, so installing needs nothing but pip. Its first line records a
@@ -47,7 +47,9 @@ def recorded_digest() -> str | None:
 def check() -> int:
     recorded = recorded_digest()
     if recorded is None:
-        print("requirements.lock is missing or has no digest line: run `make lock`.", file=sys.stderr)
+        print(
+            "requirements.lock is missing or has no digest line: run `make lock`.", file=sys.stderr
+        )
         return 1
     if recorded != pyproject_digest():
         print(
@@ -79,7 +81,8 @@ def lock(uv: str) -> int:
         "# Do not edit by hand; `make run` and `make test` install exactly this.\n"
     )
     LOCK.write_text(header + result.stdout)
-    print(f"Wrote {LOCK.name}: {sum(1 for line in result.stdout.splitlines() if '==' in line and not line.startswith(' '))} pinned packages.")
+    pinned = [line for line in result.stdout.splitlines() if "==" in line and line[:1] != " "]
+    print(f"Wrote {LOCK.name}: {len(pinned)} pinned packages.")
     return 0
 
 
