@@ -46,6 +46,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from . import quota
 from .models import Conversation, RepoAuth, Repository, Workspace
 
 LOCAL_TIMEOUT = 120  # seconds; status, diff, commit on a large tree
@@ -159,7 +160,12 @@ def mirror_path(*, repo: Repository) -> Path:
 
 
 def _workspace_dir(workspace: Workspace) -> Path:
-    return _repo_dir(workspace.repository) / "workspaces" / str(workspace.uuid)
+    path = _repo_dir(workspace.repository) / "workspaces" / str(workspace.uuid)
+    try:
+        quota.ensure_mounted(path)  # its own file system (quota.py), after a restart too
+    except quota.QuotaError as exc:
+        raise RepoError(str(exc))
+    return path
 
 
 def workspace_path(*, workspace: Workspace) -> Path:
@@ -466,12 +472,16 @@ def create_workspace(
     try:
         with _locked(repo, shared=True):
             workspace.base_commit = _branch_tip(repo, workspace.branch)
+            quota.prepare(_workspace_dir(workspace))  # bytes and files bounded, where possible
             _clone(workspace)
         with transaction.atomic():
             workspace.save()
     except IntegrityError:
         _rmtree(_workspace_dir(workspace))
         raise RepoError("This conversation already works on a repository.")
+    except quota.QuotaError as exc:
+        _rmtree(_workspace_dir(workspace))
+        raise RepoError(str(exc))
     except BaseException:
         _rmtree(_workspace_dir(workspace))
         raise
@@ -525,6 +535,10 @@ def _rmtree(path: Path) -> None:
             os.chmod(parent, 0o700)
         func(failed)
 
+    try:
+        quota.release(path)  # a workspace's own file system: unmounted, its image deleted
+    except quota.QuotaError as exc:
+        raise RepoError(f"Removing the workspace failed: {exc}")
     if not os.path.lexists(path):
         return
     handler = {"onexc": unlock} if sys.version_info >= (3, 12) else {"onerror": unlock}

@@ -49,9 +49,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from assistant import cgroups
+
 BWRAP = "/usr/bin/bwrap"
 PRLIMIT = "/usr/bin/prlimit"  # util-linux; sets the rlimits inside the sandbox, then execs
 SETPRIV = "/usr/bin/setpriv"  # util-linux; drops root for bwrap where the loop can't (uvloop)
+SH = "/bin/sh"
+# Joins the call's cgroup(s), then execs: nothing of the call runs outside it, not even bwrap.
+_JOIN = (
+    'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ >"$1" || exit 125; shift; n=$((n-1)); done; '
+    'exec "$@"'
+)
 WORKDIR = "/workspace"
 SANDBOX_UID = 65534  # only when the server runs as root: the uid the command runs as
 SANDBOX_GID = 65534
@@ -101,6 +109,10 @@ class SandboxLimits:
     max_output_bytes: int = 1_000_000  # stdout + stderr kept; killed past 4x this
     max_file_mb: int = 100  # largest file it may write (RLIMIT_FSIZE)
     tmp_mb: int = 256  # size of the private /tmp (tmpfs, i.e. memory)
+    # The call as a whole, in a cgroup of its own where the host allows (see ``cgroups``):
+    total_memory_mb: int = 2048  # every process together, /tmp included (0: no limit)
+    total_processes: int = 256  # processes and threads together (0: no limit)
+    cpus: float = 1.0  # CPU time per wall time, 1.0 = one core (0: no limit)
 
 
 @dataclass
@@ -110,7 +122,7 @@ class SandboxResult:
     stderr: str
     truncated: bool = False
     timed_out: bool = False
-    killed_reason: str = ""  # "", "timeout", "output", "cancelled", "cpu", "file_size"
+    killed_reason: str = ""  # "", "timeout", "output", "cancelled", "cpu", "file_size", "memory"
     duration_ms: int = 0
 
     @property
@@ -162,6 +174,28 @@ async def run(
         uid=uid,
         gid=gid,
     )
+    group = cgroups.new_call_group(
+        cgroups.Limits(limits.total_memory_mb, limits.total_processes, limits.cpus)
+    )
+    try:
+        return await _run_in(group, argv, worktree, git_dir, limits, stdin, args, as_root, uid, gid)
+    finally:
+        if group is not None:
+            group.close()  # kills whatever is left in it
+
+
+async def _run_in(
+    group: cgroups.CallGroup | None,
+    argv: list[str],
+    worktree: Path,
+    git_dir: Path | None,
+    limits: SandboxLimits,
+    stdin: bytes | None,
+    args: list[str],
+    as_root: bool,
+    uid: int,
+    gid: int,
+) -> SandboxResult:
     # The arguments go through a pipe (--args) so /proc/1/cmdline inside shows no host paths.
     to_close: list[int] = []
     try:
@@ -169,7 +203,10 @@ async def run(
         status_r, status_w = os.pipe()
         to_close.append(status_w)
         pass_fds = [args_fd, status_w]
-        prefix, ident = _drop_root(uid, gid) if as_root else ([], {})
+        prefix, ident = _drop_root(uid, gid, setpriv=group is not None) if as_root else ([], {})
+        if group is not None:  # the wrapper joins the group as the server's user, then execs
+            files = group.procs_files
+            prefix = [SH, "-c", _JOIN, "sh", str(len(files)), *files, *prefix]
         started = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -225,7 +262,8 @@ async def run(
 
     stderr = watch.text("stderr")
     exit_code = status.get("exit-code")
-    if exit_code is None and not watch.killed_reason:
+    oom = group is not None and group.oom_killed()
+    if exit_code is None and not watch.killed_reason and not oom:
         # bwrap reports an exit code only once the command started: this is a setup failure.
         detail = stderr.strip() or f"bwrap exited with {proc.returncode}"
         if as_root and "Permission denied" in detail:
@@ -235,7 +273,9 @@ async def run(
             )
         raise SandboxError(f"the sandbox could not start: {detail}")
     reason = watch.killed_reason
-    if not reason and exit_code == 128 + signal.SIGXCPU:
+    if reason in ("", "timeout") and oom:
+        reason = "memory"  # (a call stuck after the kernel killed part of it also counts)
+    elif not reason and exit_code == 128 + signal.SIGXCPU:
         reason = "cpu"
     elif not reason and exit_code == 128 + signal.SIGXFSZ:
         reason = "file_size"
@@ -349,9 +389,10 @@ def _prlimits(limits: SandboxLimits) -> list[str]:
     ]
 
 
-def _drop_root(uid: int, gid: int) -> tuple[list[str], dict]:
-    """How bwrap gets started as ``uid`` when the server is root: a command prefix, or kwargs."""
-    if type(asyncio.get_running_loop()).__module__.startswith("asyncio"):
+def _drop_root(uid: int, gid: int, *, setpriv: bool = False) -> tuple[list[str], dict]:
+    """How bwrap gets started as ``uid`` when the server is root: a command prefix, or kwargs.
+    ``setpriv``: always the prefix (something runs as root before it: the cgroup wrapper)."""
+    if not setpriv and type(asyncio.get_running_loop()).__module__.startswith("asyncio"):
         # Popen switches uid in the forked child before exec: no extra program.
         return [], {"user": uid, "group": gid, "extra_groups": []}
     # uvloop (Daphne runs on it) refuses user/group: setpriv switches, then execs bwrap.

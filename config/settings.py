@@ -365,6 +365,23 @@ AGENT_MAX_STEPS = envint("AGENT_MAX_STEPS", 25)
 AGENT_MAX_TOKENS = envint("AGENT_MAX_TOKENS", 500_000)
 # Wall-clock limit of one tool call in the sandbox (a test suite, say).
 AGENT_COMMAND_SECONDS = envint("AGENT_COMMAND_SECONDS", 120)
+# One tool call as a whole (every process of it together), in a cgroup of its own per call
+# (assistant/cgroups.py): memory in MB (its /tmp included), processes and threads, CPU cores.
+SANDBOX_MEMORY_MB = envint("SANDBOX_MEMORY_MB", 2048)
+SANDBOX_PIDS = envint("SANDBOX_PIDS", 256)
+try:
+    SANDBOX_CPUS = float(env("SANDBOX_CPUS", "1"))
+except ValueError:
+    raise ImproperlyConfigured("SANDBOX_CPUS must be a number of cores, such as 1 or 0.5")
+# auto: per-call cgroups where the host allows (warned at start-up where not); off: none.
+SANDBOX_CGROUPS = env("SANDBOX_CGROUPS", "auto")
+# cgroup v2: the parent of the calls' groups (default /sys/fs/cgroup/tandem; a delegated cgroup
+# when the server is not root).
+SANDBOX_CGROUP_PARENT = env("SANDBOX_CGROUP_PARENT", "")
+# Each workspace on a file system of its own (a file-backed ext4 on a loop device,
+# assistant/quota.py): at most this many MB and files. 0 MB: no quota (the server's disk).
+WORKSPACE_QUOTA_MB = envint("WORKSPACE_QUOTA_MB", 2048)
+WORKSPACE_QUOTA_FILES = envint("WORKSPACE_QUOTA_FILES", 200_000)
 
 # --- Budgets (usage/budgets.py) ----------------------------------------------------------------
 # Before a model call its cost is not known: this many completion tokens (plus the prompt's

@@ -11,6 +11,9 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/9")
 os.environ.setdefault("TANDEM_DATA_DIR", "/tmp/tandem-test-data")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("RUN_EXECUTOR", "celery")
+# Workspaces on loop-mounted images (assistant/quota.py) only where a test asks and unmounts
+# them: most tests leave their workspaces in temporary directories that are simply deleted.
+os.environ.setdefault("WORKSPACE_QUOTA_MB", "0")
 # DJANGO_ALLOW_ASYNC_UNSAFE is set only while a Playwright browser is open (tests/conftest.py).
 
 from .settings import *  # noqa: E402,F403

@@ -80,6 +80,10 @@ def sandbox_failure(result: SandboxResult, limits: SandboxLimits) -> str | None:
         "cancelled": "stopped",
         "cpu": f"stopped: it used more than {limits.cpu_seconds} s of CPU",
         "file_size": f"stopped: it tried to write a file larger than {limits.max_file_mb} MB",
+        "memory": (
+            f"stopped: its processes together used more than the {limits.total_memory_mb} MB "
+            "of memory one command may have (the kernel's out-of-memory killer ended it)"
+        ),
     }.get(result.killed_reason)
 
 

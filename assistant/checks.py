@@ -1,0 +1,76 @@
+"""What the kernel enforces here, said once at start-up and by ``manage.py check``.
+
+Per-call cgroups (memory, processes, CPU of a tool call as a whole) and per-workspace file
+systems (bytes and files) need root or delegation; where the host refuses them, Tandem falls back
+to per-process rlimits and the server's own disk, and says so here rather than silently.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.core import checks
+
+log = logging.getLogger("assistant.sandbox")
+_announced = False
+
+
+def _cgroup_problem() -> str:
+    from . import cgroups
+
+    version, why = cgroups.status()
+    return "" if version else why
+
+
+def _quota_problem() -> str:
+    from . import quota
+
+    return quota.unavailable_reason()
+
+
+def announce_limits() -> None:
+    """Log once per process what is not enforced by the kernel (and clear stale cgroups)."""
+    global _announced
+    if _announced:
+        return
+    _announced = True
+    try:
+        from . import cgroups
+
+        cgroups.log_status_once()
+        if not _cgroup_problem():
+            cgroups.sweep()
+        if why := _quota_problem():
+            log.warning(
+                "sandbox: no disk quota per workspace (%s); a command can fill the server's "
+                "disk up to its free space (only the per-file size limit applies)",
+                why,
+            )
+    except Exception:  # never keep the server from starting over a probe
+        log.exception("sandbox: checking cgroups and quotas failed")
+
+
+@checks.register()
+def sandbox_limits(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    found = []
+    if why := _cgroup_problem():
+        found.append(
+            checks.Warning(
+                f"Sandboxed commands get no cgroup of their own: {why}.",
+                hint="Only per-process limits apply; several processes of one command can "
+                "together exceed SANDBOX_MEMORY_MB and SANDBOX_PIDS. Run as root or delegate a "
+                "cgroup v2 subtree (SANDBOX_CGROUP_PARENT).",
+                id="tandem.W001",
+            )
+        )
+    if why := _quota_problem():
+        found.append(
+            checks.Warning(
+                f"Workspaces get no disk quota: {why}.",
+                hint="A command can fill the server's disk. Workspaces on their own loop-mounted "
+                "file system need root and loop devices (WORKSPACE_QUOTA_MB, "
+                "WORKSPACE_QUOTA_FILES).",
+                id="tandem.W002",
+            )
+        )
+    return found
