@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from assistant import sandbox
+from assistant import cgroups, sandbox
 from assistant.sandbox import SandboxError, SandboxLimits, run, run_sync
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -352,6 +352,73 @@ def test_memory_hog_fails(worktree):
     r = run_sync(["python3", "-c", "x = bytearray(4 * 1024**3)"], worktree=worktree, limits=FAST)
     assert r.exit_code == 1 and "MemoryError" in r.stderr, r
     still_works(worktree)
+
+
+needs_cgroups = pytest.mark.skipif(
+    not cgroups.status()[0], reason=f"no cgroup per call here: {cgroups.status()[1]}"
+)
+
+
+@needs_cgroups
+def test_memory_is_bounded_for_the_call_as_a_whole(worktree):
+    # Four processes of 200 MB each stay under the per-process limit (1 GB of address space)
+    # but not under 300 MB together: the call's cgroup stops them, and says so in words.
+    script = """
+import os, sys, time
+for _ in range(4):
+    if os.fork() == 0:
+        block = bytearray(200 * 1024 * 1024)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        time.sleep(2)
+        print("held 200 MB", flush=True)
+        os._exit(0)
+codes = [os.wait()[1] for _ in range(4)]
+print("killed", sum(1 for c in codes if os.WIFSIGNALED(c)))
+"""
+    limits = SandboxLimits(wall_seconds=30, memory_mb=1024, total_memory_mb=300)
+    r = run_sync(["python3", "-c", script], worktree=worktree, limits=limits)
+    assert r.killed_reason == "memory", r
+    assert r.stdout.count("held 200 MB") <= 1, r  # never 400 MB or more at once
+    from assistant.tools.base import sandbox_failure
+
+    why = sandbox_failure(r, limits)
+    assert "together used more than the 300 MB" in why
+    still_works(worktree)
+    time.sleep(0.5)  # a group still emptying is removed in the background
+    ours = [g for p in cgroups._parents() for g in p.glob(f"call-{os.getpid()}-*")]
+    assert ours == []  # every group of ours removed
+
+
+@needs_cgroups
+def test_processes_are_bounded_for_the_call_as_a_whole(worktree):
+    script = """
+import os, time
+n = 0
+try:
+    for _ in range(100):
+        if os.fork() == 0:
+            time.sleep(2)
+            os._exit(0)
+        n += 1
+except OSError as exc:
+    print(exc.strerror)
+print(n)
+"""
+    # The per-process rlimit would allow 500; the call's group allows 20 in all.
+    limits = SandboxLimits(wall_seconds=20, max_processes=500, total_processes=20)
+    r = run_sync(["python3", "-c", script], worktree=worktree, limits=limits)
+    lines = r.stdout.split()
+    assert "Resource temporarily unavailable" in r.stdout, r
+    assert 10 <= int(lines[-1]) < 20, r
+    still_works(worktree)
+
+
+@needs_cgroups
+def test_the_command_runs_in_a_group_of_its_own(worktree):
+    r = sh("cat /proc/self/cgroup", worktree)
+    # A cgroup namespace rooted at the call's group: no host cgroup path inside.
+    assert r.ok and all(line.endswith(":/") for line in r.stdout.splitlines()), r
 
 
 def test_endless_loop_is_killed_by_the_wall_clock(worktree):
