@@ -17,8 +17,8 @@ import pytest
 
 from assistant import quota, repos
 from assistant.models import Repository
-from assistant.tools import ToolContext, execute
 from assistant.sandbox import SandboxLimits, run_sync
+from assistant.tools import ToolContext, execute
 
 pytestmark = pytest.mark.django_db
 
@@ -108,9 +108,9 @@ def test_writing_past_the_byte_quota_fails_with_enospc(workspace):
 
 def test_too_many_files_fail_and_the_tool_says_so_in_words(workspace):
     script = (
-        "python3 -c \"import os\nn = 0\ntry:\n    for i in range(10000):\n"
+        'python3 -c "import os\nn = 0\ntry:\n    for i in range(10000):\n'
         "        open(f'f{i}', 'w').close(); n += 1\nexcept OSError as e:\n"
-        "    print(n, e.strerror)\""
+        '    print(n, e.strerror)"'
     )
     r = sh(workspace, script)
     made, _, why = r.stdout.strip().partition(" ")
