@@ -80,6 +80,9 @@ class Team(models.Model):
     # The agent's run_command asks a member every time, except for commands starting with one
     # of these prefixes (one per line, e.g. "pytest", "npm test"); see assistant/policy.py.
     command_allowlist = models.TextField(blank=True)
+    # Entries of the allowlist (same spelling, one per line) that run without asking only while
+    # the run has not changed files: for prefixes that run the repository's own code.
+    command_allowlist_guarded = models.TextField(blank=True)
     # Limits enforced before every model call (usage/budgets.py); empty means none. The budget
     # is per calendar month and the token cap per member per day, both in UTC.
     monthly_budget_usd = models.DecimalField(

@@ -216,13 +216,19 @@ def team_settings(request: HttpRequest, slug: str) -> HttpResponse:
         team.save()
         messages.success(request, "Settings saved.")
         return redirect("team_settings", slug=slug)
+    from assistant import policy
     from assistant.llm import config_for_team, site_config
 
+    guarded = policy.guarded_entries(team)
     context = {
         "team": team,
         "membership": membership,
         "form": form,
         "allowlist": team.command_allowlist,
+        "allowlist_entries": [
+            {"prefix": p, "runs_code": policy.runs_repository_code(p), "guarded": p in guarded}
+            for p in policy.prefixes(team)
+        ],
         "has_key": bool(team.llm_api_key_encrypted),
         "effective": config_for_team(team),
         "site": site_config(),
@@ -264,12 +270,32 @@ def team_agent_policy(request: HttpRequest, slug: str) -> HttpResponse:
     except ValueError as exc:
         messages.error(request, f"The allowlist was not saved. {exc}")
     else:
-        team.save(update_fields=["command_allowlist"])
-        count = len(policy.parse_allowlist(team.command_allowlist))
+        # Entries shown with a checkbox are guarded as ticked; new ones that run the
+        # repository's code start guarded (untick to lift it).
+        shown, ticked = set(request.POST.getlist("shown")), set(request.POST.getlist("guarded"))
+        entries = policy.prefixes(team)
+        policy.set_guarded(
+            team,
+            {
+                e
+                for e in entries
+                if e in ticked or (e not in shown and policy.runs_repository_code(e))
+            },
+        )
+        team.save(update_fields=["command_allowlist", "command_allowlist_guarded"])
+        count = len(entries)
         messages.success(
             request,
             f"Saved: {count} command prefix{'es' if count != 1 else ''} run without asking."
             if count
             else "Saved: every command asks a member first.",
         )
+        guarded = policy.guarded_entries(team)
+        if risky := [e for e in entries if policy.runs_repository_code(e) and e not in guarded]:
+            messages.warning(
+                request,
+                f"{', '.join(f'“{e}”' for e in risky)} run{'s' if len(risky) == 1 else ''} the "
+                "repository's own code: once the agent has written a file, it can run anything "
+                "it wrote this way without asking.",
+            )
     return redirect("team_settings", slug=slug)

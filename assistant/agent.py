@@ -313,6 +313,10 @@ class Turn:
     publisher: DeltaPublisher
     parts: list[str] = field(default_factory=list)
     allowlist: list[str] = field(default_factory=list)
+    # Allowlist entries that hold only while the run has not changed files (policy.py), and
+    # whether it has: a file edit or a command that is not read-only ran in this run.
+    guarded: set[str] = field(default_factory=set)
+    changed: bool = False
     tokens: int = 0
     # The repository's context, read once per turn: a snapshot of a large tree costs ~0.2 s,
     # and a system prompt that stays the same keeps the provider's prompt cache warm.
@@ -330,6 +334,17 @@ class Turn:
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+
+def _changed_in_run(run: Run) -> bool:
+    """Whether a tool call of this run that ran may have changed files (see policy.py)."""
+    ran = (ToolCallStatus.RUNNING, ToolCallStatus.SUCCEEDED, ToolCallStatus.FAILED)
+    for name, arguments in run.tool_calls.filter(status__in=ran).values_list("name", "arguments"):
+        tool = tools.get(name)
+        args, _ = _parse_arguments(arguments)
+        if policy.changes_files(name, args, tool.read_only if tool else False):
+            return True
+    return False
 
 
 def _workspace_of(run: Run) -> Workspace | None:
@@ -377,11 +392,14 @@ async def execute_run(run_id: str) -> None:
         publisher=publisher,
         parts=[run.text] if run.text else [],
         allowlist=policy.parse_allowlist(run.conversation.team.command_allowlist),
+        guarded=policy.guarded_entries(run.conversation.team),
     )
     status, error = RunStatus.SUCCEEDED, ""
     try:
         turn.workspace = await sync_to_async(_workspace_of, thread_sensitive=False)(run)
         turn.tokens = await sync_to_async(_tokens_used, thread_sensitive=False)(run)
+        if turn.guarded:  # a resumed run: what its calls so far did
+            turn.changed = await sync_to_async(_changed_in_run, thread_sensitive=False)(run)
         if turn.workspace is not None and not run.tree_before:
             tree = await _asnapshot(turn.workspace)
             await _asave(run, tree_before=tree)
@@ -565,7 +583,9 @@ async def _run_call(turn: Turn, call: ToolCall) -> None:
     call.run = turn.run  # events and receivers read it: no query for each
     args, error = _parse_arguments(call.arguments)
     if call.status == ToolCallStatus.PENDING and error is None:
-        approval = policy.approval_for(call.name, args, turn.allowlist)
+        approval = policy.approval_for(
+            call.name, args, turn.allowlist, guarded=turn.guarded, changed=turn.changed
+        )
         if approval == Approval.ASKED:
             await _asave(call, status=ToolCallStatus.AWAITING, approval=approval)
             await turn.publisher.drain()
@@ -604,6 +624,10 @@ async def _run_call(turn: Turn, call: ToolCall) -> None:
     )
     await _publish_call(turn, "tool.finished", call)
     if error is None:  # arguments that don't parse never reach the sandbox
+        tool = tools.get(call.name)
+        turn.changed = turn.changed or policy.changes_files(
+            call.name, args, tool.read_only if tool else False
+        )
         await ausage_record_tool(run=turn.run, call=call, duration_ms=result.duration_ms)
 
 

@@ -261,6 +261,34 @@ def test_allowlisted_commands_run_without_asking(conversation, team, alice, work
     assert calls_of(run)[0].status == ToolCallStatus.AWAITING
 
 
+def test_a_guarded_entry_asks_after_a_file_was_written_in_the_run(
+    conversation, team, alice, workspace, tree
+):
+    team.command_allowlist = "python3"
+    team.command_allowlist_guarded = "python3"
+    team.save()
+    # Nothing written yet in this run: allowlisted.
+    run = execute(send(conversation, alice, tool("run_command", command="python3 -V")))
+    assert calls_of(run)[0].approval == Approval.ALLOWLISTED
+    # A file written first: the same prefix asks, so what was written can't run unseen.
+    script = tool("write_file", path="evil.py", content="print('pwned')\n") + tool(
+        "run_command", command="python3 evil.py"
+    )
+    run = execute(send(conversation, alice, script))
+    assert run.status == RunStatus.WAITING
+    assert [(c.name, c.status) for c in calls_of(run)] == [
+        ("write_file", ToolCallStatus.SUCCEEDED),
+        ("run_command", ToolCallStatus.AWAITING),
+    ]
+    # A read-only command in between does not count as a change.
+    script = tool("run_command", command="ls") + tool("run_command", command="python3 -V")
+    team.command_allowlist = "python3\nls"
+    team.save()
+    services.run_cancel(run=run)
+    run = execute(send(conversation, alice, script))
+    assert [c.approval for c in calls_of(run)] == [Approval.ALLOWLISTED] * 2
+
+
 def test_only_admins_can_always_allow(conversation, team, alice, bob, workspace, no_runs):
     run = execute(send(conversation, alice, tool("run_command", command="make check")))
     (call,) = calls_of(run)
