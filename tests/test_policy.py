@@ -132,7 +132,7 @@ def test_the_settings_page_warns_and_guards_entries_that_run_repository_code(tea
     page = response.content.decode()
     assert page.count('data-testid="runs-code-warning"') == 1
     entry = page[page.index("<code>make test</code>") :]
-    assert "Runs the repository&#x27;s own code" in entry[:400]
+    assert "Runs the repository's own code" in entry[:400]
     assert 'value="make test" checked' in entry
 
     # Unticked (the entry was shown): no longer guarded, and a warning says what that means.
