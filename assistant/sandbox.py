@@ -98,6 +98,10 @@ _PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 # POSIX ACLs as extended attributes (root mode, see _grant_worktree).
 _ACL_ACCESS = "system.posix_acl_access"
 _ACL_DEFAULT = "system.posix_acl_default"
+# The one walk of a workspace the server does with its own rights (the root-mode grant) stops
+# past these: a tree of a million empty files must not hold a worker for minutes.
+GRANT_MAX_ENTRIES = 500_000
+GRANT_MAX_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -572,7 +576,15 @@ def _grant_worktree(worktree: Path, uid: int) -> None:
             if _has_grant(worktree, uid):
                 return
             root = os.stat(worktree, follow_symlinks=False)
-            for _top, _dirs, files, dirfd in os.fwalk(worktree, follow_symlinks=False):
+            seen, deadline = 0, time.monotonic() + GRANT_MAX_SECONDS
+            for _top, dirs, files, dirfd in os.fwalk(worktree, follow_symlinks=False):
+                seen += 1 + len(dirs) + len(files)
+                if seen > GRANT_MAX_ENTRIES or time.monotonic() > deadline:
+                    raise SandboxError(
+                        f"the worktree is too large to prepare for the sandbox (more than "
+                        f"{GRANT_MAX_ENTRIES} files, or {GRANT_MAX_SECONDS:g} s); "
+                        "remove some files"
+                    )
                 st = os.fstat(dirfd)
                 os.setxattr(dirfd, _ACL_ACCESS, _acl_for(st.st_mode, uid))
                 if not os.path.samestat(st, root):  # the top directory's comes last

@@ -143,3 +143,13 @@ def test_the_sandbox_mount_table_names_no_host_path(workspace):
     for needle in forbidden:
         assert needle not in text, (needle, text)
     assert " /tree /workspace " in text and " /git /workspace/.git " in text
+
+
+def test_the_start_up_check_says_what_the_kernel_does_not_enforce(monkeypatch, settings):
+    from assistant import cgroups, checks
+
+    monkeypatch.setattr(cgroups, "status", lambda: (0, "not root"))
+    settings.WORKSPACE_QUOTA_MB = 0
+    found = {w.id: w.msg for w in checks.sandbox_limits()}
+    assert "no cgroup of their own: not root" in found["tandem.W001"]
+    assert "no disk quota: switched off" in found["tandem.W002"]

@@ -227,6 +227,15 @@ def test_preparing_the_worktree_never_follows_its_links(worktree):
     assert (outside / "secret.txt").stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the grant walk happens only as root")
+def test_preparing_a_huge_worktree_stops_at_a_bound(worktree, monkeypatch):
+    monkeypatch.setattr(sandbox, "GRANT_MAX_ENTRIES", 50)
+    for i in range(100):
+        (worktree / f"f{i}").touch()
+    with pytest.raises(SandboxError, match="too large to prepare"):
+        sh("true", worktree)
+
+
 def test_no_network_to_the_servers_database_or_redis(worktree):
     script = """
 import socket
