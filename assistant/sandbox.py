@@ -16,6 +16,11 @@ Every tool that touches a repository goes through :func:`run`. What the command 
 Limits: wall time (we kill it), CPU seconds, address space, processes, file size (all rlimits set
 by ``prlimit`` *inside* the sandbox, see :func:`_bwrap_args`), combined output size (read as a
 stream, cut with a marker, killed when it goes on far past the cap) and the size of ``/tmp``.
+And the call as a whole, where the host allows: a cgroup of its own per call (``cgroups``) bounds
+the memory, processes and CPU of all its processes together; bwrap is started through a tiny
+``/bin/sh`` wrapper that joins the group and then execs, so nothing of the call runs outside it,
+and whatever is left in it is killed when the call ends. Disk and file count are bounded per
+workspace by ``quota`` (a file system of its own), not here.
 
 Processes: ``RLIMIT_NPROC`` is not enforced for (host) root, so the command must never run as
 root. A server running as an ordinary user runs bwrap as itself (the recommended deployment:

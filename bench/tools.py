@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from assistant import sandbox  # noqa: E402
+from assistant import cgroups, sandbox  # noqa: E402
 
 HEADING = "## Sandbox (bench/tools.py)"
 PATTERN = "needle_[0-9]+"
@@ -71,11 +71,17 @@ async def time_sandboxed(argv: list[str], wt: Path) -> tuple[float, sandbox.Sand
 
 async def startup(calls: int, wt: Path) -> dict:
     await time_sandboxed(["true"], wt)  # the one-time worktree preparation is not start-up
-    direct, boxed = [], []
-    for _ in range(calls):  # interleaved, so drift in machine load hits both alike
+    direct, boxed, bare = [], [], []
+    with_group = cgroups.new_call_group
+    for _ in range(calls):  # interleaved, so drift in machine load hits all alike
         direct.append(await time_direct(["true"], wt))
         boxed.append((await time_sandboxed(["true"], wt))[0])
-    return {"direct": direct, "sandboxed": boxed}
+        cgroups.new_call_group = lambda limits: None  # as with SANDBOX_CGROUPS=off
+        try:
+            bare.append((await time_sandboxed(["true"], wt))[0])
+        finally:
+            cgroups.new_call_group = with_group
+    return {"direct": direct, "sandboxed": boxed, "no_cgroup": bare}
 
 
 def make_tree(root: Path, files: int) -> int:
@@ -138,6 +144,16 @@ def report(start: dict, g: dict, calls: int, files: int, repeat: int) -> str:
     ]
     rounds = ", ".join(f"{r:.1f}" for r in start["rounds"])
     rows.append(f"| (overhead per round: {rounds} ms) | | |")
+    if start.get("no_cgroup") and cgroups.status()[0]:
+        n = start["no_cgroup"]
+        nm = statistics.median(n)
+        rows += [
+            f"| sandboxed without the call's cgroup (`SANDBOX_CGROUPS=off`) | {nm:.1f} ms | "
+            f"{pct(n, 0.95):.1f} ms |",
+            f"| cost of the cgroup per call (v{cgroups.status()[0]}: make, join through "
+            f"`/bin/sh`{' and setpriv' if os.geteuid() == 0 else ''}, remove) | "
+            f"{bm - nm:.1f} ms | |",
+        ]
     if "uvloop" in start:
         ud, ub = start["uvloop"]["direct"], start["uvloop"]["sandboxed"]
         udm, ubm = statistics.median(ud), statistics.median(ub)
@@ -215,13 +231,14 @@ def main() -> None:
             import uvloop  # Daphne's loop; as root the sandbox starts bwrap through setpriv there
         except ImportError:
             uvloop = None
-        start: dict = {"direct": [], "sandboxed": [], "rounds": []}
+        start: dict = {"direct": [], "sandboxed": [], "no_cgroup": [], "rounds": []}
         per_round = max(1, args.calls // args.rounds)
         for n in range(args.rounds):
             print(f"start-up round {n + 1}/{args.rounds}: {per_round} x `true` ...", flush=True)
             one = asyncio.run(startup(per_round, small))
             start["direct"] += one["direct"]
             start["sandboxed"] += one["sandboxed"]
+            start["no_cgroup"] += one["no_cgroup"]
             start["rounds"].append(
                 statistics.median(one["sandboxed"]) - statistics.median(one["direct"])
             )
