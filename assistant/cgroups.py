@@ -313,7 +313,7 @@ def log_status_once() -> None:
     if version:
         log.info("sandbox: each call gets a cgroup (v%s): memory, processes, CPU", version)
     else:
-        log.warning(
+        (log.info if "switched off" in why else log.warning)(
             "sandbox: no cgroup per call (%s); only per-process limits (rlimits) apply, so "
             "several processes of one call can together use more memory than the limit",
             why,

@@ -41,7 +41,7 @@ def announce_limits() -> None:
         if not _cgroup_problem():
             cgroups.sweep()
         if why := _quota_problem():
-            log.warning(
+            (log.info if "switched off" in why else log.warning)(
                 "sandbox: no disk quota per workspace (%s); a command can fill the server's "
                 "disk up to its free space (only the per-file size limit applies)",
                 why,
