@@ -252,6 +252,12 @@ async def _run_in(
     except ProcessLookupError:  # already gone (and reaped): nothing to kill
         pidfd = None
     watch = _Watch(proc, limits.max_output_bytes, pidfd)
+    # v1 has no memory.oom.group: end the whole call at its first out-of-memory kill, as v2 does.
+    oom_watch = (
+        asyncio.ensure_future(_end_on_oom(group, watch))
+        if group is not None and group.version == 1 and limits.total_memory_mb
+        else None
+    )
     try:
         body = asyncio.ensure_future(watch.communicate(stdin))
         try:
@@ -264,6 +270,8 @@ async def _run_in(
             await _settle(body)
             raise
     finally:
+        if oom_watch is not None:
+            oom_watch.cancel()
         status = _read_status(status_r)
         if pidfd is not None:
             os.close(pidfd)
@@ -689,6 +697,13 @@ class _Watch:
                 f"{name} not shown; at most {self.cap} bytes are kept{stopped}]\n"
             )
         return out
+
+
+async def _end_on_oom(group: cgroups.CallGroup, watch: _Watch) -> None:
+    """Poll the call's v1 memory group; at its first OOM kill, stop the call as a whole."""
+    while not group.oom_killed():  # a small sysfs read
+        await asyncio.sleep(0.1)
+    watch.kill("memory")  # bwrap, and with it the PID namespace; the group is emptied at the end
 
 
 async def _settle(body: asyncio.Future) -> None:

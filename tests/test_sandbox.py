@@ -388,7 +388,7 @@ print("killed", sum(1 for c in codes if os.WIFSIGNALED(c)))
     limits = SandboxLimits(wall_seconds=30, memory_mb=1024, total_memory_mb=300)
     r = run_sync(["python3", "-c", script], worktree=worktree, limits=limits)
     assert r.killed_reason == "memory", r
-    assert r.stdout.count("held 200 MB") <= 1, r  # never 400 MB or more at once
+    assert "held 200 MB" not in r.stdout, r  # never 400 MB at once; the whole call ended
     from assistant.tools.base import sandbox_failure
 
     why = sandbox_failure(r, limits)
