@@ -183,9 +183,12 @@ async def run(
         uid=uid,
         gid=gid,
     )
-    group = cgroups.new_call_group(
-        cgroups.Limits(limits.total_memory_mb, limits.total_processes, limits.cpus)
-    )
+    try:
+        group = cgroups.new_call_group(
+            cgroups.Limits(limits.total_memory_mb, limits.total_processes, limits.cpus)
+        )
+    except OSError as exc:  # cgroups worked at start-up: never go on without one now
+        raise SandboxError(f"the sandbox's cgroup could not be made: {exc}") from exc
     try:
         return await _run_in(group, argv, worktree, git_dir, limits, stdin, args, as_root, uid, gid)
     finally:
