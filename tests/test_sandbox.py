@@ -430,6 +430,17 @@ def test_the_command_runs_in_a_group_of_its_own(worktree):
     assert r.ok and all(line.endswith(":/") for line in r.stdout.splitlines()), r
 
 
+def test_without_cgroups_calls_keep_their_rlimits_and_say_why(worktree, monkeypatch, tmp_path):
+    # As on a host where no cgroup can be made (not root, nothing delegated).
+    monkeypatch.setattr(cgroups, "ROOT", tmp_path)
+    monkeypatch.setattr(cgroups, "_state", {})
+    version, why = cgroups.status()
+    assert version == 0 and "no cgroup v2" in why
+    r = run_sync(["python3", "-c", "x = bytearray(4 * 1024**3)"], worktree=worktree, limits=FAST)
+    assert r.exit_code == 1 and "MemoryError" in r.stderr, r  # RLIMIT_AS still holds
+    still_works(worktree)
+
+
 def test_endless_loop_is_killed_by_the_wall_clock(worktree):
     started = time.monotonic()
     r = sh("while true; do :; done", worktree, SandboxLimits(wall_seconds=1.5))
