@@ -632,13 +632,7 @@ async def _run_call(turn: Turn, call: ToolCall) -> None:
 
 
 def _tool_context(workspace: Workspace) -> tools.ToolContext:
-    limits = dataclasses.replace(
-        SandboxLimits(),
-        wall_seconds=settings.AGENT_COMMAND_SECONDS,
-        total_memory_mb=settings.SANDBOX_MEMORY_MB,
-        total_processes=settings.SANDBOX_PIDS,
-        cpus=settings.SANDBOX_CPUS,
-    )
+    limits = dataclasses.replace(SandboxLimits(), wall_seconds=settings.AGENT_COMMAND_SECONDS)
     return tools.ToolContext(
         tree=repos.workspace_path(workspace=workspace),
         git_dir=repos.git_dir(workspace=workspace),

@@ -109,6 +109,16 @@ GRANT_MAX_ENTRIES = 500_000
 GRANT_MAX_SECONDS = 120.0
 
 
+def _setting(name: str, default):
+    """A number from Django's settings (0 means no limit), or ``default`` outside Django."""
+    try:
+        from django.conf import settings
+
+        return type(default)(getattr(settings, name, default))
+    except Exception:  # no settings configured (scripts)
+        return default
+
+
 @dataclass(frozen=True)
 class SandboxLimits:
     wall_seconds: float = 30
@@ -118,10 +128,11 @@ class SandboxLimits:
     max_output_bytes: int = 1_000_000  # stdout + stderr kept; killed past 4x this
     max_file_mb: int = 100  # largest file it may write (RLIMIT_FSIZE)
     tmp_mb: int = 256  # size of the private /tmp (tmpfs, i.e. memory)
-    # The call as a whole, in a cgroup of its own where the host allows (see ``cgroups``):
-    total_memory_mb: int = 2048  # every process together, /tmp included (0: no limit)
-    total_processes: int = 256  # processes and threads together (0: no limit)
-    cpus: float = 1.0  # CPU time per wall time, 1.0 = one core (0: no limit)
+    # The call as a whole, in a cgroup of its own where the host allows (see ``cgroups``);
+    # defaults from SANDBOX_MEMORY_MB, SANDBOX_PIDS, SANDBOX_CPUS:
+    total_memory_mb: int = field(default_factory=lambda: _setting("SANDBOX_MEMORY_MB", 2048))
+    total_processes: int = field(default_factory=lambda: _setting("SANDBOX_PIDS", 256))
+    cpus: float = field(default_factory=lambda: _setting("SANDBOX_CPUS", 1.0))
 
 
 @dataclass
