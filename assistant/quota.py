@@ -23,6 +23,7 @@ made before the quota existed (no image) stays a plain directory.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -135,7 +136,10 @@ def ensure_mounted(workspace_dir: Path) -> None:
     image = image_path(workspace_dir)
     if not image.exists() or os.path.ismount(workspace_dir):
         return
-    with _lock:
+    # Daphne and the workers may all want it first after a restart: one mounts, under a lock
+    # on the image shared by every process.
+    with _lock, open(image, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
         if os.path.ismount(workspace_dir):
             return
         workspace_dir.mkdir(exist_ok=True)
