@@ -82,7 +82,10 @@ def _context(text: str) -> dict:
 
 
 def _message(fallback: str, blocks: list[dict]) -> dict:
-    return {"text": trim(fallback, FALLBACK_CHARS), "blocks": blocks}
+    """``fallback`` is plain text (titles, names, replies as written): escaped here, as the
+    blocks' texts are, since Slack reads it as mrkdwn too (``<!channel>`` would ping everyone,
+    ``<https://evil|Tandem login>`` would be a link)."""
+    return {"text": escape(trim(fallback, FALLBACK_CHARS)), "blocks": blocks}
 
 
 def _title(conversation) -> str:
@@ -178,7 +181,7 @@ def decided(call) -> dict:
     """The approval message once decided: the buttons give way to who decided what."""
     conversation = call.run.conversation
     command = trim(redactor(conversation.team)(command_of(call)), 500)
-    who = escape(call.decided_by.name) if call.decided_by else "someone"
+    who = call.decided_by.name if call.decided_by else "someone"
     verdict = {
         "approved": f":white_check_mark: Approved by {who}",
         "denied": f":no_entry_sign: Denied by {who}",
@@ -190,21 +193,21 @@ def decided(call) -> dict:
         [
             _section(f"*Command* in {_title(conversation)}"),
             _section(f"```{escape(command)}```"),
-            _context(verdict),
+            _context(escape(verdict)),
         ],
     )
 
 
 def shared(link_obj, by) -> dict:
     conversation = link_obj.conversation
-    who = escape(by.name) if by else "Someone"
+    who = by.name if by else "Someone"
     audience = link_obj.get_audience_display().lower()
     mode = link_obj.get_mode_display().lower()
     # The share link itself is a secret shown once to whoever made it: never posted here.
     return _message(
         f"{who} shared {conversation.display_title}",
         [
-            _section(f":link: *{who} shared* {_title(conversation)}"),
+            _section(f":link: *{escape(who)} shared* {_title(conversation)}"),
             _context(f"Visible to {escape(audience)}, {escape(mode)}"),
         ],
     )
