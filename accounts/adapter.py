@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from allauth.account.adapter import DefaultAccountAdapter
 from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
+from allauth.socialaccount.models import SocialApp
 from django.conf import settings
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest
 
 
 class AccountAdapter(DefaultAccountAdapter):
@@ -28,5 +29,15 @@ class AccountAdapter(DefaultAccountAdapter):
         return super().get_signup_redirect_url(request)
 
 
+class ProviderNotConfigured(SocialApp.DoesNotExist, Http404):
+    """A provider with no app (its variables unset): allauth code that expects
+    SocialApp.DoesNotExist still gets it, and a view that lets it through answers 404 — the
+    login and callback URLs of every installed provider exist, switched on or not."""
+
+
 class SocialAccountAdapter(DefaultSocialAccountAdapter):
-    pass
+    def get_app(self, request: HttpRequest, provider, client_id=None) -> SocialApp:
+        try:
+            return super().get_app(request, provider, client_id=client_id)
+        except SocialApp.DoesNotExist:
+            raise ProviderNotConfigured(f"The sign-in provider {provider} is not switched on.")
