@@ -50,39 +50,42 @@ def team_create(*, name: str, owner: User, slug: str = "") -> Team:
 
 
 def membership_add(*, team: Team, user: User, role: str = Role.MEMBER) -> Membership:
-    membership, created = Membership.objects.get_or_create(
-        team=team, user=user, defaults={"role": role}
-    )
-    if not created and membership.role != role and role in Role.values:
-        membership.role = role
-        membership.save(update_fields=["role"])
+    """Join ``team`` as ``role``. Someone already in the team keeps the membership they have:
+    joining never changes a role (an invitation accepted at sign-in once demoted owners)."""
+    membership, _ = Membership.objects.get_or_create(team=team, user=user, defaults={"role": role})
     return membership
 
 
+def _keep_an_owner(target: Membership, *, new_role: str | None) -> None:
+    """Refuse to leave the team without an owner (``new_role`` None: ``target`` leaves). The
+    team's row is locked first, so two owners demoting each other can't both succeed."""
+    if target.role != Role.OWNER or new_role == Role.OWNER:
+        return
+    Team.objects.select_for_update().filter(pk=target.team_id).first()
+    others = Membership.objects.filter(team_id=target.team_id, role=Role.OWNER)
+    if not others.exclude(pk=target.pk).exists():
+        raise TeamError("A team needs at least one owner.")
+
+
+@transaction.atomic
 def membership_remove(*, actor: Membership, target: Membership) -> None:
     if target.team_id != actor.team_id:
         raise TeamError("Not a member of this team.")
     if target.role == Role.OWNER and actor.role != Role.OWNER:
         raise TeamError("Only an owner can remove an owner.")
-    if target.role == Role.OWNER and target.team.memberships.filter(role=Role.OWNER).count() == 1:
-        raise TeamError("A team needs at least one owner.")
-    from assistant.events import membership_ended_on_commit
-
-    membership_ended_on_commit(target.team_id, target.user_id)
+    _keep_an_owner(target, new_role=None)
+    # Sockets and event streams close on the membership's deletion (accounts/signals.py).
     target.delete()
 
 
-def membership_set_role(*, actor: Membership, target: Membership, role: str) -> None:
-    if actor.role != Role.OWNER:
+@transaction.atomic
+def membership_set_role(*, actor: Membership | None, target: Membership, role: str) -> None:
+    """Change a member's role. ``actor`` None: the site's operator (manage.py addmember)."""
+    if actor is not None and (actor.role != Role.OWNER or actor.team_id != target.team_id):
         raise TeamError("Only an owner can change roles.")
     if role not in Role.values:
         raise TeamError("Unknown role.")
-    if (
-        target.role == Role.OWNER
-        and role != Role.OWNER
-        and target.team.memberships.filter(role=Role.OWNER).count() == 1
-    ):
-        raise TeamError("A team needs at least one owner.")
+    _keep_an_owner(target, new_role=role)
     target.role = role
     target.save(update_fields=["role"])
 
@@ -107,7 +110,7 @@ def invitation_create(
     if role not in (Role.MEMBER, Role.ADMIN):
         raise TeamError("Invitations are for members or admins.")
     email = email.strip().lower()
-    if email and team.memberships.filter(user__email__iexact=email).exists():
+    if email and _is_members_address(team, email):
         raise TeamError(f"{email} is already a member.")
     token, token_hash = Invitation.new_token()
     invitation = Invitation.objects.create(
@@ -117,6 +120,19 @@ def invitation_create(
     if email:
         transaction.on_commit(lambda: _send_invitation_email(new, created_by))
     return new
+
+
+def _is_members_address(team: Team, email: str) -> bool:
+    """Whether ``email`` is a member's: their sign-in address or any address they verified
+    (an invitation to one would be accepted by them at their next sign-in)."""
+    from allauth.account.models import EmailAddress
+
+    return (
+        team.memberships.filter(user__email__iexact=email).exists()
+        or EmailAddress.objects.filter(
+            email__iexact=email, verified=True, user__memberships__team=team
+        ).exists()
+    )
 
 
 def _send_invitation_email(new: NewInvitation, inviter: User) -> None:
@@ -181,9 +197,13 @@ def accept_invitations_for_verified_email(*, user: User, email: str) -> list[Tea
     )
     for invitation in open_invites.select_related("team"):
         with transaction.atomic():
-            membership_add(team=invitation.team, user=user, role=invitation.role)
+            # Used up either way; someone already in the team keeps their role.
+            _, created = Membership.objects.get_or_create(
+                team=invitation.team, user=user, defaults={"role": invitation.role}
+            )
             invitation.accepted = timezone.now()
             invitation.accepted_by = user
             invitation.save(update_fields=["accepted", "accepted_by"])
-        joined.append(invitation.team)
+        if created:
+            joined.append(invitation.team)
     return joined

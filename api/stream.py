@@ -12,13 +12,16 @@ what a client gets doesn't depend on being subscribed at the right instant:
   the log can't vouch for them (trimmed or expired meanwhile, or an id it never gave), it
   sends ``reset`` and a fresh ``snapshot``: the client reloads the conversation.
 
-An idle stream sends a comment every API_SSE_HEARTBEAT_SECONDS and checks, as it does that
-often in any case, that the caller may still see the conversation (a revoked key, a member
-removed, a deleted conversation end the stream).
+The stream ends the moment the caller loses the team (removed, deactivated, deleted: the
+``access.ended`` event of assistant/events.py, which it listens for on the channel layer). An
+idle stream sends a comment every API_SSE_HEARTBEAT_SECONDS and checks, as it does that often
+in any case, that the caller may still see the conversation (a revoked key, a deleted
+conversation end the stream).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -32,6 +35,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from assistant import events
 from assistant.models import Conversation, Run
 from assistant.services import IN_FLIGHT
 
@@ -51,6 +55,7 @@ class Opened:
     caller: Caller
     conversation_pk: int
     conversation_id: str
+    team_id: int
     after: eventlog.EntryId | None
 
 
@@ -69,7 +74,7 @@ def _open(request: HttpRequest, conversation_id) -> Opened:
         after = eventlog.parse_id(raw)
         if after is None:
             raise ApiError(400, "invalid_last_event_id", "Last-Event-ID is not an event id.")
-    return Opened(caller, conversation.pk, str(conversation.uuid), after)
+    return Opened(caller, conversation.pk, str(conversation.uuid), conversation.team_id, after)
 
 
 def _snapshot(conversation_pk: int) -> list[dict]:
@@ -91,7 +96,9 @@ def _still_allowed(opened: Opened) -> bool:
         if not usable.exists():
             return False
     return Conversation.objects.filter(
-        pk=opened.conversation_pk, team__memberships__user=caller.user
+        pk=opened.conversation_pk,
+        team__memberships__user=caller.user,
+        team__memberships__user__is_active=True,
     ).exists()
 
 
@@ -114,6 +121,33 @@ def frame(event: str, payload: dict, event_id: eventlog.EntryId | None = None) -
 
 
 async def _events(opened: Opened):
+    """The stream, ended at once when the caller's access to the team ends."""
+    async with events.AccessWatch(opened.caller.user.pk, opened.team_id) as watch:
+        ended = asyncio.ensure_future(watch.ended())
+        try:
+            # Listening, then checked again: access that ended in between is not missed.
+            if not await _astill_allowed(opened):
+                return
+            async for chunk in _log_events(opened, ended):
+                yield chunk
+        finally:
+            ended.cancel()
+
+
+async def _until_ended(awaitable, ended: asyncio.Future):
+    """``awaitable``'s result, or None once ``ended`` is done (the caller's access ended)."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        await asyncio.wait({task, ended}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():  # access ended, or the stream itself was cancelled
+            task.cancel()
+    if ended.done() and not task.done():
+        return None
+    return task.result()
+
+
+async def _log_events(opened: Opened, ended: asyncio.Future):
     reader = eventlog.reader_for(opened.conversation_id)
     heartbeat = settings.API_SSE_HEARTBEAT_SECONDS
     # Seen in a snapshot: run id -> its last delta number there.
@@ -141,7 +175,7 @@ async def _events(opened: Opened):
                 pending = []
                 yield chunk
         checked_at = read_at = time.monotonic()
-        while True:
+        while not ended.done():
             out = []
             for entry_id, event in pending:
                 position = entry_id
@@ -165,7 +199,9 @@ async def _events(opened: Opened):
                     pending = []
                     yield chunk
             else:
-                pending = await reader.wait(position, int(heartbeat * 1000))
+                pending = await _until_ended(reader.wait(position, int(heartbeat * 1000)), ended)
+                if pending is None:
+                    return
                 if not pending:
                     yield b": keepalive\n\n"
             read_at = time.monotonic()

@@ -10,6 +10,11 @@ class AssistantConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from accounts.lifecycle import access_ended
+
         from . import checks  # noqa: F401 - registers the system checks
+        from . import events
 
         checks.announce_limits()
+        # Sockets (here and sharing's) and the API's event streams join the person's group.
+        access_ended.connect(events.end_access, dispatch_uid="assistant.events.end_access")

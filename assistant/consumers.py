@@ -109,10 +109,17 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         self.conversation_key = str(self.conversation.uuid)
         self.group = events.group_name(self.conversation_key)
         self.user_name = user.name
-        self.member_group = events.member_group(self.conversation.team_id, user.pk)
-        await self.channel_layer.group_add(self.member_group, self.channel_name)
+        self.user_group = events.user_group(user.pk)
+        await self.channel_layer.group_add(self.user_group, self.channel_name)
         # Join first, then read snapshots: no delta can fall between the two.
         await self.channel_layer.group_add(self.group, self.channel_name)
+        # Joined, then checked again: access that ended in between is not missed.
+        if await _conversation_for(user, conversation_id) is None:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.channel_layer.group_discard(self.user_group, self.channel_name)
+            self.conversation = None
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
         await self.accept()
         await self._send_sync()
         await streams.presence_join(self.conversation_key, self.channel_name, self.user_name)
@@ -122,7 +129,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if self.conversation is None:
             return
         await self.channel_layer.group_discard(self.group, self.channel_name)
-        await self.channel_layer.group_discard(self.member_group, self.channel_name)
+        await self.channel_layer.group_discard(self.user_group, self.channel_name)
         await streams.presence_leave(self.conversation_key, self.channel_name)
         await self._broadcast_presence()
 
@@ -166,9 +173,10 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if event["t"] == "conversation.deleted":
             await self.close(code=CLOSE_DELETED)
 
-    async def membership_ended(self, message: dict[str, Any]) -> None:
-        # Removed from the team: no more of its conversation, from this moment.
-        await self.close(code=CLOSE_NOT_FOUND)
+    async def access_ended(self, message: dict[str, Any]) -> None:
+        # Removed from the team, deactivated or deleted: nothing more, from this moment.
+        if events.ends_access(message, self.conversation.team_id):
+            await self.close(code=CLOSE_NOT_FOUND)
 
     async def _send_sync(self) -> None:
         runs = []

@@ -36,20 +36,50 @@ def group_name(conversation_id: str) -> str:
     return f"conversation.{conversation_id}"
 
 
-def member_group(team_id: int, user_id: int) -> str:
-    """Every socket one person has open on one team's conversations, to close them all when
-    the person leaves or is removed from the team."""
-    return f"member.{team_id}.{user_id}"
+def user_group(user_id: int) -> str:
+    """Every socket and event stream one person has open, to close them all the moment they
+    lose a team or their account (accounts.lifecycle.access_ended)."""
+    return f"user.{user_id}"
 
 
-def membership_ended_on_commit(team_id: int, user_id: int) -> None:
-    def send() -> None:
-        layer = get_channel_layer()
-        async_to_sync(layer.group_send)(
-            member_group(team_id, user_id), {"type": "membership.ended"}
-        )
+ACCESS_ENDED = "access.ended"
 
-    transaction.on_commit(send)
+
+def end_access(*, user_id: int, team_id: int | None, **kwargs) -> None:
+    """Receiver of accounts.lifecycle.access_ended (after commit, from sync code): tell every
+    connection of the person; those on ``team_id``'s conversations (all, when None) close."""
+    layer = get_channel_layer()
+    async_to_sync(layer.group_send)(user_group(user_id), {"type": ACCESS_ENDED, "team": team_id})
+
+
+def ends_access(message: dict[str, Any], team_id: int) -> bool:
+    """Whether an access.ended message is about ``team_id``."""
+    return message.get("team") in (None, team_id)
+
+
+class AccessWatch:
+    """For connections that are not consumers (the API's event stream): a channel of the
+    layer's own in the person's group. ``await watch.ended()`` returns once their access to
+    the team ends."""
+
+    def __init__(self, user_id: int, team_id: int) -> None:
+        self.group, self.team_id = user_group(user_id), team_id
+        self.layer = get_channel_layer()
+        self.channel = ""
+
+    async def __aenter__(self) -> AccessWatch:
+        self.channel = await self.layer.new_channel()
+        await self.layer.group_add(self.group, self.channel)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.layer.group_discard(self.group, self.channel)
+
+    async def ended(self) -> None:
+        while True:
+            message = await self.layer.receive(self.channel)
+            if message.get("type") == ACCESS_ENDED and ends_access(message, self.team_id):
+                return
 
 
 def message_data(message: Message) -> dict[str, Any]:

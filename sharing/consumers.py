@@ -55,9 +55,13 @@ def _open(token: str, ip: str | None, user) -> tuple[str, ShareLink | None, cont
 
 
 @database_sync_to_async
-def _still_active(link_pk: int) -> bool:
+def _still_active(link_pk: int, user) -> bool:
     link = ShareLink.objects.filter(pk=link_pk).select_related("conversation__team").first()
-    return link is not None and services.state(link) == services.FOUND
+    return (
+        link is not None
+        and services.state(link) == services.FOUND
+        and services.may_view(link, user)
+    )
 
 
 @database_sync_to_async
@@ -139,12 +143,13 @@ class ShareConsumer(AsyncWebsocketConsumer):
         self.streams: dict[str, _Stream] = {}
         self.groups_joined = [link.group, events.group_name(str(link.conversation.uuid))]
         if not link.is_public:
-            # A member removed from the team loses the team's links at once, too.
-            self.groups_joined.append(events.member_group(link.conversation.team_id, user.pk))
+            # A member removed from the team (or deactivated, or deleted) loses the team's
+            # links at once, too.
+            self.groups_joined.append(events.user_group(user.pk))
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
         # Joined first, then checked again: a revocation committed in between is not missed.
-        if not await _still_active(link.pk):
+        if not await _still_active(link.pk, user):
             await self.close(code=CLOSE_NOT_FOUND)
             return
         await self._send_sync()
@@ -191,8 +196,9 @@ class ShareConsumer(AsyncWebsocketConsumer):
     async def share_ended(self, message: dict[str, Any]) -> None:
         await self.close(code=message.get("code", services.CLOSE_REVOKED))
 
-    async def membership_ended(self, message: dict[str, Any]) -> None:
-        await self.close(code=CLOSE_NOT_FOUND)
+    async def access_ended(self, message: dict[str, Any]) -> None:
+        if self.link is not None and events.ends_access(message, self.link.conversation.team_id):
+            await self.close(code=CLOSE_NOT_FOUND)
 
     async def conv_delta(self, message: dict[str, Any]) -> None:
         if self.link is None:

@@ -172,7 +172,9 @@ def may_view(link: ShareLink, user) -> bool:
         return True
     if user is None or not user.is_authenticated:
         return False
-    return Membership.objects.filter(team_id=link.conversation.team_id, user=user).exists()
+    return Membership.objects.filter(
+        team_id=link.conversation.team_id, user=user, user__is_active=True
+    ).exists()
 
 
 def record_view(link: ShareLink) -> None:

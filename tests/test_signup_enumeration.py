@@ -47,9 +47,7 @@ def test_a_taken_address_gets_the_same_answer_as_a_new_one(mandatory, alice, mai
     assert len(to_alice) == 1
     assert "already" in to_alice[0].body.lower() and "sign" in to_alice[0].body.lower()
     # The newcomer got a confirmation link, and is not signed in before using it.
-    assert [m.to for m in mailoutbox if m.to != ["alice@example.com"]] == [
-        ["newcomer@example.com"]
-    ]
+    assert [m.to for m in mailoutbox if m.to != ["alice@example.com"]] == [["newcomer@example.com"]]
 
 
 def page_text(response) -> str:

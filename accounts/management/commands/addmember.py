@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import Role, Team, User
-from accounts.services import membership_add
+from accounts.services import TeamError, membership_add, membership_set_role
 
 
 class Command(BaseCommand):
@@ -19,5 +19,10 @@ class Command(BaseCommand):
         user = User.objects.filter(email__iexact=email).first()
         if user is None:
             raise CommandError(f"No user with the email {email}. Create one with createuser.")
-        membership_add(team=team, user=user, role=role)
+        membership = membership_add(team=team, user=user, role=role)
+        if membership.role != role:
+            try:
+                membership_set_role(actor=None, target=membership, role=role)
+            except TeamError as exc:
+                raise CommandError(str(exc))
         self.stdout.write(f"{user.email} is now {role} of {team.slug}.")
