@@ -13,8 +13,9 @@ class AssistantConfig(AppConfig):
         from accounts.lifecycle import access_ended
 
         from . import checks  # noqa: F401 - registers the system checks
-        from . import events
+        from . import events, repos
 
         checks.announce_limits()
         # Sockets (here and sharing's) and the API's event streams join the person's group.
         access_ended.connect(events.end_access, dispatch_uid="assistant.events.end_access")
+        repos.local_roots()  # warns, at start-up, of REPOS_LOCAL_ROOTS it ignores

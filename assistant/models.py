@@ -289,7 +289,7 @@ class Repository(models.Model):
         from .repos import RepoError, validate_url
 
         try:
-            self.url = validate_url(self.url)
+            self.url = validate_url(self.url, team=self.team if self.team_id else None)
         except RepoError as exc:
             raise ValidationError({"url": str(exc)})
 

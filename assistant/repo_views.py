@@ -66,7 +66,7 @@ class RepositoryForm(forms.Form):
 
     def clean_url(self) -> str:
         try:
-            return repos.validate_url(self.cleaned_data["url"])
+            return repos.validate_url(self.cleaned_data["url"], team=self.team)
         except repos.RepoError as exc:
             raise forms.ValidationError(str(exc))
 

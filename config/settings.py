@@ -205,6 +205,11 @@ CELERY_TASK_ALWAYS_EAGER = False
 REPO_FETCH_MINUTES = envint("REPO_FETCH_MINUTES", 15)
 # Mirrors and per-conversation workspaces (assistant/repos.py).
 REPOS_ROOT = Path(env("REPOS_ROOT", str(DATA_DIR / "repos")))
+# Directories local repositories (a path or file://) may come from; production connects none
+# by path unless some are named (assistant/repos.py). Never inside DATA_DIR, REPOS_ROOT, BASE_DIR.
+REPOS_LOCAL_ROOTS = envlist("REPOS_LOCAL_ROOTS")
+if any(not os.path.isabs(root) for root in REPOS_LOCAL_ROOTS):
+    raise ImproperlyConfigured("REPOS_LOCAL_ROOTS must list absolute paths, separated by commas.")
 CELERY_BEAT_SCHEDULE = {
     "fetch-repositories": {
         "task": "assistant.fetch_repositories",

@@ -5,6 +5,7 @@ default), with runs executed by a real Celery worker where a test starts the sta
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tandem")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/9")
@@ -19,3 +20,6 @@ os.environ.setdefault("WORKSPACE_QUOTA_MB", "0")
 from .settings import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests
+# The tests' local repositories are made under the temporary directory (pytest's tmp_path):
+# the rules for named roots apply, as in a production that allows local paths.
+REPOS_LOCAL_ROOTS = [tempfile.gettempdir()]
