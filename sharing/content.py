@@ -128,6 +128,14 @@ def run_view(run: Run, lens: Lens, *, workspace: Workspace | None = None) -> dic
         # hosts) are the team's settings, not the conversation.
         context["model"] = ""
         context["error"] = ""
+    for part in context["segments"]:
+        call = part.get("call")
+        if call is not None:
+            # Redacted as decoded values, before the JSON text's escapes can hide a secret.
+            call["arguments"] = redaction.json_text(call["arguments"] or "", lens.redact)
+            call["arguments_pretty"] = redaction.json_text(
+                call["arguments_pretty"] or "", lens.redact, indent=2
+            )
     context = redaction.deep(context, lens.redact, skip=_KEEP)
     if run.status in IN_FLIGHT:
         # Held back: the end of a growing text may be the first half of a secret.

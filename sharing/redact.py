@@ -14,6 +14,7 @@ half makes it recognisable.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -32,43 +33,58 @@ _KEY_BLOCK = re.compile(
 # ("Bearer …"). A pattern only runs when one of its hints occurs in the lower-cased text: a
 # substring search is far cheaper than a regex scan, and streamed text is redacted again and
 # again as it grows.
+#
+# No pattern asks for a word boundary before a secret: text arrives in every shape (JSON with
+# "\ndb_password=…", C-quoted file names with "\303\251ghp_…", a token glued to a word), and a
+# boundary there is exactly where a secret slipped through. Prefixes distinctive enough stand
+# alone; "sk-" is common inside words ("flask-sqlalchemy-utils"), so glued to one it counts
+# only with a capital and a digit in it, as real keys have.
+_SK_BODY = r"[A-Za-z0-9_-]{16,}"
+_ASSIGNED_VALUE = r"(?:\"[^\"\n]*\"?|'[^'\n]*'?|[^\s\"']+)"
 _PATTERNS: list[tuple[re.Pattern[str], str, tuple[str, ...]]] = [
     (_KEY_BLOCK, MARK, ("-----begin",)),
     # Credentials in URLs: https://user:password@host keeps the user, loses the password.
     (
-        re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@\"'<>]*:)[^\s/@\"'<>]+@"),
+        re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@\"'<>]*:)[^\s/@\"'<>]+@"),
         rf"\1{MARK}@",
         ("://",),
     ),
     # Authorization headers and bare bearer tokens.
     (
-        re.compile(r"(?i)\b(authorization\s*[:=]\s*[\"']?(?:bearer|basic|token|bot)\s+)[^\s\"',]+"),
+        re.compile(r"(?i)(authorization\s*[:=]\s*[\"']?(?:bearer|basic|token|bot)\s+)[^\s\"',]+"),
         rf"\1{MARK}",
         ("authorization",),
     ),
-    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), rf"\1{MARK}", ("bearer",)),
+    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), rf"\1{MARK}", ("bearer",)),
     # GitHub: personal, OAuth, user-to-server, server-to-server, refresh; fine-grained PATs.
     (
-        re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"),
+        re.compile(r"gh[pousr]_[A-Za-z0-9]{20,}"),
         MARK,
         ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
     ),
-    (re.compile(r"\bgithub_pat_[A-Za-z0-9_]{20,}"), MARK, ("github_pat_",)),
-    (re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}"), MARK, ("glpat-",)),
-    # OpenAI (sk-…, sk-proj-…) and Anthropic (sk-ant-…).
-    (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), MARK, ("sk-",)),
-    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), MARK, ("akia", "asia")),
+    (re.compile(r"github_pat_[A-Za-z0-9_]{20,}"), MARK, ("github_pat_",)),
+    (re.compile(r"glpat-[A-Za-z0-9_-]{20,}"), MARK, ("glpat-",)),
+    # OpenAI (sk-…, sk-proj-…) and Anthropic (sk-ant-…): standing alone, or glued to a word
+    # but with a capital and a digit.
+    (re.compile(r"(?<![A-Za-z0-9])sk-" + _SK_BODY), MARK, ("sk-",)),
     (
-        re.compile(r"(?i)\b(aws_secret_access_key\s*[=:]\s*[\"']?)[A-Za-z0-9/+=]{30,}"),
+        re.compile(r"sk-(?=[A-Za-z0-9_-]*[A-Z])(?=[A-Za-z0-9_-]*[0-9])" + _SK_BODY),
+        MARK,
+        ("sk-",),
+    ),
+    (re.compile(r"(?:AKIA|ASIA)[0-9A-Z]{16}"), MARK, ("akia", "asia")),
+    (
+        re.compile(r"(?i)(aws_secret_access_key[\"']?\s*[=:]\s*[\"']?)[A-Za-z0-9/+=]{30,}"),
         rf"\1{MARK}",
         ("aws_secret_access_key",),
     ),
-    (re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"), MARK, ("xox",)),
-    (re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), MARK, ("aiza",)),
+    (re.compile(r"xox[abprs]-[A-Za-z0-9-]{10,}"), MARK, ("xox",)),
+    (re.compile(r"AIza[0-9A-Za-z_-]{35}"), MARK, ("aiza",)),
     # JWTs: base64url JSON header and payload ("eyJ" is '{"'), then the signature.
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), MARK, ("eyj",)),
+    (re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), MARK, ("eyj",)),
     # Secrets in query strings and environment-style assignments (DB_PASSWORD=…, as `env`
-    # prints them). Upper-case names only: `token = get_token()` in code stays readable.
+    # prints them and .env files hold them, quoted values whole). Upper-case names written
+    # as `env` does only: `token = get_token()` and `SECRET_KEY = env(…)` in code stay readable.
     (
         re.compile(
             r"(?i)([?&](?:password|passwd|pwd|token|access_token|api_key|apikey|secret)=)[^&\s#\"']+"
@@ -78,8 +94,8 @@ _PATTERNS: list[tuple[re.Pattern[str], str, tuple[str, ...]]] = [
     ),
     (
         re.compile(
-            r"\b([A-Z][A-Z0-9_]*(?:PASSWORD|PASSWD|SECRET|TOKEN|API_KEY|APIKEY|PRIVATE_KEY)"
-            r"[A-Z0-9_]*=)(?!\[REDACTED\])[\"']?[^\s\"']+[\"']?"
+            r"([A-Z][A-Z0-9_]*(?:PASSWORD|PASSWD|SECRET|TOKEN|API_KEY|APIKEY|PRIVATE_KEY)"
+            r"[A-Z0-9_]*=)(?!\[REDACTED\])" + _ASSIGNED_VALUE
         ),
         rf"\1{MARK}",
         ("pass", "secret", "token", "api_key", "apikey", "private_key"),
@@ -151,6 +167,30 @@ def deep(value: Any, redact: Callable[[str], str], *, skip: frozenset[str] = fro
         return {k: v if k in skip else deep(v, redact, skip=skip) for k, v in value.items()}
     if isinstance(value, list):
         return [deep(v, redact, skip=skip) for v in value]
+    return value
+
+
+def json_text(text: str, redact: Callable[[str], str], *, indent: int | None = None) -> str:
+    """JSON text (a tool call's arguments) with every string in it, keys too, redacted as the
+    value it decodes to: in the JSON text escapes hide secrets ("\\nDB_PASSWORD=…",
+    "\\u0067hp_…"). Text that is not JSON is redacted as it is."""
+    try:
+        value = json.loads(text)
+    except (ValueError, TypeError):
+        return redact(text)
+    cleaned = _decoded(value, redact)
+    if cleaned == value:
+        return redact(text)
+    return json.dumps(cleaned, ensure_ascii=False, indent=indent)
+
+
+def _decoded(value: Any, redact: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact(k): _decoded(v, redact) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decoded(v, redact) for v in value]
     return value
 
 
