@@ -5,7 +5,7 @@ from __future__ import annotations
 from allauth.account import app_settings
 from allauth.account.adapter import get_adapter
 from allauth.account.forms import SignupForm as AllauthSignupForm
-from allauth.account.internal.userkit import filter_users_by_email
+from allauth.account.utils import filter_users_by_email
 from django.contrib.auth.hashers import make_password
 from django.shortcuts import redirect
 
