@@ -12,8 +12,7 @@ class AssistantConfig(AppConfig):
     def ready(self) -> None:
         from accounts.lifecycle import access_ended
 
-        from . import checks  # noqa: F401 - registers the system checks
-        from . import events, repos
+        from . import checks, events, repos  # importing checks registers the system checks
 
         checks.announce_limits()
         # Sockets (here and sharing's) and the API's event streams join the person's group.
