@@ -24,7 +24,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from . import events, hooks, llm, policy, repo_context, repos, streams, tools
+from . import diffs, events, hooks, llm, policy, repo_context, repos, streams, tools
 from .models import (
     FINISHED_STATUSES,
     Approval,
@@ -426,6 +426,10 @@ async def execute_run(run_id: str) -> None:
             tree_after = await _asnapshot(turn.workspace)
         except repos.RepoError:
             log.exception("Could not read the changes of run %s", run_id)
+        else:
+            # Stored before the run is marked finished, so the bubble that refreshes then
+            # shows it; pages only ever read it from the database.
+            await _arecord_changes(run, turn.workspace, tree_after)
     message = await arun_finish(
         run=run, status=status, text=turn.text, error=error, model=config.label,
         tree_after=tree_after,
@@ -436,6 +440,19 @@ async def execute_run(run_id: str) -> None:
 
 
 _asnapshot = sync_to_async(lambda ws: repos.snapshot(workspace=ws), thread_sensitive=False)
+
+
+def _record_changes(run: Run, workspace: Workspace, tree_after: str) -> None:
+    """The turn's diff, read bounded and stored; the workspace's latest tree (the patch)."""
+    Workspace.objects.filter(pk=workspace.pk).update(tree=tree_after)
+    run.tree_after = tree_after
+    try:
+        diffs.record(run)
+    except Exception:
+        log.exception("Could not store the changes of run %s", run.uuid)
+
+
+_arecord_changes = sync_to_async(_record_changes, thread_sensitive=False)
 
 
 async def _agent_loop(turn: Turn) -> None:

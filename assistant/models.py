@@ -127,6 +127,29 @@ class Run(models.Model):
         return self.status in FINISHED_STATUSES
 
 
+class RunDiff(models.Model):
+    """A finished turn's changes as pages show them: computed once in the worker, bounded
+    (see assistant/diffs.py), and served from here. The web process never runs git for it."""
+
+    run = models.OneToOneField(Run, on_delete=models.CASCADE, related_name="diff")
+    # One dict per changed file, in git's order: path, old_path (renames), status (A M D R),
+    # added/deleted (lines; None for binary, too large or not counted), size (bytes of the
+    # larger side), binary, too_large (above DIFF_MAX_FILE_BYTES: named, never read) and
+    # shown (its diff is in ``text``, maybe clipped).
+    files = models.JSONField(default=list)
+    files_total = models.PositiveIntegerField(default=0)  # more than len(files) when capped
+    added = models.PositiveIntegerField(default=0)
+    deleted = models.PositiveIntegerField(default=0)
+    text = models.TextField(blank=True)  # the unified diff shown, at most DIFF_MAX_TOTAL_BYTES
+    html = models.TextField(blank=True)  # ``text`` highlighted, so pages don't run Pygments
+    clipped = models.BooleanField(default=False)  # some file's diff is missing or cut short
+    error = models.TextField(blank=True)  # why the changes could not be read, in words
+    created = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"diff of run {self.run_id}"
+
+
 class ToolCallStatus(models.TextChoices):
     PENDING = "pending", "Pending"  # asked for by the model, not yet started
     AWAITING = "awaiting", "Awaiting approval"
@@ -317,6 +340,9 @@ class Workspace(models.Model):
     branch = models.CharField(max_length=255)
     work_branch = models.CharField(max_length=255)
     base_commit = models.CharField(max_length=64)
+    # The files as a git tree after the last finished turn or undo (blank before the first):
+    # the patch download is the diff from base_commit to it, without a snapshot of the tree.
+    tree = models.CharField(max_length=64, blank=True)
     created = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:

@@ -178,58 +178,67 @@ def _summary(name: str, args: Any) -> str:
     return ", ".join(f"{k}={v}" for k, v in args.items())[:200]
 
 
-MAX_DIFF_CHARS = 200_000  # beyond this, the page says so and the patch download has it all
-
-
-def run_changes(run, workspace, *, redact: Callable[[str], str] | None = None) -> dict | None:
-    """The files a finished turn changed, its highlighted diff, and whether it was undone.
-    ``redact`` (a share page's) is applied to paths and the diff before highlighting, which
-    would otherwise split a secret across spans."""
+def run_changes(run, workspace=None, *, redact: Callable[[str], str] | None = None) -> dict | None:
+    """The files a finished turn changed, its highlighted diff, and whether it was undone:
+    read from the turn's stored RunDiff (the worker computes it, bounded, when the turn ends;
+    a page never runs git). ``redact`` (a share page's) is applied to paths and the diff
+    before highlighting, which would otherwise split a secret across spans."""
     if not run.changed_files:
         return None
-    from . import repos
+    from .models import RunDiff
 
     try:
-        stat, diff = _tree_changes(workspace, run.tree_before, run.tree_after)
-    except repos.RepoError as exc:
-        return {"error": str(exc)}
+        stored = run.diff
+    except RunDiff.DoesNotExist:
+        from . import jobs
+
+        jobs.record_diff_soon(run)  # a turn from before diffs were stored, or a lost job
+        return {"pending": True}
+    if stored.error:
+        return {"error": stored.error}
+    diff, html = stored.text, stored.html
     if redact is not None:
-        diff = redact(diff)
-    clipped = len(diff) > MAX_DIFF_CHARS
-    if clipped:
-        diff = diff[:MAX_DIFF_CHARS]
+        redacted = redact(diff)
+        if redacted != diff:
+            diff, html = redacted, highlight_diff(redacted)
+    files = []
+    for f in stored.files:
+        f = dict(f)
+        f["path"] = redact(f["path"]) if redact else f["path"]
+        f["old_path"] = redact(f["old_path"]) if redact and f["old_path"] else f["old_path"]
+        f["size_text"] = _human_size(f.get("size"))
+        files.append(f)
     return {
-        "files": [
-            {
-                "status": s.status,
-                "path": redact(s.path) if redact else s.path,
-                "added": s.added,
-                "deleted": s.deleted,
-            }
-            for s in stat
-        ],
-        "added": sum(s.added or 0 for s in stat),
-        "deleted": sum(s.deleted or 0 for s in stat),
-        "diff_html": highlight_diff(diff),
-        "clipped": clipped,
+        "files": files,
+        "files_total": stored.files_total,
+        "files_left_out": max(0, stored.files_total - len(files)),
+        "added": stored.added,
+        "deleted": stored.deleted,
+        "diff_html": html,
+        "clipped": stored.clipped,
+        "too_large": [f for f in files if f.get("too_large")],
         "undone_by": run.undone_by.name if run.undone_by_id else None,
         "undone_at": run.undone_at,
     }
 
 
-@lru_cache(maxsize=128)
-def _tree_changes(workspace, old: str, new: str):
-    """A turn's changes, from git once per process: two trees never change, and every viewer
-    fetches the finished bubble (models hash by primary key, so the workspace is a fine key)."""
-    from . import repos
+def _human_size(size: int | None) -> str:
+    if size is None:
+        return ""
+    if size < 1000:
+        return f"{size} bytes"
+    for unit in ("kB", "MB", "GB"):
+        size /= 1000
+        if size < 1000 or unit == "GB":
+            return f"{size:.1f} {unit}"
+    return ""
 
-    return (
-        repos.diff_stat(workspace=workspace, old=old, new=new),
-        repos.diff_between(workspace=workspace, old=old, new=new),
-    )
 
-
-@lru_cache(maxsize=256)
-def highlight_diff(diff: str) -> str:
+def highlight_diff_uncached(diff: str) -> str:
     # Pygments escapes the text itself; nothing of the diff is ever HTML.
     return highlight(diff, get_lexer_by_name("diff"), _formatter)
+
+
+# Share pages whose redaction changed a diff; each entry is at most a few times
+# DIFF_MAX_TOTAL_BYTES.
+highlight_diff = lru_cache(maxsize=32)(highlight_diff_uncached)

@@ -3,19 +3,26 @@ one (and a branch) to a conversation. The git work itself lives in assistant/rep
 
 from __future__ import annotations
 
+import itertools
 import re
 import uuid
 
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    StreamingHttpResponse,
+)
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.selectors import admin_membership_for, membership_for
 
-from . import repos, selectors, services
+from . import diffs, repos, selectors, services
 from .models import RepoAuth, Repository
 
 
@@ -194,19 +201,24 @@ def _workspace(request: HttpRequest, slug: str, conversation_id):
 @login_required
 @require_GET
 def conversation_patch(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
-    """Everything the conversation changed, as a patch for `git apply` on its base commit."""
+    """Everything the conversation changed up to its last finished turn, as a patch for
+    `git apply` on its base commit: streamed from git as it comes, never held whole, and cut
+    at PATCH_MAX_BYTES with a last line that says so."""
     conversation, workspace = _workspace(request, slug, conversation_id)
     try:
-        body = repos.patch(workspace=workspace)
+        chunks = iter(diffs.patch_stream(workspace=workspace))
+        first = next(chunks, b"")
     except repos.RepoError as exc:
         return HttpResponse(str(exc), status=409, content_type="text/plain; charset=utf-8")
-    if not body:
+    if not first:
         return HttpResponse(
             "This conversation has not changed any files yet.",
             status=409,
             content_type="text/plain; charset=utf-8",
         )
-    response = HttpResponse(body, content_type="text/x-diff; charset=utf-8")
+    response = StreamingHttpResponse(
+        itertools.chain([first], chunks), content_type="text/x-diff; charset=utf-8"
+    )
     name = f"tandem-{workspace.repository.name}-{conversation.uuid.hex[:8]}.patch"
     response["Content-Disposition"] = f'attachment; filename="{_safe_filename(name)}"'
     return response
@@ -229,7 +241,7 @@ def conversation_push(request: HttpRequest, slug: str, conversation_id) -> HttpR
         return back
     user = request.user
     try:
-        if not repos.patch(workspace=workspace):
+        if not repos.has_changes(workspace=workspace):
             messages.error(request, "There is nothing to push: no file was changed.")
             return back
         repos.commit_all(

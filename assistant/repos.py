@@ -38,7 +38,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -380,6 +380,113 @@ def _run_git(
     return proc.returncode, out, err
 
 
+class GitStream:
+    """git's stdout read as it comes, never more than ``limit`` bytes: once that much has come,
+    or ``timeout`` seconds have passed, git (and its process group) is killed. ``cut`` then
+    says so; a failure exit that was not ours raises RepoError at the end of the iteration.
+    Its stderr goes to a file (only the last few kilobytes are read), stdin gets ``input`` from
+    a thread of its own, so neither side of a pipe can stall the other."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(
+        self,
+        args: tuple[str | Path, ...],
+        *,
+        doing: str,
+        limit: int,
+        input: bytes | None = None,
+        timeout: float = LOCAL_TIMEOUT,
+    ) -> None:
+        self.args, self.doing, self.limit = args, doing, limit
+        self.input, self.timeout = input, timeout
+        self.cut = False  # stopped at ``limit``, not at the end of git's output
+        self.timed_out = False
+        self.read = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        import threading
+
+        command = ["git", *_HARDENING, *map(str, self.args)]
+        with tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.Popen(
+                    command,
+                    cwd="/",
+                    env=_env(None),
+                    stdin=subprocess.PIPE if self.input is not None else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    start_new_session=True,
+                )
+            except FileNotFoundError:
+                raise RepoError("git is not installed on the server.")
+
+            def kill() -> None:
+                if proc.poll() is None:
+                    with suppress(OSError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+
+            def expire() -> None:
+                self.timed_out = True
+                kill()
+
+            timer = threading.Timer(self.timeout, expire)
+            timer.daemon = True
+            timer.start()
+            if self.input is not None:
+                threading.Thread(target=_feed, args=(proc, self.input), daemon=True).start()
+            try:
+                while self.read < self.limit:
+                    chunk = proc.stdout.read1(min(self.CHUNK, self.limit - self.read))
+                    if not chunk:
+                        break
+                    self.read += len(chunk)
+                    yield chunk
+                else:
+                    # Exactly at the limit: cut only if git had more to say.
+                    self.cut = bool(proc.stdout.read1(1))
+            finally:
+                timer.cancel()
+                if self.cut or proc.poll() is None:
+                    kill()
+                proc.stdout.close()
+                code = proc.wait()
+            if self.timed_out:
+                raise RepoError(
+                    f"{self.doing} took longer than {self.timeout:g} seconds and was stopped."
+                )
+            if code and not self.cut:
+                err.seek(max(0, err.seek(0, os.SEEK_END) - 4096))
+                raise RepoError(f"{self.doing} failed: {_explain(err.read(), None)}")
+
+    def collect(self) -> bytes:
+        return b"".join(self)
+
+
+def _feed(proc: subprocess.Popen, data: bytes) -> None:
+    try:
+        proc.stdin.write(data)
+        proc.stdin.close()
+    except (BrokenPipeError, ValueError, OSError):
+        pass  # git stopped reading: it was killed, or it failed and says why on stderr
+
+
+def ws_git_stream(workspace: Workspace, *args: str, doing: str, limit: int, **kwargs) -> GitStream:
+    """A git command on a workspace whose output is read bounded: see GitStream. Every read of
+    a turn's changes for display, and the patch download, goes through here."""
+    return GitStream(
+        (
+            f"--git-dir={git_dir(workspace=workspace)}",
+            f"--work-tree={workspace_path(workspace=workspace)}",
+            *args,
+        ),
+        doing=doing,
+        limit=limit,
+        **kwargs,
+    )
+
+
 def _explain(stderr: bytes, env: dict[str, str] | None) -> str:
     text = stderr.decode("utf-8", "replace")
     header = (env or {}).get("GIT_CONFIG_VALUE_0", "")
@@ -676,6 +783,22 @@ def diff(*, workspace: Workspace, since: str | None = None) -> str:
 def patch(*, workspace: Workspace) -> bytes:
     """Everything the conversation changed since its base, for `git apply` on that base."""
     return _diff(workspace, workspace.base_commit)
+
+
+def has_changes(*, workspace: Workspace) -> bool:
+    """Whether the files on disk differ from the base commit (git's exit code, no output)."""
+    code, _, err = _run_git(
+        (
+            f"--git-dir={git_dir(workspace=workspace)}",
+            f"--work-tree={workspace_path(workspace=workspace)}",
+            "diff-tree", "--quiet", "-r", "--ignore-submodules=all",
+            _checked_sha(workspace.base_commit), _snapshot(workspace),
+        ),
+        doing="Reading the changes", env=None, input=None, timeout=LOCAL_TIMEOUT,
+    )  # fmt: skip
+    if code not in (0, 1):
+        raise RepoError(f"Reading the changes failed: {_explain(err, None)}")
+    return code == 1
 
 
 def snapshot(*, workspace: Workspace) -> str:

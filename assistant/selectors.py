@@ -37,7 +37,7 @@ def user_messages_of(conversation: Conversation) -> QuerySet[Message]:
 
 def runs_of(conversation: Conversation) -> QuerySet[Run]:
     return (
-        conversation.runs.select_related("assistant_message", "undone_by")
+        conversation.runs.select_related("assistant_message", "undone_by", "diff")
         .prefetch_related("tool_calls__decided_by")
         .order_by("created", "id")
     )

@@ -179,10 +179,14 @@ def cancel_waiting(run: Run) -> bool:
         text=run.text,
         error="",
         from_status=RunStatus.WAITING,
-        tree_after=_tree_now(run),
     )
     if not stopped:
         return False
+    if run.tree_before:
+        # Its files are read (and its diff stored) in the worker, not here.
+        from . import jobs
+
+        jobs.enqueue("finish_stopped", str(run.uuid))
     ToolCall.objects.filter(
         run=run,
         status__in=[ToolCallStatus.PENDING, ToolCallStatus.AWAITING, ToolCallStatus.APPROVED],
@@ -197,19 +201,6 @@ def cancel_waiting(run: Run) -> bool:
         },
     )
     return True
-
-
-def _tree_now(run: Run) -> str:
-    """The workspace's files now, for a turn that ends without its worker (its diff)."""
-    from . import repos
-
-    workspace = getattr(run.conversation, "workspace", None)
-    if not run.tree_before or workspace is None:
-        return ""
-    try:
-        return repos.snapshot(workspace=workspace)
-    except repos.RepoError:
-        return ""
 
 
 class Decision:

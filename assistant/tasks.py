@@ -29,3 +29,20 @@ def fetch_repositories() -> None:
         with contextlib.suppress(RepoError):
             ensure_mirror(repo=repo)
     remove_orphans()
+
+
+@shared_task(name="assistant.record_diff", acks_late=True, ignore_result=True)
+def record_diff(run_id: str) -> None:
+    from . import jobs
+
+    jobs.record_diff(run_id)
+
+
+@shared_task(name="assistant.finish_stopped", acks_late=True, ignore_result=True)
+def finish_stopped(run_id: str) -> None:
+    from . import jobs
+
+    jobs.finish_stopped(run_id)
+
+
+JOBS = {"record_diff": record_diff, "finish_stopped": finish_stopped}

@@ -210,6 +210,15 @@ REPOS_ROOT = Path(env("REPOS_ROOT", str(DATA_DIR / "repos")))
 REPOS_LOCAL_ROOTS = envlist("REPOS_LOCAL_ROOTS")
 if any(not os.path.isabs(root) for root in REPOS_LOCAL_ROOTS):
     raise ImproperlyConfigured("REPOS_LOCAL_ROOTS must list absolute paths, separated by commas.")
+
+# A turn's diff is read bounded in the worker and stored (assistant/diffs.py): a file larger
+# than DIFF_MAX_FILE_BYTES is named with its size, never read; the diff text kept per turn
+# stops at DIFF_MAX_TOTAL_BYTES; at most DIFF_MAX_FILES files are listed. The patch download
+# streams from git and stops (saying so) at PATCH_MAX_BYTES.
+DIFF_MAX_FILE_BYTES = envint("DIFF_MAX_FILE_BYTES", 1_000_000)
+DIFF_MAX_TOTAL_BYTES = envint("DIFF_MAX_TOTAL_BYTES", 200_000)
+DIFF_MAX_FILES = envint("DIFF_MAX_FILES", 1000)
+PATCH_MAX_BYTES = envint("PATCH_MAX_BYTES", 50_000_000)
 CELERY_BEAT_SCHEDULE = {
     "fetch-repositories": {
         "task": "assistant.fetch_repositories",

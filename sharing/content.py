@@ -56,7 +56,7 @@ def turns(conversation: Conversation, lens: Lens, *, changes: bool = True) -> li
     """User messages, each with the runs that answer it, as far as the lens sees."""
     messages = conversation.messages.filter(role=Role.USER).select_related("author")
     runs = (
-        conversation.runs.select_related("assistant_message", "undone_by")
+        conversation.runs.select_related("assistant_message", "undone_by", "diff")
         .prefetch_related("tool_calls__decided_by", "tool_calls__run")
         .order_by("created", "id")
     )
@@ -80,7 +80,7 @@ def turns(conversation: Conversation, lens: Lens, *, changes: bool = True) -> li
 def turn_view(message: Message, lens: Lens) -> dict:
     """One user message with its runs (for a live viewer when a message arrives)."""
     runs = (
-        message.runs.select_related("assistant_message", "undone_by")
+        message.runs.select_related("assistant_message", "undone_by", "diff")
         .prefetch_related("tool_calls__decided_by", "tool_calls__run")
         .order_by("created", "id")
     )

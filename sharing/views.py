@@ -272,7 +272,7 @@ def share_view(request: HttpRequest, link: ShareLink, token: str) -> HttpRespons
 @shared
 def share_run(request: HttpRequest, link: ShareLink, token: str, run_id) -> HttpResponse:
     lens = content.lens_for_link(link)
-    runs = link.conversation.runs.select_related("assistant_message", "undone_by")
+    runs = link.conversation.runs.select_related("assistant_message", "undone_by", "diff")
     if lens.until is not None:
         runs = runs.filter(created__lte=lens.until)
     run = get_object_or_404(runs, uuid=run_id)

@@ -417,7 +417,7 @@ def test_the_patch_has_every_change_of_the_conversation(conversation, alice, wor
     response = client.get(url)
     assert response.status_code == 200
     assert response["Content-Disposition"].startswith("attachment;")
-    patch = response.content
+    patch = b"".join(response.streaming_content)  # streamed from git, never held whole
     # It applies to the base commit and gives the conversation's files.
     check = Path(tempfile.mkdtemp(prefix="tandem-patch-"))
     try:

@@ -498,7 +498,7 @@ def test_a_share_reveals_nothing_beyond_its_own_conversation(alice, bob, charlie
 
 
 def test_shared_diffs_are_redacted(alice, bob, team, conversation, settings, tmp_path):
-    from assistant import repos
+    from assistant import diffs, repos
 
     settings.REPOS_ROOT = tmp_path / "repos"
     origin = tmp_path / "origin"
@@ -516,6 +516,7 @@ def test_shared_diffs_are_redacted(alice, bob, team, conversation, settings, tmp
     after = repos.snapshot(workspace=workspace)
     run = exchange(conversation, alice, "Add settings", "Added settings.py.")
     Run.objects.filter(pk=run.pk).update(tree_before=before, tree_after=after)
+    diffs.record(Run.objects.get(pk=run.pk))  # what the worker does when a turn ends
     token = share(conversation, alice, audience="public")
     html = body(Client().get(f"/s/{token}/"))
     assert 'data-testid="diff"' in html and "settings.py" in html and "DEBUG" in html
