@@ -235,8 +235,7 @@ def record(run: Run) -> RunDiff | None:
 def patch_stream(*, workspace: Workspace) -> Iterator[bytes]:
     """Everything the conversation changed up to its last finished turn (or undo), for
     ``git apply`` on its base commit: streamed from git, stopped at PATCH_MAX_BYTES with a last
-    line saying so. Files above the cap are never loaded (git takes them as binary from their
-    size). Empty when nothing changed."""
+    line saying so: the web process holds one chunk at a time. Empty when nothing changed."""
     cap = max(1, settings.PATCH_MAX_BYTES)
     if not workspace.tree:
         return iter(())
@@ -245,7 +244,6 @@ def patch_stream(*, workspace: Workspace) -> Iterator[bytes]:
         return iter(())
     stream = repos.ws_git_stream(
         workspace,
-        "-c", f"core.bigFileThreshold={cap}",
         "diff-tree", "-r", "-p", "--binary", "-M", "--no-ext-diff", "--no-textconv",
         "--ignore-submodules=all", base, tree,
         doing="Writing the patch", limit=cap, timeout=600,
@@ -254,22 +252,11 @@ def patch_stream(*, workspace: Workspace) -> Iterator[bytes]:
 
 
 def _with_notice(stream: repos.GitStream, cap: int) -> Iterator[bytes]:
-    # In a --binary patch git says "Binary files … differ" only for a file it would not load:
-    # one above the cap. The patch then misses it, and says so at the end.
-    left_out, tail = False, b""
     try:
-        for chunk in stream:
-            left_out = left_out or b"\nBinary files " in tail + chunk
-            tail = chunk[-16:]
-            yield chunk
+        yield from stream
     except repos.RepoError as exc:
         yield f"\n# Tandem: the patch is incomplete: {exc}\n".encode()
         return
-    if left_out and not stream.cut:
-        yield (
-            f"\n# Tandem: files larger than {cap:,} bytes (PATCH_MAX_BYTES) are not in this "
-            "patch; it will not apply whole. Push the branch to get them.\n"
-        ).encode()
     if stream.cut:
         yield (
             f"\n# Tandem: the patch was cut at {cap:,} bytes (PATCH_MAX_BYTES); it is "

@@ -3,13 +3,15 @@ one (and a branch) to a conversation. The git work itself lives in assistant/rep
 
 from __future__ import annotations
 
-import itertools
 import re
 import uuid
+from collections.abc import AsyncIterator, Iterator
 
+from asgiref.sync import sync_to_async
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.handlers.asgi import ASGIRequest
 from django.http import (
     Http404,
     HttpRequest,
@@ -216,12 +218,34 @@ def conversation_patch(request: HttpRequest, slug: str, conversation_id) -> Http
             status=409,
             content_type="text/plain; charset=utf-8",
         )
-    response = StreamingHttpResponse(
-        itertools.chain([first], chunks), content_type="text/x-diff; charset=utf-8"
-    )
+    body = _prepended(first, chunks)
+    if isinstance(request, ASGIRequest):
+        # Under ASGI Django would first read a sync iterator whole (into a list), the very
+        # thing this avoids: hand it an async one that reads git a chunk at a time.
+        body = _async_chunks(body)
+    response = StreamingHttpResponse(body, content_type="text/x-diff; charset=utf-8")
     name = f"tandem-{workspace.repository.name}-{conversation.uuid.hex[:8]}.patch"
     response["Content-Disposition"] = f'attachment; filename="{_safe_filename(name)}"'
     return response
+
+
+def _prepended(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    try:
+        yield first
+        yield from rest
+    finally:
+        getattr(rest, "close", lambda: None)()  # stops git when the download stops
+
+
+async def _async_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    done = object()
+    step = sync_to_async(lambda: next(chunks, done), thread_sensitive=False)
+    try:
+        while (chunk := await step()) is not done:
+            yield chunk
+    finally:
+        # A download stopped half-way: stop git too (closing the generator kills it).
+        await sync_to_async(getattr(chunks, "close", lambda: None), thread_sensitive=False)()
 
 
 def _safe_filename(name: str) -> str:
