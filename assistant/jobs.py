@@ -5,6 +5,8 @@ worker (production) or a thread of the embedded server, never the request itself
   stored, or one whose worker died before storing it).
 - ``finish_stopped``: a turn stopped while parked ends without its worker; its files are read
   (a snapshot) and its diff stored here, then the page is told to refresh the bubble.
+- ``undo``: revert one turn's changes (``git apply -R``) and read the files again (the patch
+  download's tree); the bubble is refreshed with the outcome.
 """
 
 from __future__ import annotations
@@ -88,4 +90,45 @@ def finish_stopped(run_id: str) -> None:
     Workspace.objects.filter(pk=workspace.pk).update(tree=tree)
     run.tree_after = tree
     diffs.record(run)
+    events.publish_sync(str(run.conversation.uuid), {"t": "run.updated", "run": run_id})
+
+
+def undo(run_id: str) -> None:
+    from django.utils import timezone
+
+    from . import events, repos
+    from .models import Run, Workspace
+    from .services import IN_FLIGHT
+
+    run = Run.objects.select_related("conversation").filter(uuid=run_id).first()
+    if run is None or run.undo_requested_by_id is None:
+        return
+    workspace = Workspace.objects.filter(conversation_id=run.conversation_id).first()
+    error = ""
+    if run.undone_at:
+        error = ""
+    elif workspace is None:
+        error = "This conversation no longer has a repository."
+    elif run.conversation.runs.filter(status__in=IN_FLIGHT).exists():
+        error = "Wait until the assistant has finished before undoing changes."
+    else:
+        try:
+            repos.revert_between(workspace=workspace, old=run.tree_before, new=run.tree_after)
+        except repos.RepoError as exc:
+            error = str(exc)
+    if error:
+        Run.objects.filter(pk=run.pk).update(undo_requested_by=None, undo_error=error)
+    elif not run.undone_at:
+        Run.objects.filter(pk=run.pk).update(
+            undone_by_id=run.undo_requested_by_id,
+            undone_at=timezone.now(),
+            undo_requested_by=None,
+            undo_error="",
+        )
+        try:
+            Workspace.objects.filter(pk=workspace.pk).update(
+                tree=repos.snapshot(workspace=workspace)
+            )
+        except repos.RepoError:
+            log.exception("Could not read the files after undoing run %s", run_id)
     events.publish_sync(str(run.conversation.uuid), {"t": "run.updated", "run": run_id})

@@ -107,6 +107,11 @@ class Run(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     undone_at = models.DateTimeField(null=True, blank=True)
+    # Undo runs in the worker: who asked, while it is under way; why it failed, if it did.
+    undo_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    undo_error = models.TextField(blank=True)
     # The API key the message came in with (null from the web): its usage is metered per key.
     api_key = models.ForeignKey(
         "api.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"

@@ -102,6 +102,8 @@ def run_context(
         "seq": seq,
         "segments": segments(text, [tool_call_context(call) for call in calls], live=live),
         "changes": run_changes(run, workspace) if workspace is not None else None,
+        "undo_pending": bool(getattr(run, "undo_requested_by_id", None)),
+        "undo_error": getattr(run, "undo_error", ""),
     }
 
 

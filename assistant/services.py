@@ -275,8 +275,10 @@ def _json_object(text: str) -> dict:
 
 
 def run_undo(*, run: Run, user: User) -> Run:
-    """Revert the files this turn changed, keeping later changes that don't conflict."""
-    from . import repos
+    """Ask the worker to revert the files this turn changed, keeping later changes that don't
+    conflict. The git work happens there (jobs.undo); the bubble says "Undoing…" meanwhile and
+    is refreshed (run.updated) when it is done, or says why it could not be."""
+    from . import jobs
 
     if not run.is_finished:
         raise ChatError("Wait until the reply has finished (or stop it) to undo its changes.")
@@ -284,18 +286,20 @@ def run_undo(*, run: Run, user: User) -> Run:
         raise ChatError("This reply changed no files.")
     if run.undone_at:
         raise ChatError("This reply's changes were already undone.")
-    workspace = getattr(run.conversation, "workspace", None)
-    if workspace is None:
+    if getattr(run.conversation, "workspace", None) is None:
         raise ChatError("This conversation no longer has a repository.")
     if run.conversation.runs.filter(status__in=IN_FLIGHT).exists():
         raise ChatError("Wait until the assistant has finished before undoing changes.")
-    try:
-        repos.revert_between(workspace=workspace, old=run.tree_before, new=run.tree_after)
-    except repos.RepoError as exc:
-        raise ChatError(str(exc))
-    Run.objects.filter(pk=run.pk).update(undone_by=user, undone_at=timezone.now())
+    asked = Run.objects.filter(
+        pk=run.pk, undone_at__isnull=True, undo_requested_by__isnull=True
+    ).update(undo_requested_by=user, undo_error="")
+    if not asked:
+        run.refresh_from_db()
+        if run.undone_at:
+            raise ChatError("This reply's changes were already undone.")
+        raise ChatError("These changes are being undone already.")
+    jobs.enqueue("undo", str(run.uuid))
     run.refresh_from_db()
-    events.publish_sync(str(run.conversation.uuid), {"t": "run.updated", "run": str(run.uuid)})
     return run
 
 

@@ -45,4 +45,11 @@ def finish_stopped(run_id: str) -> None:
     jobs.finish_stopped(run_id)
 
 
-JOBS = {"record_diff": record_diff, "finish_stopped": finish_stopped}
+@shared_task(name="assistant.undo", acks_late=True, ignore_result=True)
+def undo(run_id: str) -> None:
+    from . import jobs
+
+    jobs.undo(run_id)
+
+
+JOBS = {"record_diff": record_diff, "finish_stopped": finish_stopped, "undo": undo}

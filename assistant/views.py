@@ -78,7 +78,7 @@ def _run_context(run, workspace, **extra) -> dict:
     context = run_context(
         run, snap.text if snap else "", snap.seq if snap else 0, workspace=workspace
     )
-    return {**context, **extra}
+    return {**context, **{key: value for key, value in extra.items() if value}}
 
 
 _STREAMING = ("queued", "running")

@@ -116,6 +116,8 @@ def run_view(run: Run, lens: Lens, *, workspace: Workspace | None = None) -> dic
     if run.status in (RunStatus.QUEUED, RunStatus.RUNNING):
         snap = streams.snapshot_sync(str(run.uuid))
     context = run_context(run, snap.text if snap else "", snap.seq if snap else 0)
+    # Undo is the team's business (and its error names files): not on a shared page.
+    context["undo_pending"], context["undo_error"] = False, ""
     # Names of who approved a command: the lens decides how a person is named.
     people = {str(call.uuid): call.decided_by for call in run.tool_calls.all()}
     for part in context["segments"]:

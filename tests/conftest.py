@@ -229,6 +229,32 @@ def no_runs(monkeypatch):
     return queued
 
 
+@pytest.fixture
+def inline_jobs(monkeypatch):
+    """Jobs the web hands to the worker (assistant/jobs.py: undo, a stopped turn's diff) run
+    at once in the test's thread instead: no worker runs in tests without the stack."""
+    from assistant import jobs
+
+    done: list[tuple[str, tuple]] = []
+
+    def run(name: str, *args) -> None:
+        done.append((name, args))
+        getattr(jobs, name)(*args)
+
+    monkeypatch.setattr(jobs, "enqueue", run)
+    return done
+
+
+@pytest.fixture
+def queued_jobs(monkeypatch):
+    """Jobs the web hands to the worker, recorded and not run."""
+    from assistant import jobs
+
+    queued: list[tuple[str, tuple]] = []
+    monkeypatch.setattr(jobs, "enqueue", lambda name, *args: queued.append((name, args)))
+    return queued
+
+
 # --- Browser -------------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from django.test import Client
 
-from assistant import agent, repos, sandbox, services
+from assistant import agent, jobs, repos, sandbox, services
 from assistant.models import (
     Approval,
     Message,
@@ -77,7 +77,7 @@ def origin(parent) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def model(settings, provider_port, parent, no_runs):
+def model(settings, provider_port, parent, no_runs, inline_jobs):
     """The fake provider as the site's model; runs are executed here, never queued to a
     worker (a stack's worker from another test module must not claim them)."""
     settings.LLM_MODEL = "openai/fake-model"
@@ -396,6 +396,36 @@ def test_undo_reverts_one_turn_and_keeps_the_next(conversation, alice, bob, work
     assert "already undone" in again.content.decode()
     second.refresh_from_db()
     assert second.undone_at is None
+
+
+def test_undo_runs_in_the_worker_and_the_bubble_says_so(
+    conversation, alice, bob, workspace, tree, queued_jobs
+):
+    first = edit_run(conversation, alice, "return 41", "return 42")
+    second = edit_run(conversation, alice, "return 42", "return 43")
+    response = member_client(bob).post(f"/runs/{first.uuid}/undo/")
+    # The web process only asked: the files are untouched until the worker does it.
+    assert "Undoing these changes" in response.content.decode()
+    assert 'data-testid="undo"' not in response.content.decode()
+    assert queued_jobs == [("undo", (str(first.uuid),))]
+    assert "return 43" in (tree / "app.py").read_text()
+    again = member_client(alice).post(f"/runs/{first.uuid}/undo/")
+    assert "being undone already" in again.content.decode()
+    # The later turn changed the same line: the worker refuses, and the bubble says why.
+    jobs.undo(str(first.uuid))
+    page = member_client(bob).get(f"/runs/{first.uuid}/").content.decode()
+    assert "Undo could not be applied" in page and "app.py" in page
+    assert 'data-testid="undo"' in page  # it can be asked again, once the cause is gone
+    first.refresh_from_db()
+    assert first.undone_at is None and first.undo_requested_by is None
+    assert "return 43" in (tree / "app.py").read_text()
+    # Undo the later turn first, then this one: both go through.
+    for run in (second, first):
+        member_client(bob).post(f"/runs/{run.uuid}/undo/")
+        jobs.undo(str(run.uuid))
+    assert (tree / "app.py").read_text() == APP
+    workspace.refresh_from_db()
+    assert workspace.tree == repos.snapshot(workspace=workspace)  # what the patch is made of
 
 
 def test_undo_refuses_while_the_assistant_works(conversation, alice, workspace, no_runs):
