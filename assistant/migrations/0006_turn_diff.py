@@ -6,6 +6,23 @@ from django.conf import settings
 from django.db import migrations, models
 
 
+def latest_trees(apps, schema_editor):
+    """Existing workspaces: their tree is the latest finished turn's (the patch download's end;
+    an undo after it is not known here and is picked up by the next turn)."""
+    Workspace = apps.get_model("assistant", "Workspace")
+    Run = apps.get_model("assistant", "Run")
+    for workspace in Workspace.objects.filter(tree=""):
+        last = (
+            Run.objects.filter(conversation_id=workspace.conversation_id)
+            .exclude(tree_after="")
+            .order_by("-finished", "-id")
+            .values_list("tree_after", flat=True)
+            .first()
+        )
+        if last:
+            Workspace.objects.filter(pk=workspace.pk).update(tree=last)
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -45,4 +62,5 @@ class Migration(migrations.Migration):
                 ('run', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='diff', to='assistant.run')),
             ],
         ),
+        migrations.RunPython(latest_trees, migrations.RunPython.noop),
     ]
