@@ -112,6 +112,9 @@ def main() -> None:
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     os.environ["LOG_LEVEL"] = "WARNING"
+    # Workspaces on the server's disk, not loop-mounted images (assistant/quota.py): what is
+    # measured is the diff, and the bench leaves nothing mounted behind.
+    os.environ.setdefault("WORKSPACE_QUOTA_MB", "0")
     import django
 
     django.setup()
