@@ -132,11 +132,25 @@ def _patch_pieces(workspace: Workspace, old: str, new: str, count: int) -> tuple
     stream = repos.ws_git_stream(
         workspace, *_diff_options(), "-p", old, new, doing="Computing the diff", limit=budget
     )
+    chunks = iter(stream)
+    try:
+        pieces, stopped = _split(chunks, count, file_cap, total_cap)
+    finally:
+        chunks.close()  # stops git at once when we stopped reading early
+    if stream.cut and pieces:
+        pieces[-1][1] = True
+    return pieces, stopped or stream.cut
+
+
+def _split(chunks, count: int, file_cap: int, total_cap: int) -> tuple[list, bool]:
+    """git's patch output cut into one piece per file, each at most ``file_cap`` bytes, all
+    together at most ``total_cap``; reading stops at the first file past ``count`` or the
+    total. The pieces ([text, clipped]) and whether reading stopped early."""
     pieces: list[list] = []  # [bytearray, clipped]
     kept = 0
     stopped = False
     pending = b""
-    for chunk in stream:
+    for chunk in chunks:
         lines = (pending + chunk).split(b"\n")
         pending = lines.pop()
         for line in lines:
@@ -156,16 +170,12 @@ def _patch_pieces(workspace: Workspace, old: str, new: str, count: int) -> tuple
                 piece[1] = True
         if stopped:
             break
-    else:
-        stopped = stream.cut
-        if pending and pieces and not stopped:
-            piece = pieces[-1]  # git's output always ends in a newline; belt and braces
-            if len(pending) <= min(file_cap - len(piece[0]), total_cap - kept):
-                piece[0] += pending
-            else:
-                piece[1] = True
-    if stream.cut and pieces:
-        pieces[-1][1] = True
+    if pending and pieces and not stopped:
+        piece = pieces[-1]  # git's output always ends in a newline; belt and braces
+        if len(pending) <= min(file_cap - len(piece[0]), total_cap - kept):
+            piece[0] += pending
+        else:
+            piece[1] = True
     return pieces, stopped
 
 

@@ -327,6 +327,25 @@ def test_stop_while_waiting_keeps_the_text_and_cancels_the_command(
     assert not (tree / "never.txt").exists()
 
 
+def test_a_turn_stopped_while_waiting_gets_its_diff_from_the_worker(
+    conversation, alice, workspace, tree, inline_jobs
+):
+    script = tool("write_file", path="NOTES.md", content="kept\n") + tool(
+        "run_command", command="touch never.txt"
+    )
+    run = execute(send(conversation, alice, script))
+    assert run.status == RunStatus.WAITING
+    services.run_cancel(run=run)
+    # The web process only finished the run; its files were read by the job, not the request.
+    assert ("finish_stopped", (str(run.uuid),)) in inline_jobs
+    run.refresh_from_db()
+    assert run.changed_files
+    assert [f["path"] for f in run.diff.files] == ["NOTES.md"]
+    assert "+kept" in run.diff.text
+    workspace.refresh_from_db()
+    assert workspace.tree == run.tree_after
+
+
 def test_stop_during_a_command_kills_it(conversation, team, alice, workspace, tree):
     team.command_allowlist = "sleep"
     team.save()
