@@ -5,6 +5,7 @@ the real stack and watches the web process's memory."""
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -331,3 +332,19 @@ def test_a_turn_writing_300_mb_leaves_the_web_process_small(
         stack.stop()
         if ws is not None:
             repos._rmtree(repos._workspace_dir(ws))  # 300 MB of files and their objects
+
+
+def test_the_migration_gives_existing_workspaces_their_latest_tree(workspace, alice):
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("assistant.migrations.0006_turn_diff")
+    first = finished_run(workspace, alice, "a" * 40, "b" * 40)
+    second = finished_run(workspace, alice, "b" * 40, "c" * 40)
+    Run.objects.filter(pk=first.pk).update(finished=second.created)
+    Run.objects.filter(pk=second.pk).update(finished=second.created + timedelta(seconds=1))
+    finished_run(workspace, alice, "", "")  # a turn without a repository's trees
+    migration.latest_trees(apps, None)
+    workspace.refresh_from_db()
+    assert workspace.tree == "c" * 40

@@ -4,6 +4,7 @@ import django.db.models.deletion
 import django.utils.timezone
 from django.conf import settings
 from django.db import migrations, models
+from django.db.models import F
 
 
 def latest_trees(apps, schema_editor):
@@ -15,7 +16,7 @@ def latest_trees(apps, schema_editor):
         last = (
             Run.objects.filter(conversation_id=workspace.conversation_id)
             .exclude(tree_after="")
-            .order_by("-finished", "-id")
+            .order_by(F("finished").desc(nulls_last=True), "-id")
             .values_list("tree_after", flat=True)
             .first()
         )
