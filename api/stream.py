@@ -38,6 +38,7 @@ from django.views.decorators.csrf import csrf_exempt
 from assistant import events
 from assistant.models import Conversation, Run
 from assistant.services import IN_FLIGHT
+from config.db import is_pool_exhausted, pool_exhausted_response, release
 
 from . import data, eventlog
 from .http import ApiError, Caller, admit, error_response, not_found, team_param
@@ -102,10 +103,11 @@ def _still_allowed(opened: Opened) -> bool:
     ).exists()
 
 
-# Opening runs like any sync view, in the request's thread. What runs later, while the stream
-# is open, uses pool threads: a stream lives for hours and must not hold a thread and a
-# database connection all that time. Stale connections are closed first.
-_aopen = sync_to_async(_open)
+# Opening runs like any sync view, in the request's thread, and gives that thread's database
+# connection back to the pool when done (the request's own clean-up comes only when the stream
+# ends, hours later). What runs later, while the stream is open, uses pool threads that
+# return theirs after each call: a waiting stream holds no thread and no connection.
+_aopen = sync_to_async(release(_open))
 _asnapshot = database_sync_to_async(_snapshot, thread_sensitive=False)
 _astill_allowed = database_sync_to_async(_still_allowed, thread_sensitive=False)
 
@@ -221,7 +223,9 @@ async def conversation_events(request: HttpRequest, conversation_id) -> HttpResp
         opened = await _aopen(request, conversation_id)
     except ApiError as exc:
         return exc.response()
-    except Exception:
+    except Exception as exc:
+        if is_pool_exhausted(exc):
+            return pool_exhausted_response(request)
         log.exception("Could not open the event stream of %s", conversation_id)
         return error_response(500, "internal_error", "Tandem had an internal error.")
     response = StreamingHttpResponse(_events(opened), content_type="text/event-stream")

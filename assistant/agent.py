@@ -20,9 +20,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
+
+from config.db import db_sync_to_async
 
 from . import diffs, events, hooks, llm, policy, repo_context, repos, streams, tools
 from .models import (
@@ -286,8 +287,8 @@ def _build_prompt(
     return prompt + replay(text_so_far, calls.get(run.pk, []))
 
 
-_abuild_prompt = sync_to_async(_build_prompt, thread_sensitive=False)
-_aconfig_for_team = sync_to_async(llm.config_for_team, thread_sensitive=False)
+_abuild_prompt = db_sync_to_async(_build_prompt)
+_aconfig_for_team = db_sync_to_async(llm.config_for_team)
 
 
 # --- One turn -----------------------------------------------------------------------------------
@@ -367,7 +368,7 @@ def _save(instance, **changes) -> None:
     type(instance).objects.filter(pk=instance.pk).update(**changes)
 
 
-_asave = sync_to_async(_save, thread_sensitive=False)
+_asave = db_sync_to_async(_save)
 
 
 async def execute_run(run_id: str) -> None:
@@ -396,10 +397,10 @@ async def execute_run(run_id: str) -> None:
     )
     status, error = RunStatus.SUCCEEDED, ""
     try:
-        turn.workspace = await sync_to_async(_workspace_of, thread_sensitive=False)(run)
-        turn.tokens = await sync_to_async(_tokens_used, thread_sensitive=False)(run)
+        turn.workspace = await db_sync_to_async(_workspace_of)(run)
+        turn.tokens = await db_sync_to_async(_tokens_used)(run)
         if turn.guarded:  # a resumed run: what its calls so far did
-            turn.changed = await sync_to_async(_changed_in_run, thread_sensitive=False)(run)
+            turn.changed = await db_sync_to_async(_changed_in_run)(run)
         if turn.workspace is not None and not run.tree_before:
             tree = await _asnapshot(turn.workspace)
             await _asave(run, tree_before=tree)
@@ -439,7 +440,7 @@ async def execute_run(run_id: str) -> None:
     await streams.discard(run_id)
 
 
-_asnapshot = sync_to_async(lambda ws: repos.snapshot(workspace=ws), thread_sensitive=False)
+_asnapshot = db_sync_to_async(lambda ws: repos.snapshot(workspace=ws))
 
 
 def _record_changes(run: Run, workspace: Workspace, tree_after: str) -> None:
@@ -452,7 +453,7 @@ def _record_changes(run: Run, workspace: Workspace, tree_after: str) -> None:
         log.exception("Could not store the changes of run %s", run.uuid)
 
 
-_arecord_changes = sync_to_async(_record_changes, thread_sensitive=False)
+_arecord_changes = db_sync_to_async(_record_changes)
 
 
 async def _agent_loop(turn: Turn) -> None:
@@ -491,7 +492,7 @@ def _open_calls(run: Run) -> list[ToolCall]:
     )
 
 
-_aopen_calls = sync_to_async(_open_calls, thread_sensitive=False)
+_aopen_calls = db_sync_to_async(_open_calls)
 
 
 def _save_calls(run: Run, requests: list[llm.ToolCallRequest], offset: int) -> None:
@@ -509,15 +510,13 @@ def _save_calls(run: Run, requests: list[llm.ToolCallRequest], offset: int) -> N
     )
 
 
-_asave_calls = sync_to_async(_save_calls, thread_sensitive=False)
+_asave_calls = db_sync_to_async(_save_calls)
 
 
 async def _model_step(turn: Turn, tool_schemas: list[dict] | None) -> list[llm.ToolCallRequest]:
     """One call of the model: its text streams out; the tool calls it asks for come back."""
     if turn.workspace is not None and turn.context is None:
-        turn.context = await sync_to_async(repo_context.build_safe, thread_sensitive=False)(
-            workspace=turn.workspace
-        )
+        turn.context = await db_sync_to_async(repo_context.build_safe)(workspace=turn.workspace)
     messages = await _abuild_prompt(turn.run, turn.text, turn.workspace, turn.context)
     await _reserve_budget(turn, messages)
     requests: list[llm.ToolCallRequest] = []
@@ -662,12 +661,12 @@ def _hook_run_ended(run: Run) -> None:
     hooks.send(hooks.run_ended, run=run)
 
 
-_ahook_run_ended = sync_to_async(_hook_run_ended, thread_sensitive=False)
-_ahook = sync_to_async(hooks.send, thread_sensitive=False)
+_ahook_run_ended = db_sync_to_async(_hook_run_ended)
+_ahook = db_sync_to_async(hooks.send)
 
 
 async def _publish_call(turn: Turn, kind: str, call: ToolCall) -> None:
-    data = await sync_to_async(events.tool_call_data, thread_sensitive=False)(call)
+    data = await db_sync_to_async(events.tool_call_data)(call)
     await events.publish(turn.conversation_id, {"t": kind, "run": turn.run_id, "call": data})
 
 

@@ -95,11 +95,11 @@ def start_sweeper() -> None:
 
 
 async def _sweep_forever() -> None:
-    from asgiref.sync import sync_to_async
+    from config.db import db_sync_to_async
 
     from .services import fail_stale_runs
 
-    sweep = sync_to_async(fail_stale_runs, thread_sensitive=False)
+    sweep = db_sync_to_async(fail_stale_runs)
     while True:
         try:
             count = await sweep()

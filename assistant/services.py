@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Value
@@ -13,6 +12,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import Team, User
+from config.db import db_sync_to_async
 
 from . import events, hooks, streams
 from .models import (
@@ -303,7 +303,7 @@ def run_undo(*, run: Run, user: User) -> Run:
     return run
 
 
-# --- Used by the agent (async code calls these through sync_to_async) ------------------------
+# --- Used by the agent (async code calls these through db_sync_to_async) ------------------------
 
 
 def run_claim(run_id: str) -> Run | None:
@@ -395,12 +395,12 @@ def run_heartbeat(run: Run) -> None:
     Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(heartbeat=timezone.now())
 
 
-arun_claim = sync_to_async(run_claim, thread_sensitive=False)
-arun_heartbeat = sync_to_async(run_heartbeat, thread_sensitive=False)
-arun_finish = sync_to_async(run_finish, thread_sensitive=False)
-arun_park = sync_to_async(run_park, thread_sensitive=False)
-ausage_record = sync_to_async(usage_record, thread_sensitive=False)
-ausage_record_tool = sync_to_async(usage_record_tool, thread_sensitive=False)
+arun_claim = db_sync_to_async(run_claim)
+arun_heartbeat = db_sync_to_async(run_heartbeat)
+arun_finish = db_sync_to_async(run_finish)
+arun_park = db_sync_to_async(run_park)
+ausage_record = db_sync_to_async(usage_record)
+ausage_record_tool = db_sync_to_async(usage_record_tool)
 
 
 def fail_interrupted_runs() -> int:

@@ -146,9 +146,31 @@ TEMPLATES = [
 DATABASE_URL = env("DATABASE_URL")
 if PRODUCTION and not DATABASE_URL:
     raise ImproperlyConfigured("DATABASE_URL is not set (postgres://user:pass@host:5432/name).")
+# Every process (a Daphne, a Celery worker, beat, a management command) holds at most
+# DATABASE_POOL_SIZE connections to PostgreSQL: its threads borrow one per request or task and
+# give it back (config/db.py). A thread waits at most DATABASE_POOL_TIMEOUT seconds for one,
+# then the request is answered 503. Size it so that every process's pool together stays under
+# PostgreSQL's max_connections (README, "Production"). 0: no pool (one connection per thread,
+# closed after each request or task) — only for a PgBouncer that pools instead.
+DATABASE_POOL_SIZE = envint("DATABASE_POOL_SIZE", 10)
+DATABASE_POOL_TIMEOUT = envint("DATABASE_POOL_TIMEOUT", 5)
+if DATABASE_POOL_SIZE < 0 or DATABASE_POOL_TIMEOUT < 1:
+    raise ImproperlyConfigured("DATABASE_POOL_SIZE must be >= 0 and DATABASE_POOL_TIMEOUT >= 1")
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    # CONN_MAX_AGE=0: a connection goes back to the pool (or is closed) when Django is done
+    # with it, instead of staying with the thread that used it.
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    options = DATABASES["default"].setdefault("OPTIONS", {})
+    if env("DATABASE_APPLICATION_NAME"):
+        options["application_name"] = env("DATABASE_APPLICATION_NAME")
+    if DATABASE_POOL_SIZE and DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        options["pool"] = {
+            "min_size": min(2, DATABASE_POOL_SIZE),
+            "max_size": DATABASE_POOL_SIZE,
+            "timeout": DATABASE_POOL_TIMEOUT,
+            "max_idle": 300,
+        }
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {

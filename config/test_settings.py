@@ -15,6 +15,9 @@ os.environ.setdefault("RUN_EXECUTOR", "celery")
 # Workspaces on loop-mounted images (assistant/quota.py) only where a test asks and unmounts
 # them: most tests leave their workspaces in temporary directories that are simply deleted.
 os.environ.setdefault("WORKSPACE_QUOTA_MB", "0")
+# The test process itself runs without a connection pool (pytest-django wraps tests in
+# transactions on one connection); the servers a test starts get one (tests/conftest.py).
+os.environ.setdefault("DATABASE_POOL_SIZE", "0")
 # DJANGO_ALLOW_ASYNC_UNSAFE is set only while a Playwright browser is open (tests/conftest.py).
 
 from .settings import *  # noqa: E402,F403

@@ -21,3 +21,5 @@ urlpatterns = [
     path("", include("slack.urls")),  # /slack/… (from Slack) and /t/<slug>/slack/…
     *run_urlpatterns,
 ]
+
+handler500 = "config.db.server_error"

@@ -94,6 +94,8 @@ def start_stack(tmp: Path, *, db_name: str, redis_url: str, extra_env: dict | No
         "LLM_MAX_RETRIES": "1",
         "SITE_URL": f"http://127.0.0.1:{web_port}",
         "PYTHONUNBUFFERED": "1",
+        # Each server process borrows from a pool of its own, as in production.
+        "DATABASE_POOL_SIZE": "10",
         **(extra_env or {}),
     }
     # Empty, not absent: test_settings would set it again. The servers must hit Django's

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db.models import F, Sum
 from django.utils import timezone
 
 from assistant.services import ChatError
+from config.db import db_sync_to_async
 
 NANO = Decimal(10**9)
 HOLD_TTL_SECONDS = 6 * 3600  # a call never takes this long; a crashed worker's hold expires
@@ -495,4 +495,4 @@ def reserve(*, run, model: str, messages: list[dict]) -> None:
     )
 
 
-areserve = sync_to_async(reserve, thread_sensitive=False)
+areserve = db_sync_to_async(reserve)

@@ -1,0 +1,81 @@
+"""Database connections are borrowed, never kept (docs/architecture.md, "Database connections").
+
+With PostgreSQL every process has one pool of at most DATABASE_POOL_SIZE connections (Django's
+psycopg pool, CONN_MAX_AGE=0). A thread borrows a connection when it first queries and gives
+it back when Django "closes" it: at the end of a request, around every Channels database call,
+before and after every Celery task, and — for the agent's calls from its event loop — around
+each call through ``db_sync_to_async`` below. A thread that is done with the database but
+never closes its connection keeps it out of the pool for good, so async code must never reach
+the ORM through a bare ``sync_to_async``.
+
+When every connection is lent out for longer than DATABASE_POOL_TIMEOUT, the request is
+answered 503 with a sentence (``pool_exhausted_response``), never a hang or a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from channels.db import database_sync_to_async
+from django.db import close_old_connections
+
+MESSAGE = (
+    "Tandem is too busy to answer right now: every database connection is in use. "
+    "Try again in a few seconds."
+)
+RETRY_AFTER_SECONDS = 5
+
+
+def db_sync_to_async(func):
+    """``sync_to_async`` on a pool thread that returns its database connection after the call
+    (and drops a broken one before it). For ORM work from async code."""
+    return database_sync_to_async(func, thread_sensitive=False)
+
+
+def release(func):
+    """Run ``func`` and give the calling thread's connection back to the pool afterwards (for
+    sync code called from an async view that then goes on without the database)."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        finally:
+            close_old_connections()
+
+    return wrapper
+
+
+def is_pool_exhausted(exc: BaseException | None) -> bool:
+    """Whether this exception (or one it was raised from) is the pool's timeout."""
+    try:
+        from psycopg_pool import PoolTimeout, TooManyRequests
+    except ImportError:  # SQLite (embedded mode): there is no pool
+        return False
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (PoolTimeout, TooManyRequests)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def pool_exhausted_response(request):
+    from django.http import HttpResponse, JsonResponse
+
+    if request.path.startswith("/api/"):
+        response = JsonResponse({"error": {"code": "unavailable", "message": MESSAGE}}, status=503)
+    else:
+        response = HttpResponse(MESSAGE, status=503, content_type="text/plain; charset=utf-8")
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+def server_error(request, *args, **kwargs):
+    """handler500: a pool timeout becomes a 503 that says so; anything else is Django's 500.
+    Must not touch the database (it may be what failed)."""
+    if is_pool_exhausted(sys.exc_info()[1]):
+        return pool_exhausted_response(request)
+    from django.views.defaults import server_error as default
+
+    return default(request, *args, **kwargs)

@@ -1,0 +1,257 @@
+"""Database connections are bounded per process (issue 12, item 1).
+
+A real Daphne with a pool of 5 takes 500 concurrent requests (anonymous, with made-up API
+keys, signed in) while 50 API event streams stay open: no 5xx, and PostgreSQL never sees more
+than 5 connections from it, sampled all along. Open streams hold no connection while they
+wait (50 of them open at once against a pool of 5). A pool that stays empty past its timeout
+answers 503 with a sentence, not a 500 or a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+import threading
+import time
+
+import httpx
+import psycopg
+import pytest
+from django.conf import settings
+from django.db import OperationalError
+from django.http import HttpResponse
+from django.urls import path
+
+from tests.api_client import make_key
+from tests.conftest import _spawn, free_port, wait_for_port
+
+POOL_SIZE = 5
+
+
+def _pg_dsn(db_name: str) -> str:
+    db = settings.DATABASES["default"]
+    return (
+        f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:"
+        f"{db['PORT'] or 5432}/{db_name}"
+    )
+
+
+class Sampler(threading.Thread):
+    """Counts the server's connections in pg_stat_activity every 20 ms until stopped."""
+
+    def __init__(self, dsn: str, app_name: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.app_name = dsn, app_name
+        self.samples: list[int] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True, application_name="pool-sampler") as conn:
+            while not self.done.is_set():
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND application_name = %s",
+                    [self.app_name],
+                ).fetchone()
+                self.samples.append(row[0])
+                time.sleep(0.02)
+
+    def stop(self) -> list[int]:
+        self.done.set()
+        self.join(5)
+        return self.samples
+
+
+@pytest.fixture
+def pooled_web(tmp_path):
+    """Daphne alone (no worker: nothing here queues a run), its pool capped at POOL_SIZE and
+    its connections labelled so pg_stat_activity can tell them apart."""
+    db_name = settings.DATABASES["default"]["NAME"]
+    port = free_port()
+    app_name = f"tandem-pool-test-{secrets.token_hex(4)}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": _pg_dsn(db_name),
+        "SECRET_KEY": settings.SECRET_KEY,
+        "SITE_URL": f"http://127.0.0.1:{port}",
+        "DATABASE_POOL_SIZE": str(POOL_SIZE),
+        "DATABASE_POOL_TIMEOUT": "15",
+        "DATABASE_APPLICATION_NAME": app_name,
+        # No rate limit: every request below reaches the database.
+        "API_RATE_PER_MINUTE": "0",
+        "API_KEY_RATE_PER_MINUTE": "0",
+        "DJANGO_ALLOW_ASYNC_UNSAFE": "",
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = tmp_path / "daphne.log"
+    proc = _spawn(
+        [sys.executable, "-m", "config.serve", "-b", "127.0.0.1", "-p", str(port)], env, log
+    )
+    try:
+        wait_for_port(port, proc, "Daphne")
+        yield f"http://127.0.0.1:{port}", app_name, _pg_dsn(db_name), log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except Exception:
+            proc.kill()
+
+
+def _fake_key() -> str:
+    return f"tdm_{secrets.token_urlsafe(6)[:8]}_{secrets.token_urlsafe(32)[:43]}"
+
+
+async def _load(base: str, conversation, key: str, session: str):
+    statuses: dict[str, list[int]] = {"anonymous": [], "fake key": [], "signed in": []}
+    stream_status: list[int] = []
+    limits = httpx.Limits(max_connections=700, max_keepalive_connections=0)
+    timeout = httpx.Timeout(45)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=timeout) as client:
+        streams = []
+        for _ in range(50):
+            cm = client.stream(
+                "GET",
+                f"/api/v1/conversations/{conversation.uuid}/events",
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            streams.append(cm)
+
+        async def open_stream(cm):
+            response = await cm.__aenter__()
+            stream_status.append(response.status_code)
+            if response.status_code == 200:
+                lines = response.aiter_lines()
+                async for line in lines:  # up to the snapshot: the stream is open and served
+                    if line.startswith("event: snapshot"):
+                        break
+            return response
+
+        opened = await asyncio.gather(*(open_stream(cm) for cm in streams))
+
+        async def one(kind: str, index: int) -> None:
+            if kind == "anonymous":
+                response = await client.get("/api/v1/me")
+            elif kind == "fake key":
+                response = await client.get(
+                    "/api/v1/me", headers={"Authorization": f"Bearer {_fake_key()}"}
+                )
+            else:
+                cookies = {"Cookie": f"sessionid={session}"}
+                url = "/api/v1/me" if index % 2 else f"/api/v1/conversations/{conversation.uuid}"
+                response = await client.get(url, headers=cookies)
+            statuses[kind].append(response.status_code)
+
+        kinds = ["anonymous"] * 170 + ["fake key"] * 165 + ["signed in"] * 165
+        started = time.monotonic()
+        await asyncio.gather(*(one(kind, i) for i, kind in enumerate(kinds)))
+        elapsed = time.monotonic() - started
+
+        # The streams are still open and each is still answering (a heartbeat or an event is
+        # not due yet; the transport being alive is what is checked).
+        alive = sum(1 for response in opened if not response.is_closed)
+        # With every stream open, a plain request is served at once: none holds a connection.
+        quick = time.monotonic()
+        after = await client.get("/api/v1/me", headers={"Cookie": f"sessionid={session}"})
+        after_seconds = time.monotonic() - quick
+        for cm in streams:
+            await cm.__aexit__(None, None, None)
+    return statuses, stream_status, elapsed, alive, after.status_code, after_seconds
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_connections_stay_within_the_pool_under_load(pooled_web, team, alice, conversation):
+    from django.test import Client
+
+    base, app_name, dsn, log = pooled_web
+    key = make_key(team, alice, scope="read")
+    browser = Client()
+    browser.force_login(alice)
+    session = browser.cookies["sessionid"].value
+
+    sampler = Sampler(dsn, app_name)
+    sampler.start()
+    try:
+        statuses, stream_status, elapsed, alive, after, after_seconds = asyncio.run(
+            asyncio.wait_for(_load(base, conversation, key, session), 90)
+        )
+    finally:
+        samples = sampler.stop()
+
+    print(
+        f"pool {POOL_SIZE}: {sum(map(len, statuses.values()))} requests in {elapsed:.1f}s, "
+        f"{len(samples)} samples, most connections seen {max(samples)}"
+    )
+    assert stream_status == [200] * 50, log.read_text()[-3000:]
+    assert alive == 50
+    assert after == 200 and after_seconds < 3
+    for kind, codes in statuses.items():
+        errors = [code for code in codes if code >= 500]
+        assert not errors, (kind, errors, log.read_text()[-3000:])
+    assert set(statuses["anonymous"]) == {401}
+    assert set(statuses["fake key"]) == {401}
+    assert set(statuses["signed in"]) == {200}
+    assert len(samples) > 20
+    assert max(samples) <= POOL_SIZE, samples
+    assert max(samples) >= 1  # the sampler did see the server's connections
+
+
+# --- A pool that stays empty: 503 with words ------------------------------------------------
+
+
+def _exhausted(request):
+    from psycopg_pool import PoolTimeout
+
+    try:
+        raise PoolTimeout("couldn't get a connection after 5.00 sec")
+    except PoolTimeout as exc:
+        raise OperationalError("couldn't get a connection") from exc
+
+
+def _broken(request):
+    raise RuntimeError("something else")
+
+
+urlpatterns = [
+    path("api/v1/exhausted", _exhausted),
+    path("exhausted", _exhausted),
+    path("broken", _broken),
+    path("fine", lambda request: HttpResponse("ok")),
+]
+handler500 = "config.db.server_error"
+
+
+@pytest.mark.urls("tests.test_db_pool")
+def test_an_exhausted_pool_answers_503_in_words(client):
+    client.raise_request_exception = False
+    page = client.get("/exhausted")
+    assert page.status_code == 503
+    assert page["Retry-After"] == "5"
+    assert "every database connection is in use" in page.content.decode()
+    api = client.get("/api/v1/exhausted")
+    assert api.status_code == 503
+    assert api.json()["error"]["code"] == "unavailable"
+    assert client.get("/broken").status_code == 500  # anything else stays a plain 500
+
+
+def test_settings_give_postgresql_a_bounded_pool(monkeypatch):
+    import importlib
+
+    import config.settings as live
+
+    monkeypatch.setenv("DATABASE_URL", "postgres://u@db:5432/tandem")
+    monkeypatch.setenv("DATABASE_POOL_SIZE", "7")
+    monkeypatch.setenv("DATABASE_POOL_TIMEOUT", "3")
+    try:
+        fresh = importlib.reload(live)
+        db = fresh.DATABASES["default"]
+        assert db["CONN_MAX_AGE"] == 0
+        assert db["OPTIONS"]["pool"]["max_size"] == 7
+        assert db["OPTIONS"]["pool"]["timeout"] == 3
+        monkeypatch.setenv("DATABASE_POOL_SIZE", "0")
+        assert "pool" not in importlib.reload(live).DATABASES["default"]["OPTIONS"]
+    finally:
+        monkeypatch.undo()
+        importlib.reload(live)
