@@ -14,15 +14,20 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from assistant.routing import websocket_urlpatterns  # noqa: E402
 from assistant.runner import remember_server_loop  # noqa: E402
+from config.clientip import ClientAddressMiddleware  # noqa: E402
 
-router = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        # Cross-origin handshakes are refused: the Origin must be one of ALLOWED_HOSTS.
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
-    }
+# The client's address is resolved once, here, from the socket peer and the X-Forwarded-For of
+# trusted proxies only (config/clientip.py); everything after reads scope["client"].
+router = ClientAddressMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            # Cross-origin handshakes are refused: the Origin must be one of ALLOWED_HOSTS.
+            "websocket": AllowedHostsOriginValidator(
+                AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            ),
+        }
+    )
 )
 
 

@@ -11,6 +11,30 @@ import os
 import sys
 
 
+def drop_proxy_headers(args: list[str]) -> list[str]:
+    """Daphne's --proxy-headers believes the first X-Forwarded-For value, which the client
+    chooses. Tandem reads the header itself, from TRUSTED_PROXIES only (config/clientip.py)."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg == "--proxy-headers":
+            print(
+                "Ignoring --proxy-headers: Tandem reads X-Forwarded-For itself, from the "
+                "proxies in TRUSTED_PROXIES only.",
+                flush=True,
+            )
+            continue
+        if arg in ("--proxy-headers-host", "--proxy-headers-port"):
+            skip = True
+            continue
+        if arg.startswith(("--proxy-headers-host=", "--proxy-headers-port=")):
+            continue
+        kept.append(arg)
+    return kept
+
+
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     # Before django.setup(): the "daphne" app imports daphne.server, which makes the loop the
@@ -40,7 +64,7 @@ def main() -> None:
     # first one instead of during it.
     threading.Thread(target=warm_up, name="litellm-warm-up", daemon=True).start()
 
-    args = sys.argv[1:] or ["-b", "127.0.0.1", "-p", "8000"]
+    args = drop_proxy_headers(sys.argv[1:] or ["-b", "127.0.0.1", "-p", "8000"])
     host = args[args.index("-b") + 1] if "-b" in args else "127.0.0.1"
     port = args[args.index("-p") + 1] if "-p" in args else "8000"
     model = site_config()

@@ -341,6 +341,15 @@ if PRODUCTION:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", "0")
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Reverse proxies whose X-Forwarded-For is believed (IPs or CIDRs, comma-separated), e.g. the
+# nginx in front: the client is the right-most address in the chain that isn't one of them
+# (config/clientip.py). Unset: the socket peer is the client, whatever the header says.
+TRUSTED_PROXIES = envlist("TRUSTED_PROXIES")
+for _proxy in TRUSTED_PROXIES:
+    try:
+        __import__("ipaddress").ip_network(_proxy, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"TRUSTED_PROXIES: {_proxy!r} is not an IP address or CIDR")
 SILENCED_SYSTEM_CHECKS = ["security.W021"] if not envbool("SECURE_HSTS_PRELOAD", "0") else []
 
 # --- Static files ------------------------------------------------------------------------------
@@ -393,6 +402,10 @@ SLACK_WEBHOOK_PREFIXES = ["https://hooks.slack.com/"]
 # wins when Slack sends one).
 SLACK_MAX_RETRIES = envint("SLACK_MAX_RETRIES", 5)
 SLACK_RETRY_BASE_SECONDS = envint("SLACK_RETRY_BASE_SECONDS", 10)
+
+# --- Sharing ---------------------------------------------------------------------------------
+# Wrong share tokens a client may try a minute before every lookup of theirs gets 429.
+SHARE_FAILED_LOOKUPS_PER_MINUTE = envint("SHARE_FAILED_LOOKUPS_PER_MINUTE", 30)
 
 # --- Chat limits -------------------------------------------------------------------------------
 MAX_MESSAGE_CHARS = envint("MAX_MESSAGE_CHARS", 32000)

@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from assistant import events, streams
 from assistant.models import Run, RunStatus
+from config import clientip
 
 from . import content, ratelimit, services
 from .models import ShareLink
@@ -123,9 +124,8 @@ class ShareConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         token = self.scope["url_route"]["kwargs"]["token"]
-        client = self.scope.get("client") or (None, None)
         user = self.scope.get("user")
-        outcome, link, lens = await _open(token, client[0], user)
+        outcome, link, lens = await _open(token, clientip.of_scope(self.scope), user)
         # Accept, then close with a reason: a refused handshake would look like a network
         # failure and the page would keep reconnecting.
         await self.accept()

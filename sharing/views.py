@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.selectors import admin_membership_for, membership_for, teams_of
 from assistant import selectors as assistant_selectors
+from config import clientip
 
 from . import content, export, ratelimit, services
 from .models import EXPIRY_CHOICES, Audience, Mode, ShareLink, SharingPolicy, public_links_allowed
@@ -200,7 +201,7 @@ def shared(view):
 
 
 def _resolve_and_call(view, request, token, *args, **kwargs) -> HttpResponse:
-    ip = request.META.get("REMOTE_ADDR")
+    ip = clientip.of_request(request)
     wait = ratelimit.retry_after(ip)
     if wait is not None:
         response = _gone(

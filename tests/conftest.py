@@ -128,6 +128,42 @@ def start_stack(tmp: Path, *, db_name: str, redis_url: str, extra_env: dict | No
     return stack
 
 
+def start_web(tmp: Path, *, extra_env: dict | None = None, args: list[str] = ()):
+    """Daphne alone against the test database (no worker, no fake provider), for tests of
+    what a server does with requests: returns (base URL, process, log)."""
+    port = free_port()
+    db = settings.DATABASES["default"]
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:"
+        f"{db['PORT'] or 5432}/{db['NAME']}",
+        "SECRET_KEY": settings.SECRET_KEY,
+        "SITE_URL": f"http://127.0.0.1:{port}",
+        "DATABASE_POOL_SIZE": "5",
+        "DJANGO_ALLOW_ASYNC_UNSAFE": "",
+        "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
+    }
+    log = tmp / f"daphne-{port}.log"
+    command = [sys.executable, "-m", "config.serve", "-b", "127.0.0.1", "-p", str(port), *args]
+    proc = _spawn(command, env, log)
+    try:
+        wait_for_port(port, proc, "Daphne")
+    except Exception:
+        stop_web(proc)
+        print(log.read_text()[-3000:], file=sys.stderr)
+        raise
+    return f"http://127.0.0.1:{port}", proc, log
+
+
+def stop_web(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def _wait_for_worker(stack: Stack, timeout: float = 30) -> None:
     log = stack.logs[2]
     deadline = time.monotonic() + timeout

@@ -9,9 +9,7 @@ answers 503 with a sentence, not a 500 or a hang."""
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import sys
 import threading
 import time
 
@@ -24,7 +22,7 @@ from django.http import HttpResponse
 from django.urls import path
 
 from tests.api_client import make_key
-from tests.conftest import _spawn, free_port, wait_for_port
+from tests.conftest import start_web, stop_web
 
 POOL_SIZE = 5
 
@@ -67,36 +65,20 @@ class Sampler(threading.Thread):
 def pooled_web(tmp_path):
     """Daphne alone (no worker: nothing here queues a run), its pool capped at POOL_SIZE and
     its connections labelled so pg_stat_activity can tell them apart."""
-    db_name = settings.DATABASES["default"]["NAME"]
-    port = free_port()
     app_name = f"tandem-pool-test-{secrets.token_hex(4)}"
     env = {
-        **os.environ,
-        "DATABASE_URL": _pg_dsn(db_name),
-        "SECRET_KEY": settings.SECRET_KEY,
-        "SITE_URL": f"http://127.0.0.1:{port}",
         "DATABASE_POOL_SIZE": str(POOL_SIZE),
         "DATABASE_POOL_TIMEOUT": "15",
         "DATABASE_APPLICATION_NAME": app_name,
         # No rate limit: every request below reaches the database.
         "API_RATE_PER_MINUTE": "0",
         "API_KEY_RATE_PER_MINUTE": "0",
-        "DJANGO_ALLOW_ASYNC_UNSAFE": "",
-        "PYTHONUNBUFFERED": "1",
     }
-    log = tmp_path / "daphne.log"
-    proc = _spawn(
-        [sys.executable, "-m", "config.serve", "-b", "127.0.0.1", "-p", str(port)], env, log
-    )
+    base, proc, log = start_web(tmp_path, extra_env=env)
     try:
-        wait_for_port(port, proc, "Daphne")
-        yield f"http://127.0.0.1:{port}", app_name, _pg_dsn(db_name), log
+        yield base, app_name, _pg_dsn(settings.DATABASES["default"]["NAME"]), log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except Exception:
-            proc.kill()
+        stop_web(proc)
 
 
 def _fake_key() -> str:
