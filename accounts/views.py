@@ -188,6 +188,16 @@ class LLMSettingsForm(forms.Form):
         label="Temperature", required=False, min_value=0.0, max_value=2.0
     )
 
+    def clean_llm_api_base(self) -> str:
+        from assistant.llm.bases import BaseRefused, check_saved
+
+        value = self.cleaned_data["llm_api_base"]
+        try:
+            check_saved(value)
+        except BaseRefused as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        return value
+
 
 def _apply_llm_settings(team, data: dict) -> None:
     """Form values onto the team; an empty key field keeps the stored key."""

@@ -378,6 +378,9 @@ USE_TZ = True
 LLM_MODEL = env("LLM_MODEL")
 LLM_API_BASE = env("LLM_API_BASE")
 LLM_API_KEY = env("LLM_API_KEY")
+# Teams' own API bases may point at private and loopback addresses (a local Ollama) only when
+# this is on; link-local and metadata addresses never (assistant/llm/bases.py).
+LLM_ALLOW_PRIVATE_BASES = envbool("LLM_ALLOW_PRIVATE_BASES", "0")
 LLM_TIMEOUT = envint("LLM_TIMEOUT", 120)
 LLM_MAX_RETRIES = envint("LLM_MAX_RETRIES", 2)
 # "direct": stream OpenAI-compatible, Anthropic and Ollama replies with the lean client in

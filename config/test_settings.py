@@ -18,6 +18,8 @@ os.environ.setdefault("WORKSPACE_QUOTA_MB", "0")
 # The test process itself runs without a connection pool (pytest-django wraps tests in
 # transactions on one connection); the servers a test starts get one (tests/conftest.py).
 os.environ.setdefault("DATABASE_POOL_SIZE", "0")
+# The fake provider runs on 127.0.0.1; tests of the refusal switch this off (test_llm_bases).
+os.environ.setdefault("LLM_ALLOW_PRIVATE_BASES", "true")
 # DJANGO_ALLOW_ASYNC_UNSAFE is set only while a Playwright browser is open (tests/conftest.py).
 
 from .settings import *  # noqa: E402,F403

@@ -11,6 +11,7 @@ once the stream is complete, so a call cut off half-way is never run.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -37,6 +38,9 @@ class LLMConfig:
     api_key: str = ""
     temperature: float | None = None
     is_demo: bool = False
+    # The operator's own base (LLM_API_BASE) is trusted; a team's is checked before every call
+    # (llm/bases.py).
+    trusted: bool = False
 
     @property
     def label(self) -> str:
@@ -72,9 +76,12 @@ class LLMError(Exception):
 
 def site_config() -> LLMConfig:
     if not settings.LLM_MODEL:
-        return LLMConfig(model="openai/demo", api_key="demo", is_demo=True)
+        return LLMConfig(model="openai/demo", api_key="demo", is_demo=True, trusted=True)
     return LLMConfig(
-        model=settings.LLM_MODEL, api_base=settings.LLM_API_BASE, api_key=settings.LLM_API_KEY
+        model=settings.LLM_MODEL,
+        api_base=settings.LLM_API_BASE,
+        api_key=settings.LLM_API_KEY,
+        trusted=True,
     )
 
 
@@ -84,9 +91,7 @@ def config_for_team(team) -> LLMConfig:
     if not team.llm_model:
         if team.llm_temperature is None:
             return site
-        return LLMConfig(
-            site.model, site.api_base, site.api_key, team.llm_temperature, site.is_demo
-        )
+        return dataclasses.replace(site, temperature=team.llm_temperature)
     return LLMConfig(
         model=team.llm_model,
         api_base=team.llm_api_base,
@@ -102,6 +107,13 @@ async def _call_kwargs(config: LLMConfig) -> dict:
 
         kwargs["api_base"] = await demo_api_base()
     elif config.api_base:
+        if not config.trusted:
+            from .bases import BaseRefused, check_before_call
+
+            try:
+                await check_before_call(config.api_base)
+            except BaseRefused as exc:
+                raise LLMError(str(exc), code="base_refused") from exc
         kwargs["api_base"] = config.api_base
     if config.api_key:
         kwargs["api_key"] = config.api_key
@@ -439,12 +451,13 @@ async def check_connection(config: LLMConfig) -> str:
     """A tiny real call, for the team settings' Test connection button."""
     litellm = await asyncio.to_thread(_litellm)
 
+    kwargs = await _call_kwargs(config)  # refuses a base it must not call, in words
     started = time.monotonic()
     try:
         response = await litellm.acompletion(
             messages=[{"role": "user", "content": "Reply with the word OK."}],
             max_tokens=5,
-            **await _call_kwargs(config),
+            **kwargs,
         )
     except Exception as exc:
         raise translate_error(exc, config) from exc
