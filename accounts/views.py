@@ -4,7 +4,7 @@ from asgiref.sync import async_to_sync
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -65,7 +65,7 @@ def members(request: HttpRequest, slug: str) -> HttpResponse:
     new_invitation = None
     if request.method == "POST":
         if not membership.is_admin:
-            return HttpResponse("Only owners and admins can invite.", status=403)
+            raise Http404("No such page")  # admin actions are 404 to members, as everywhere
         if form.is_valid():
             try:
                 new_invitation = services.invitation_create(
@@ -102,7 +102,7 @@ def member_remove(request: HttpRequest, slug: str, user_id) -> HttpResponse:
     target = get_object_or_404(actor.team.memberships, user__uuid=user_id)
     leaving = target.user_id == request.user.pk
     if not actor.is_admin and not leaving:
-        return HttpResponse("Only owners and admins can remove members.", status=403)
+        raise Http404("No such page")
     try:
         services.membership_remove(actor=actor if not leaving else target, target=target)
     except services.TeamError as exc:
@@ -118,7 +118,7 @@ def member_remove(request: HttpRequest, slug: str, user_id) -> HttpResponse:
 @login_required
 @require_POST
 def member_role(request: HttpRequest, slug: str, user_id) -> HttpResponse:
-    actor = selectors.membership_for(request.user, slug)
+    actor = selectors.admin_membership_for(request.user, slug)
     target = get_object_or_404(actor.team.memberships, user__uuid=user_id)
     try:
         services.membership_set_role(actor=actor, target=target, role=request.POST.get("role", ""))

@@ -10,11 +10,11 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from assistant.routing import websocket_urlpatterns  # noqa: E402
 from assistant.runner import remember_server_loop  # noqa: E402
 from config.clientip import ClientAddressMiddleware  # noqa: E402
+from config.origin import SameOriginValidator  # noqa: E402
 
 # The client's address is resolved once, here, from the socket peer and the X-Forwarded-For of
 # trusted proxies only (config/clientip.py); everything after reads scope["client"].
@@ -22,10 +22,8 @@ router = ClientAddressMiddleware(
     ProtocolTypeRouter(
         {
             "http": django_asgi_app,
-            # Cross-origin handshakes are refused: the Origin must be one of ALLOWED_HOSTS.
-            "websocket": AllowedHostsOriginValidator(
-                AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-            ),
+            # Cross-origin handshakes are refused: the Origin must be this site, port included.
+            "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
         }
     )
 )

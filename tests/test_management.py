@@ -40,6 +40,15 @@ def test_it_creates_staff(monkeypatch):
     out = run("createuser", "ops@example.com", "--password-env", "NEW_PASSWORD", "--staff")
     assert "(staff)" in out
     user = User.objects.get()
+    # Staff, not a superuser: the staff dashboard, and in the Django admin only what is granted.
+    assert user.is_staff and not user.is_superuser
+
+
+def test_it_creates_a_superuser_only_when_asked(monkeypatch):
+    monkeypatch.setenv("NEW_PASSWORD", "a long and secret passphrase")
+    out = run("createuser", "root@example.com", "--password-env", "NEW_PASSWORD", "--superuser")
+    assert "(superuser)" in out
+    user = User.objects.get()
     assert user.is_staff and user.is_superuser
 
 

@@ -17,9 +17,20 @@ class Command(BaseCommand):
             "line, where other users could read it). Without it the user has no usable "
             "password and signs in by OAuth or a password reset.",
         )
-        parser.add_argument("--staff", action="store_true", help="Site staff (Django admin).")
+        parser.add_argument(
+            "--staff",
+            action="store_true",
+            help="Site staff: the staff usage dashboard and the Django admin, with only the "
+            "permissions granted there.",
+        )
+        parser.add_argument(
+            "--superuser",
+            action="store_true",
+            help="Superuser: every permission in the Django admin (implies --staff).",
+        )
 
-    def handle(self, *args, email, password_env, staff, **options):
+    def handle(self, *args, email, password_env, staff, superuser, **options):
+        staff = staff or superuser
         email = email.strip().lower()
         if User.objects.filter(email__iexact=email).exists():
             raise CommandError(f"A user with the email {email} already exists.")
@@ -29,9 +40,10 @@ class Command(BaseCommand):
             if not password:
                 raise CommandError(f"The environment variable {password_env} is empty or unset.")
         user = User.objects.create_user(
-            email=email, password=password, is_staff=staff, is_superuser=staff
+            email=email, password=password, is_staff=staff, is_superuser=superuser
         )
         from allauth.account.models import EmailAddress
 
         EmailAddress.objects.create(user=user, email=email, primary=True, verified=True)
-        self.stdout.write(f"Created {email}{' (staff)' if staff else ''}.")
+        role = " (superuser)" if superuser else " (staff)" if staff else ""
+        self.stdout.write(f"Created {email}{role}.")

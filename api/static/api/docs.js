@@ -95,7 +95,7 @@
       if ([...query].length) url += "?" + query;
       const key = document.getElementById("key").value.trim();
       if (key) headers.Authorization = "Bearer " + key;
-      else if (method !== "get") headers["X-CSRFToken"] = cookie("csrftoken") || window.TANDEM_CSRF;
+      else if (method !== "get") headers["X-CSRFToken"] = cookie("csrftoken") || script.dataset.csrf;
       const init = { method: method.toUpperCase(), headers, credentials: key ? "omit" : "same-origin" };
       if (body) { init.body = body.value; headers["Content-Type"] = "application/json"; }
       controller = new AbortController();

@@ -1,0 +1,30 @@
+// Small behaviours every page may use, declared with data attributes instead of inline event
+// handlers (the Content-Security-Policy allows no inline script):
+//   data-confirm="Question?"   on a button or link: ask first, do nothing unless confirmed
+//   data-select-on-click       on an input: select its text when clicked
+//   data-copy-previous         on a button: copy the value of the input just before it
+//   data-submit-on-change      on a select: submit its form when changed
+(() => {
+  "use strict";
+  document.addEventListener("click", (event) => {
+    const target = event.target instanceof Element ? event.target : null;
+    if (!target) return;
+    const asking = target.closest("[data-confirm]");
+    if (asking && !window.confirm(asking.dataset.confirm)) {
+      event.preventDefault();
+      event.stopImmediatePropagation();
+      return;
+    }
+    const field = target.closest("[data-select-on-click]");
+    if (field && typeof field.select === "function") field.select();
+    const copier = target.closest("[data-copy-previous]");
+    if (copier) {
+      const source = copier.previousElementSibling;
+      if (source && "value" in source) navigator.clipboard.writeText(source.value);
+    }
+  }, true);
+  document.addEventListener("change", (event) => {
+    const select = event.target instanceof Element ? event.target.closest("[data-submit-on-change]") : null;
+    if (select && select.form) select.form.submit();
+  });
+})();
