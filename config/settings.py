@@ -162,6 +162,11 @@ if DATABASE_URL:
     # with it, instead of staying with the thread that used it.
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # PgBouncer in transaction mode can't keep a server-side cursor (.iterator()) between
+    # transactions: turn them off there.
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = envbool(
+        "DATABASE_DISABLE_SERVER_SIDE_CURSORS", "0"
+    )
     options = DATABASES["default"].setdefault("OPTIONS", {})
     if env("DATABASE_APPLICATION_NAME"):
         options["application_name"] = env("DATABASE_APPLICATION_NAME")
