@@ -185,3 +185,33 @@ def test_a_run_against_a_refused_base_fails_with_a_sentence(
     assert "private or loopback address" in sent.run.error
     assert listener.accepted == 0
     assert not Message.objects.filter(run=sent.run, content__contains="team-secret").exists()
+
+
+def test_the_streaming_client_checks_the_address_it_connects_to(settings, monkeypatch, listener):
+    """A rebinding name: public for the check before the call, loopback a moment later when
+    the lean client connects. The connection's own lookup is checked too."""
+    settings.LLM_ALLOW_PRIVATE_BASES = False
+    settings.LLM_STREAM_CLIENT = "direct"
+    real = socket.getaddrinfo
+    answers = iter(["8.8.8.8"])
+
+    def fake(host, *args, **kwargs):
+        if host == "llm.rebind.example":
+            return real(next(answers, "127.0.0.1"), *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    config = llm.LLMConfig(
+        model="openai/fake-model",
+        api_base=f"http://llm.rebind.example:{listener.port}/v1",
+        api_key="team-secret",
+    )
+
+    async def reply():
+        return [item async for item in llm.stream_chat(config, [{"role": "user", "content": "Hi"}])]
+
+    with pytest.raises(llm.LLMError) as refused:
+        asyncio.run(reply())
+    assert refused.value.code == "base_refused"
+    assert "127.0.0.1" in refused.value.message
+    assert listener.accepted == 0

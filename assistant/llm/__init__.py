@@ -265,6 +265,7 @@ async def _pieces(
             temperature=config.temperature,
             messages=messages,
             tools=tools,
+            check_addresses=not config.trusted and not config.is_demo,
         )
     if tools:
         kwargs["tools"] = tools
@@ -354,6 +355,11 @@ class _NoLitellm:
 
 
 def translate_error(exc: Exception, config: LLMConfig) -> LLMError:
+    from .bases import BaseRefused
+
+    refused = _found_in_chain(exc, BaseRefused)
+    if refused is not None:
+        return LLMError(str(refused), code="base_refused")
     litellm = sys.modules.get("litellm") or _NoLitellm
     status = getattr(exc, "status_code", None)
     where = config.api_base or "the provider"
@@ -438,6 +444,15 @@ def _in_chain(exc: BaseException, predicate) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _found_in_chain(exc: BaseException, kind: type) -> BaseException | None:
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None or isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _short(exc: Exception, limit: int = 300) -> str:

@@ -15,13 +15,18 @@ service, the server's own loopback services, the private network.
   answered a public address when saved is caught here), refused with a sentence.
 
 The site-wide LLM_API_BASE comes from the operator's environment and is not checked.
-Known gap: the check and the HTTP client's own lookup are two resolutions, so a name with a
-zero TTL that changes between them (within milliseconds) could still get through.
+
+Streaming replies (the lean client, llm/direct.py) also check at connect time: its HTTP
+client resolves through ``CheckingResolver``, so the addresses it connects to are the ones
+checked, whatever a rebinding name answers between the two lookups. Calls that go through
+litellm (Test connection, providers the lean client doesn't speak) have only the check right
+before the call: a name with a zero TTL that changes in those milliseconds could slip through.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ipaddress
 import socket
 from urllib.parse import urlsplit
@@ -137,3 +142,25 @@ async def check_before_call(url: str) -> None:
         return  # unresolvable: the call itself fails with "unreachable"
     for *_, sockaddr in infos:
         check_address(ipaddress.ip_address(sockaddr[0].split("%", 1)[0]), host)
+
+
+# Set by the lean client for a call to a team's base: its resolver then checks every address.
+checking: contextvars.ContextVar[bool] = contextvars.ContextVar("llm_base_checking", default=False)
+
+
+def _resolver_base():
+    from aiohttp.resolver import DefaultResolver
+
+    return DefaultResolver
+
+
+class CheckingResolver(_resolver_base()):
+    """aiohttp's resolver, refusing addresses a team's base must not reach (when ``checking``
+    is set for the call): the check and the connection use the same lookup."""
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        infos = await super().resolve(host, port, family)
+        if checking.get():
+            for info in infos:
+                check_address(ipaddress.ip_address(info["host"].split("%", 1)[0]), host)
+        return infos

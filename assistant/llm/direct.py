@@ -74,7 +74,9 @@ def _session() -> aiohttp.ClientSession:
     loop = asyncio.get_running_loop()
     session = _sessions.get(id(loop))
     if session is None or session.closed:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        from .bases import CheckingResolver
+
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, resolver=CheckingResolver())
         session = aiohttp.ClientSession(connector=connector)
         _sessions[id(loop)] = session
     return session
@@ -93,7 +95,13 @@ async def pieces(
     temperature: float | None,
     messages: list[dict],
     tools: list[dict] | None = None,
+    check_addresses: bool = False,
 ) -> AsyncIterator[Piece]:
+    from .bases import checking
+
+    # A team's base: every address connected to is checked (llm/bases.py). Set for each call,
+    # in the task that iterates this stream.
+    checking.set(check_addresses)
     provider, name = model.split("/", 1)
     base = (api_base or DEFAULT_BASES[provider]).rstrip("/")
     if provider == "openai":
