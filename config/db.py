@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 
 from channels.db import database_sync_to_async
-from django.db import close_old_connections
+from django.db import connections
 
 MESSAGE = (
     "Tandem is too busy to answer right now: every database connection is in use. "
@@ -40,9 +40,17 @@ def release(func):
         try:
             return func(*args, **kwargs)
         finally:
-            close_old_connections()
+            _release_connections()
 
     return wrapper
+
+
+def _release_connections() -> None:
+    """close_old_connections(), minus connections inside a transaction (a test's, which
+    Django's test client also leaves open): closing one would break that transaction."""
+    for conn in connections.all(initialized_only=True):
+        if not conn.in_atomic_block:
+            conn.close_if_unusable_or_obsolete()
 
 
 def is_pool_exhausted(exc: BaseException | None) -> bool:

@@ -9,6 +9,7 @@ Two modes (TANDEM_MODE):
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -353,7 +354,7 @@ if PRODUCTION:
 TRUSTED_PROXIES = envlist("TRUSTED_PROXIES")
 for _proxy in TRUSTED_PROXIES:
     try:
-        __import__("ipaddress").ip_network(_proxy, strict=False)
+        ipaddress.ip_network(_proxy, strict=False)
     except ValueError:
         raise ImproperlyConfigured(f"TRUSTED_PROXIES: {_proxy!r} is not an IP address or CIDR")
 SILENCED_SYSTEM_CHECKS = ["security.W021"] if not envbool("SECURE_HSTS_PRELOAD", "0") else []
