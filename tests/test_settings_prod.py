@@ -117,7 +117,8 @@ def test_it_fails_the_deploy_check_when_it_should(runs):
 def test_it_turns_on_https_only_settings(runs):
     code, output = runs("settings")
     assert code == 0, output
-    values = json.loads(output.strip().splitlines()[-1])
+    # The settings are the one JSON line on stdout; start-up may log other lines around it.
+    values = json.loads(next(line for line in output.splitlines() if line.startswith("{")))
     assert values["DEBUG"] is False
     assert values["SECURE_SSL_REDIRECT"] is True
     assert values["SESSION_COOKIE_SECURE"] is True and values["CSRF_COOKIE_SECURE"] is True
