@@ -414,3 +414,14 @@ def pytest_sessionfinish(session, exitstatus):
             connector._close()  # synchronous: the loop it belongs to no longer runs
     direct._sessions.clear()
     gc.collect()
+
+
+@pytest.fixture(autouse=True)
+def _searchable_tmp_path(request, tmp_path_factory) -> None:
+    """Server-side git on a workspace runs in the sandbox, which a server running as root starts
+    as nobody: every directory above a worktree must be searchable (pytest makes them 0700)."""
+    if "tmp_path" not in request.fixturenames or os.geteuid() != 0:
+        return
+    base = tmp_path_factory.getbasetemp()
+    for path in (base.parent, base, request.getfixturevalue("tmp_path")):
+        path.chmod(0o711)
