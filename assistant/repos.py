@@ -20,6 +20,11 @@ control it), so a `.git` file or directory planted there — pointing at another
 repository, or carrying hooks and config — is never read. The sandbox may mount the git
 directory read-only at `tree/.git` so git works inside it. On top of that every command runs
 with `_HARDENING` and a clean environment, as if the config it reads were hostile too.
+
+Every git command that reads or writes a workspace (`_ws_git`, `_ws_sh`) runs inside the
+sandbox (`sandbox_git`): the agent's processes can change the tree while git reads it, so git
+must not be able to reach anything the agent could not read itself. Only the mirrors (and the
+push, which reads the workspace's objects, never its tree) use git on the host.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import quota
+from . import quota, sandbox_git
 from .models import Conversation, RepoAuth, Repository, Workspace
 
 log = logging.getLogger(__name__)
@@ -503,13 +508,74 @@ def _explain(stderr: bytes, env: dict[str, str] | None) -> str:
     return detail[:300]
 
 
-def _ws_git(workspace: Workspace, *args: str, **kwargs) -> bytes:
-    return _git(
-        f"--git-dir={git_dir(workspace=workspace)}",
-        f"--work-tree={workspace_path(workspace=workspace)}",
-        *args,
-        **kwargs,
-    )
+# --- Running git on a workspace, in the sandbox --------------------------------------------
+
+_STOPPED = {
+    "output": "git printed more than can be kept",
+    "cpu": "git used too much CPU time",
+    "file_size": "git tried to write a file that is too large",
+    "memory": "git needed more memory than the sandbox allows",
+    "cancelled": "it was stopped",
+}
+# The prefix of every script run with _ws_sh: g is git with the fixed flags (constants only).
+_G = "g() { git " + shlex.join([*_HARDENING, *sandbox_git.FLAGS]) + ' "$@"; }\n'
+
+
+def _ws_run(
+    workspace: Workspace,
+    argv: list[str],
+    *,
+    doing: str,
+    env: dict[str, str] | None = None,
+    input: bytes | None = None,
+    timeout: float = LOCAL_TIMEOUT,
+) -> tuple[int, bytes, bytes]:
+    """Run argv in the sandbox over the workspace: exit code, stdout, stderr; RepoError when
+    the sandbox cannot start or stopped it."""
+    try:
+        result = sandbox_git.run(
+            argv,
+            tree=workspace_path(workspace=workspace),
+            git_dir=git_dir(workspace=workspace),
+            env=env,
+            input=input,
+            timeout=timeout,
+        )
+    except sandbox_git.SandboxError as exc:
+        detail = str(exc).replace(str(repos_root()), "…")
+        raise RepoError(f"{doing} failed: {detail}.")
+    if result.why == "timeout":
+        raise RepoError(f"{doing} took longer than {timeout:g} seconds and was stopped.")
+    if result.why:
+        raise RepoError(f"{doing} failed: {_STOPPED.get(result.why, result.why)}.")
+    assert result.code is not None
+    return result.code, result.out, result.err
+
+
+def _ws_git(
+    workspace: Workspace,
+    *args: str,
+    doing: str,
+    env: dict[str, str] | None = None,
+    input: bytes | None = None,
+    timeout: float = LOCAL_TIMEOUT,
+    ok_codes: tuple[int, ...] = (0,),
+) -> bytes:
+    """git on the workspace, hardened, in the sandbox; its stdout, or RepoError in words."""
+    argv = ["git", *_HARDENING, *sandbox_git.FLAGS, *args]
+    code, out, err = _ws_run(workspace, argv, doing=doing, env=env, input=input, timeout=timeout)
+    if code not in ok_codes:
+        raise RepoError(f"{doing} failed: {_explain(err, None)}")
+    return out
+
+
+def _ws_sh(
+    workspace: Workspace, script: str, *args: str, doing: str, **kwargs
+) -> tuple[int, bytes, bytes]:
+    """A fixed shell script (several git commands, one sandbox) with its arguments as $1…; in
+    it, g runs git hardened. Names never go into the script's text."""
+    argv = ["/bin/sh", "-c", _G + script, "sh", *args]
+    return _ws_run(workspace, argv, doing=doing, **kwargs)
 
 
 @contextmanager
@@ -695,9 +761,14 @@ def _clone(workspace: Workspace) -> None:
         _git(f"--git-dir={gd}", "config", key, value, doing=doing)
     _git(f"--git-dir={gd}", "remote", "remove", "origin", doing=doing)  # no server paths inside
     ref = f"refs/heads/{workspace.work_branch}"
-    _ws_git(workspace, "update-ref", ref, workspace.base_commit, doing=doing)
-    _ws_git(workspace, "symbolic-ref", "HEAD", ref, doing=doing)
-    _ws_git(workspace, "reset", "--quiet", "--hard", doing=doing)
+    code, _, err = _ws_sh(
+        workspace,
+        'g update-ref "$1" "$2" && g symbolic-ref HEAD "$1" && g reset --quiet --hard',
+        ref, _checked_sha(workspace.base_commit),
+        doing=doing,
+    )  # fmt: skip
+    if code:
+        raise RepoError(f"{doing} failed: {_explain(err, None)}")
 
 
 def remove_workspace(*, workspace: Workspace) -> None:
@@ -745,24 +816,109 @@ def status(*, workspace: Workspace) -> list[FileStatus]:
     ]
 
 
+# In a throwaway index (a copy of the real one: it keeps stat data, so only changed files
+# rehash; with its mtime, which is how git tells a file edited in the same second as the index
+# was written, "racily clean", from an unchanged one): add everything, write the tree, and list
+# what became a gitlink — an untracked directory with a .git of its own, which _NESTED redoes.
+# $1 is a hex name made here.
+_SNAPSHOT = """
+i=/workspace/.git/tandem-snapshot-$1
+trap 'rm -f "$i"' EXIT
+if [ -f /workspace/.git/index ]; then
+  cp --preserve=timestamps /workspace/.git/index "$i" || exit 1
+fi
+export GIT_INDEX_FILE="$i"
+g add --all || exit 3
+t=$(g write-tree) || exit 1
+echo "$t"
+g diff-tree -r -z --raw --no-renames --diff-filter=AT --ignore-submodules=none HEAD "$t"
+"""
+# The same with nested repositories (untracked directories holding a .git file or directory of
+# their own: git would record the commit their HEAD names, or fail when it names none) taken as
+# plain directories: their files are staged one by one, every .git in them left out, so git then
+# walks them like any other directory. One with no file but its .git is left out. Runs in the
+# sandbox, with the standard library only; argv: the index's hex name, then git and its flags.
+_NESTED = r"""
+import os, shutil, subprocess, sys
+index = "/workspace/.git/tandem-snapshot-" + sys.argv[1]
+git = sys.argv[2:]
+env = dict(os.environ, GIT_INDEX_FILE=index)
+
+def g(*args, data=None, check=True, **extra):
+    done = subprocess.run([*git, *args], input=data, capture_output=True, env={**env, **extra})
+    if check and done.returncode:
+        sys.stderr.buffer.write(done.stderr)
+        sys.exit(1)
+    return done
+
+def files(top):
+    found, stack = [], [top]
+    while stack and len(found) < 1_000_000:
+        here = stack.pop()
+        with os.scandir(b"/workspace/" + here) as entries:
+            for entry in entries:
+                if entry.name == b".git":
+                    continue
+                rel = here + b"/" + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(rel)
+                elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
+                    found.append(rel)
+    return found
+
+try:
+    if os.path.isfile("/workspace/.git/index"):
+        shutil.copy2("/workspace/.git/index", index)
+    empty = set()
+    for _ in range(1000):
+        others = g("ls-files", "-z", "-o", "--exclude-standard").stdout.split(b"\0")
+        nested = [name[:-1] for name in others if name.endswith(b"/") and name[:-1] not in empty]
+        if not nested:
+            break
+        for top in nested:
+            names = files(top)
+            listed = b"".join(name + b"\0" for name in names)
+            ignored = g("check-ignore", "-z", "--stdin", "--no-index", data=listed, check=False)
+            skip = set(ignored.stdout.split(b"\0"))
+            names = [name for name in names if name not in skip]
+            if names:
+                g("update-index", "--add", "-z", "--stdin", data=b"".join(n + b"\0" for n in names))
+            else:
+                empty.add(top)
+    else:
+        sys.exit("too many nested repositories")
+    excluded = [b":(exclude,literal)" + top for top in sorted(empty)]
+    g("add", "--all", "--", *excluded, GIT_LITERAL_PATHSPECS="0")
+    sys.stdout.buffer.write(g("write-tree").stdout)
+finally:
+    try:
+        os.unlink(index)
+    except FileNotFoundError:
+        pass
+"""
+
+
 def _snapshot(workspace: Workspace) -> str:
     """The tree as it is on disk, untracked files included, as a git tree id. Built in a
-    throwaway index so the real one (and what counts as committed) is left alone."""
-    gd = git_dir(workspace=workspace)
-    index = gd / f"snapshot-index-{uuid.uuid4().hex}"
-    try:
-        if (gd / "index").exists():
-            # Keeps stat data, so only changed files rehash. copy2, not copyfile: the copy must
-            # keep the index's mtime, which is how git tells a file edited in the same second
-            # as the index was written ("racily clean") from an unchanged one. A fresh mtime
-            # hid same-size edits made within a second of the checkout.
-            shutil.copy2(gd / "index", index)
-        env = {"GIT_INDEX_FILE": str(index)}
-        _ws_git(workspace, "add", "--all", doing="Reading the changes", env=env)
-        tree = _ws_git(workspace, "write-tree", doing="Reading the changes", env=env)
-    finally:
-        index.unlink(missing_ok=True)
-    return tree.decode().strip()
+    throwaway index so the real one (and what counts as committed) is left alone. Nested
+    repositories count as plain directories: their .git is never read nor recorded."""
+    doing = "Reading the changes"
+    code, out, err = _ws_sh(workspace, _SNAPSHOT, uuid.uuid4().hex, doing=doing)
+    if code == 0:
+        tree, _, changes = out.partition(b"\n")
+        # diff-tree -z --raw: ":<old mode> <new mode> <old id> <new id> <status>\0<path>\0"
+        if not any(
+            field.startswith(b":") and field.split(b" ")[1] == b"160000"
+            for field in changes.split(b"\0")
+        ):
+            return tree.decode().strip()
+    elif code != 3:  # 3: git add failed, perhaps over a nested repository without a commit
+        raise RepoError(f"{doing} failed: {_explain(err, None)}")
+    argv = ["python3", "-I", "-S", "-c", _NESTED, uuid.uuid4().hex, "git", *_HARDENING]
+    code, out, err = _ws_run(workspace, [*argv, *sandbox_git.FLAGS], doing=doing)
+    if code:
+        raise RepoError(f"{doing} failed: {_explain(err, None)}")
+    return out.decode().strip()
 
 
 def _diff(workspace: Workspace, since: str) -> bytes:
@@ -950,19 +1106,16 @@ def revert_between(*, workspace: Workspace, old: str, new: str) -> None:
     if not change:
         return
     change = _INDEX_MODE.sub(rb"\1", change)
-    gd, tree = git_dir(workspace=workspace), workspace_path(workspace=workspace)
     # git apply works on files relative to its current directory, not to --work-tree (without
     # --index it never sets the work tree up; from "/" it would patch /src/app.py): -C puts it
     # at the top of the tree, where the paths in the patch resolve. It checks every file before
     # writing any, reads and replaces symlinks as links, and refuses paths behind one.
-    code, _, err = _run_git(
-        (
-            f"--git-dir={gd}", f"--work-tree={tree}", "-C", tree,
-            "-c", "apply.ignoreWhitespace=no",  # exact matches only, whatever config says
-            "apply", "-R", "--binary", "--whitespace=nowarn", "-",
-        ),
-        doing=doing, env=None, input=change, timeout=LOCAL_TIMEOUT,
-    )  # fmt: skip
+    argv = [
+        "git", *_HARDENING, *sandbox_git.FLAGS, "-C", sandbox_git.TREE,
+        "-c", "apply.ignoreWhitespace=no",  # exact matches only, whatever config says
+        "apply", "-R", "--binary", "--whitespace=nowarn", "-",
+    ]  # fmt: skip
+    code, _, err = _ws_run(workspace, argv, doing=doing, input=change)
     if code:
         raise RepoError(_why_not_applied(err))
 
@@ -994,8 +1147,7 @@ def commit_all(*, workspace: Workspace, message: str, author_name: str, author_e
 
     Plumbing, not `git commit`: it runs no hooks, signs nothing and never opens an editor."""
     doing = "Saving the changes"
-    _ws_git(workspace, "add", "--all", doing=doing)
-    tree = _ws_git(workspace, "write-tree", doing=doing).decode().strip()
+    tree = _snapshot(workspace)  # nested repositories as plain directories, like every diff
     parent = head(workspace=workspace)
     if tree == _ws_git(workspace, "rev-parse", f"{parent}^{{tree}}", doing=doing).decode().strip():
         return parent
@@ -1008,7 +1160,16 @@ def commit_all(*, workspace: Workspace, message: str, author_name: str, author_e
         workspace, "commit-tree", tree, "-p", parent, "-F", "-",
         doing=doing, env=who, input=message.encode(),
     ).decode().strip()  # fmt: skip
-    _ws_git(workspace, "update-ref", "-m", "tandem: commit", "HEAD", sha, parent, doing=doing)
+    # The index follows, so that git status in the tree shows nothing left to commit.
+    code, _, err = _ws_sh(
+        workspace,
+        'g update-ref -m "tandem: commit" HEAD "$1" "$2" && g read-tree "$1" || exit 1\n'
+        "g update-index -q --refresh >/dev/null; exit 0",
+        sha, parent,
+        doing=doing,
+    )  # fmt: skip
+    if code:
+        raise RepoError(f"{doing} failed: {_explain(err, None)}")
     return sha
 
 

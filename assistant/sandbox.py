@@ -144,6 +144,7 @@ class SandboxResult:
     timed_out: bool = False
     killed_reason: str = ""  # "", "timeout", "output", "cancelled", "cpu", "file_size", "memory"
     duration_ms: int = 0
+    stdout_bytes: bytes = b""  # stdout as it came (up to the cap), for callers that want bytes
 
     @property
     def ok(self) -> bool:
@@ -162,11 +163,14 @@ async def run(
     stdin: bytes | None = None,
     network: bool = False,
     git_dir: Path | None = None,
+    git_dir_writable: bool = False,
 ) -> SandboxResult:
     """Run ``argv`` in ``worktree`` under bubblewrap and return what it did.
 
     ``git_dir``: the workspace's git directory (kept outside the tree, see ``repos``), mounted
     read-only at ``/workspace/.git`` so git commands work inside but only the server writes it.
+    ``git_dir_writable``: mounted read-write instead, for the server's own git on the workspace
+    (``sandbox_git``), never for the agent's commands.
 
     ``network=True`` shares the host's network namespace — including its loopback, where the
     database listens — so it is for deliberate, approved cases only.
@@ -183,11 +187,14 @@ async def run(
     uid, gid = (SANDBOX_UID, SANDBOX_GID) if as_root else (os.getuid(), os.getgid())
     if as_root and not _has_grant(worktree, uid):
         await asyncio.to_thread(_grant_worktree, worktree, uid)  # a walk of the whole tree, once
+    if as_root and git_dir is not None and git_dir_writable and not _has_grant(git_dir, uid):
+        await asyncio.to_thread(_grant_worktree, git_dir, uid)
 
     etc = _etc_snapshot(uid, gid) or await asyncio.to_thread(_make_etc_snapshot, uid, gid)
     args = _bwrap_args(
         worktree=worktree,
         git_dir=git_dir,
+        git_dir_writable=git_dir_writable,
         etc=etc,
         limits=limits,
         network=network,
@@ -318,6 +325,7 @@ async def _run_in(
         timed_out=watch.killed_reason == "timeout",
         killed_reason=reason,
         duration_ms=duration_ms,
+        stdout_bytes=bytes(watch.kept["stdout"]),
     )
 
 
@@ -333,6 +341,7 @@ def _bwrap_args(
     *,
     worktree: Path,
     git_dir: Path | None = None,
+    git_dir_writable: bool = False,
     etc: Path,
     limits: SandboxLimits,
     network: bool,
@@ -400,7 +409,7 @@ def _bwrap_args(
         "/",
     ]
     if git_dir is not None:  # over the tree's .git (bwrap makes the directory if missing)
-        args += ["--ro-bind", str(git_dir), f"{WORKDIR}/.git"]
+        args += ["--bind" if git_dir_writable else "--ro-bind", str(git_dir), f"{WORKDIR}/.git"]
     return [*args, "--chdir", WORKDIR]
 
 

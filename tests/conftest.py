@@ -424,4 +424,6 @@ def _searchable_tmp_path(request, tmp_path_factory) -> None:
         return
     base = tmp_path_factory.getbasetemp()
     for path in (base.parent, base, request.getfixturevalue("tmp_path")):
-        path.chmod(0o711)
+        mode = path.stat().st_mode
+        if mode & 0o111 != 0o111:
+            path.chmod(mode | 0o111)  # search only: nothing becomes listable or writable

@@ -238,7 +238,9 @@ def test_a_workspace_is_a_checkout_on_its_own_work_branch(workspace, conversatio
     assert workspace.work_branch == f"tandem/{conversation.uuid.hex[:8]}"
     assert workspace.base_commit == git(repos.mirror_path(repo=repo), "rev-parse", "main").strip()
     assert (tree(workspace) / "src" / "app.py").read_text() == "def main():\n    return 1\n"
-    assert not (tree(workspace) / ".git").exists()  # the git directory lives beside the tree
+    # The git directory lives beside the tree; the sandbox's mount point for it stays empty.
+    planted = tree(workspace) / ".git"
+    assert not planted.exists() or (planted.is_dir() and not any(planted.iterdir()))
     assert repos.status(workspace=workspace) == []
     assert repos.diff(workspace=workspace) == ""
     assert repos.head(workspace=workspace) == workspace.base_commit
@@ -657,7 +659,7 @@ def test_hostile_config_hooks_and_attributes_run_nothing(workspace, tmp_path, te
     work = tree(workspace)
     gd = repos.git_dir(workspace=workspace)
     # What the agent can plant: a .git in the tree, attributes naming drivers, a nested repo.
-    (work / ".git").mkdir()
+    (work / ".git").mkdir(exist_ok=True)  # (the sandbox's mount point for the git directory)
     (work / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
     _plant(work / ".git" / "config", markers)
     (work / ".gitattributes").write_text("* diff=evil filter=evil\n")
@@ -721,15 +723,23 @@ def test_a_planted_git_file_cannot_point_the_server_at_another_repository(
     (secret / "passwords.txt").write_text("hunter2-other-team\n")
     git(secret, "add", "-A")
     git(secret, "commit", "-qm", "secret")
-    (tree(workspace) / ".git").write_text(f"gitdir: {secret / '.git'}\n")
+    planted = tree(workspace) / ".git"
+    if planted.is_dir():
+        planted.rmdir()  # the sandbox's (empty) mount point; the agent itself cannot remove it
+    planted.write_text(f"gitdir: {secret / '.git'}\n")
     (tree(workspace) / "README.md").write_text("mine\n")
 
+    # The sandbox cannot mount the git directory over a file: refused, in words.
+    for call in (repos.diff, repos.status, repos.patch):
+        with pytest.raises(RepoError, match="a .git file or link of its own"):
+            call(workspace=workspace)
+    with pytest.raises(RepoError, match="a .git file or link of its own"):
+        repos.commit_all(workspace=workspace, message="m", author_name="A", author_email="a@b.c")
+    assert git(secret, "log", "--format=%s").split() == ["secret"]  # untouched
+    planted.unlink()
     text = repos.diff(workspace=workspace)
     assert "hunter2" not in text and "passwords.txt" not in text and "+mine" in text
     assert [entry.path for entry in repos.status(workspace=workspace)] == ["README.md"]
-    sha = repos.commit_all(workspace=workspace, message="m", author_name="A", author_email="a@b.c")
-    assert git(secret, "log", "--format=%s").split() == ["secret"]  # untouched
-    assert sha != git(secret, "rev-parse", "HEAD").strip()
 
 
 def test_diff_external_and_textconv_in_config_do_not_run(workspace, tmp_path):
@@ -910,7 +920,7 @@ def test_revert_between_puts_the_files_back_exactly(workspace):
     assert repos.snapshot(workspace=workspace) == before
     assert files_of(work) == before_files
     assert not (work / "pkg").exists() and not (work / "docs").exists()  # no empty dirs left
-    assert os.stat(work / "run.sh").st_mode & 0o777 == 0o644
+    assert not os.stat(work / "run.sh").st_mode & 0o111  # (group bits follow the sandbox's ACL)
     assert os.readlink(work / "old-link") == "src"
     assert (work / "logo.png").read_bytes() == PNG
     # Reverting the revert brings the turn back: the diff is an exact inverse.
@@ -944,7 +954,7 @@ def test_revert_keeps_later_changes_that_do_not_overlap(workspace):
     long = (work / "long.txt").read_text()
     assert "TURN ONE" not in long and "line 2\n" in long and "TURN TWO\n" in long
     assert (work / "src" / "app.py").read_text() == "def main():\n    return 1\n"
-    assert os.stat(work / "src" / "app.py").st_mode & 0o777 == 0o755  # turn two's chmod stays
+    assert os.stat(work / "src" / "app.py").st_mode & 0o111 == 0o111  # turn two's chmod stays
     assert not (work / "one.txt").exists()
     assert (work / "src" / "util.py").read_text() == "def helper():\n    return 'two'\n"
     assert (work / "two.txt").read_text() == "from turn two\n"
@@ -1050,7 +1060,11 @@ def test_diff_and_revert_never_follow_a_planted_symlink(workspace, tmp_path):
     with pytest.raises(RepoError) as caught:
         repos.revert_between(workspace=workspace, old=start, new=turn)
     message = str(caught.value)
-    assert "conf/app.ini was replaced later by a symbolic link" in message
+    # In the sandbox the link's target does not exist: git sees a dangling link.
+    assert (
+        "conf/app.ini was replaced later by a symbolic link" in message
+        or "conf/app.ini was deleted or renamed later" in message
+    )
     assert "README.md" in message  # the link's target text is not what the turn wrote
     assert files_of(work) == before
     assert (outside / "app.ini").read_text() == "[app]\nkey = 1\n"
@@ -1098,7 +1112,7 @@ def test_revert_runs_no_planted_config_or_attributes(workspace, tmp_path):
     turn = repos.snapshot(workspace=workspace)
     (work / "ws.txt").write_text("a  =  2\n")  # a later edit, whitespace only
     (work / ".gitattributes").write_text("* diff=evil filter=evil\n")
-    (work / ".git").mkdir()
+    (work / ".git").mkdir(exist_ok=True)  # (the sandbox's mount point)
     _plant(work / ".git" / "config", markers)
     gd = repos.git_dir(workspace=workspace)
     _plant(gd / "config", markers)
