@@ -819,8 +819,9 @@ def status(*, workspace: Workspace) -> list[FileStatus]:
 # In a throwaway index (a copy of the real one: it keeps stat data, so only changed files
 # rehash; with its mtime, which is how git tells a file edited in the same second as the index
 # was written, "racily clean", from an unchanged one): add everything, write the tree, and list
-# what became a gitlink — an untracked directory with a .git of its own, which _NESTED redoes.
-# $1 is a hex name made here.
+# what became a gitlink — an untracked directory with a .git of its own, which _NESTED redoes
+# (exit 4). Then print the tree id and, when more arguments follow, run them as a git command
+# with the tree as its last argument (a diff), in the same sandbox. $1 is a hex name made here.
 _SNAPSHOT = """
 i=/workspace/.git/tandem-snapshot-$1
 trap 'rm -f "$i"' EXIT
@@ -830,8 +831,11 @@ fi
 export GIT_INDEX_FILE="$i"
 g add --all || exit 3
 t=$(g write-tree) || exit 1
+g diff-tree -r -z --raw --no-renames --diff-filter=AT --ignore-submodules=none HEAD "$t" |
+  grep -qz '^:[0-7]* 160000 ' && exit 4
 echo "$t"
-g diff-tree -r -z --raw --no-renames --diff-filter=AT --ignore-submodules=none HEAD "$t"
+shift
+[ $# -eq 0 ] || g "$@" "$t"
 """
 # The same with nested repositories (untracked directories holding a .git file or directory of
 # their own: git would record the commit their HEAD names, or fail when it names none) taken as
@@ -898,35 +902,38 @@ finally:
 """
 
 
-def _snapshot(workspace: Workspace) -> str:
-    """The tree as it is on disk, untracked files included, as a git tree id. Built in a
-    throwaway index so the real one (and what counts as committed) is left alone. Nested
-    repositories count as plain directories: their .git is never read nor recorded."""
-    doing = "Reading the changes"
-    code, out, err = _ws_sh(workspace, _SNAPSHOT, uuid.uuid4().hex, doing=doing)
+def _snapshot_then(
+    workspace: Workspace, *then: str, doing: str = "Reading the changes"
+) -> tuple[str, bytes]:
+    """The tree as it is on disk, untracked files included, as a git tree id, and the output of
+    the git command `then` (if any) run on it. Built in a throwaway index so the real one (and
+    what counts as committed) is left alone. Nested repositories count as plain directories:
+    their .git is never read nor recorded. One sandbox, two when there are nested ones."""
+    code, out, err = _ws_sh(workspace, _SNAPSHOT, uuid.uuid4().hex, *then, doing=doing)
     if code == 0:
-        tree, _, changes = out.partition(b"\n")
-        # diff-tree -z --raw: ":<old mode> <new mode> <old id> <new id> <status>\0<path>\0"
-        if not any(
-            field.startswith(b":") and field.split(b" ")[1] == b"160000"
-            for field in changes.split(b"\0")
-        ):
-            return tree.decode().strip()
-    elif code != 3:  # 3: git add failed, perhaps over a nested repository without a commit
+        tree, _, rest = out.partition(b"\n")
+        return tree.decode().strip(), rest
+    if code not in (3, 4):  # 3: git add failed, perhaps over a nested repository; 4: nested
         raise RepoError(f"{doing} failed: {_explain(err, None)}")
     argv = ["python3", "-I", "-S", "-c", _NESTED, uuid.uuid4().hex, "git", *_HARDENING]
     code, out, err = _ws_run(workspace, [*argv, *sandbox_git.FLAGS], doing=doing)
     if code:
         raise RepoError(f"{doing} failed: {_explain(err, None)}")
-    return out.decode().strip()
+    tree = out.decode().strip()
+    return tree, (_ws_git(workspace, *then, tree, doing=doing) if then else b"")
+
+
+def _snapshot(workspace: Workspace) -> str:
+    return _snapshot_then(workspace)[0]
 
 
 def _diff(workspace: Workspace, since: str) -> bytes:
-    return _ws_git(
+    _, out = _snapshot_then(
         workspace, "diff-tree", "-r", "-p", "--binary", "-M", "--no-ext-diff", "--no-textconv",
-        "--ignore-submodules=all", _checked_sha(since), _snapshot(workspace),
+        "--ignore-submodules=all", _checked_sha(since),
         doing="Computing the diff",
     )  # fmt: skip
+    return out
 
 
 def diff(*, workspace: Workspace, since: str | None = None) -> str:
@@ -963,31 +970,37 @@ def snapshot(*, workspace: Workspace) -> str:
     return _snapshot(workspace)
 
 
-def _checked_trees(workspace: Workspace, *ids: str) -> list[str]:
-    # Full hex ids only (nothing option-like, no ref names), and each must name a tree in this
-    # workspace: a commit id is taken as its tree, anything else is refused.
+# $1: how many ids follow; each must name a tree in this workspace (a commit is taken as its
+# tree) or the script exits 5; then the remaining arguments run as a git command with the trees
+# appended.
+_ON_TREES = """
+n=$1; shift
+while [ "$n" -gt 0 ]; do
+  t=$(g rev-parse --verify --quiet "$1^{tree}") || exit 5
+  shift; set -- "$@" "$t"; n=$((n - 1))
+done
+g "$@"
+"""
+
+
+def _on_trees(workspace: Workspace, ids: tuple[str, ...], *args: str, doing: str) -> bytes:
+    """git `args` with the trees that `ids` name appended, in one sandbox. Full hex ids only:
+    nothing option-like, no ref names."""
     if not all(_SHA.fullmatch(value or "") for value in ids):
         raise RepoError("That is not a snapshot of this workspace.")
-    wanted = "".join(f"{value}^{{tree}}\n" for value in ids).encode()
-    out = _ws_git(
-        workspace, "cat-file", "--batch-check", doing="Reading the snapshots", input=wanted
-    )
-    trees = []
-    for line in out.decode("utf-8", "replace").splitlines():
-        fields = line.split()  # "<id> tree <size>", or "<what was asked> missing"
-        if len(fields) != 3 or fields[1] != "tree" or not _SHA.fullmatch(fields[0]):
-            raise RepoError("That is not a snapshot of this workspace.")
-        trees.append(fields[0])
-    if len(trees) != len(ids):
+    code, out, err = _ws_sh(workspace, _ON_TREES, str(len(ids)), *ids, *args, doing=doing)
+    if code == 5:
         raise RepoError("That is not a snapshot of this workspace.")
-    return trees
+    if code:
+        raise RepoError(f"{doing} failed: {_explain(err, None)}")
+    return out
 
 
 def _tree_diff(workspace: Workspace, old: str, new: str, *options: str, doing: str) -> bytes:
-    old, new = _checked_trees(workspace, old, new)
-    return _ws_git(
-        workspace, "diff-tree", "-r", "-M", *options, "--no-ext-diff", "--no-textconv",
-        "--ignore-submodules=all", old, new,
+    return _on_trees(
+        workspace, (old, new),
+        "diff-tree", "-r", "-M", *options, "--no-ext-diff", "--no-textconv",
+        "--ignore-submodules=all",
         doing=doing,
     )  # fmt: skip
 
@@ -1034,9 +1047,8 @@ def diff_stat(*, workspace: Workspace, old: str, new: str) -> list[DiffStat]:
 
 def tree_entries(*, workspace: Workspace, tree: str) -> list[TreeEntry]:
     """Every file of a snapshot, in all directories, with its size: one git process."""
-    (tree,) = _checked_trees(workspace, tree)
-    out = _ws_git(
-        workspace, "ls-tree", "-r", "-l", "-z", "--full-tree", tree, doing="Listing the files"
+    out = _on_trees(
+        workspace, (tree,), "ls-tree", "-r", "-l", "-z", "--full-tree", doing="Listing the files"
     )
     entries = []
     for record in out.split(b"\0"):
@@ -1147,7 +1159,7 @@ def commit_all(*, workspace: Workspace, message: str, author_name: str, author_e
 
     Plumbing, not `git commit`: it runs no hooks, signs nothing and never opens an editor."""
     doing = "Saving the changes"
-    tree = _snapshot(workspace)  # nested repositories as plain directories, like every diff
+    tree, _ = _snapshot_then(workspace, doing=doing)  # nested repositories as plain directories
     parent = head(workspace=workspace)
     if tree == _ws_git(workspace, "rev-parse", f"{parent}^{{tree}}", doing=doing).decode().strip():
         return parent

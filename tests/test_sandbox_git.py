@@ -117,6 +117,7 @@ def test_a_file_swapped_for_a_symlink_never_leaks_host_bytes(workspace, tmp_path
         for what, needle in secrets_seen.items()
         if needle in data
     ]
+    print(f"{calls} rounds, {failures} failed; swapper: {result['r'].output.strip()}")
     assert not leaks, f"{leaks} ({calls} rounds, {failures} failed)"
 
 
