@@ -123,3 +123,64 @@ def test_a_file_swapped_for_a_symlink_never_leaks_host_bytes(workspace, tmp_path
 
 def _sh_quote(text: str) -> str:
     return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def _gitlinks(ws: Workspace, tree_id: str) -> list[str]:
+    out = git(repos.git_dir(workspace=ws), "ls-tree", "-r", tree_id)
+    return [line for line in out.splitlines() if line.startswith("160000")]
+
+
+def test_a_nested_git_file_pointing_elsewhere_is_never_followed(workspace, tmp_path):
+    # Another repository the server can read, and a .git file in the tree that names it.
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    git(secret, "init", "-q")
+    (secret / "passwords.txt").write_text("hunter2-other-team\n")
+    git(secret, "add", "-A")
+    git(secret, "commit", "-qm", "secret")
+    secret_head = git(secret, "rev-parse", "HEAD").strip()
+    work = tree(workspace)
+    (work / "vendor" / "lib").mkdir(parents=True)
+    (work / "vendor" / "lib" / ".git").write_text(f"gitdir: {secret / '.git'}\n")
+    (work / "vendor" / "lib" / "code.py").write_text("print('plain')\n")
+    # And one naming the workspace's own git directory, which does exist in the sandbox.
+    (work / "own").mkdir()
+    (work / "own" / ".git").write_text("gitdir: /workspace/.git\n")
+    (work / "own" / "file.txt").write_text("own\n")
+
+    snap = repos.snapshot(workspace=workspace)
+    patch = repos.patch(workspace=workspace)
+    sha = repos.commit_all(workspace=workspace, message="m", author_name="A", author_email="a@b.c")
+
+    assert _gitlinks(workspace, snap) == [] and _gitlinks(workspace, sha) == []
+    text = patch.decode()
+    assert secret_head not in text and "hunter2" not in text and "gitdir" not in text
+    assert "+print('plain')" in text and "b/vendor/lib/code.py" in text
+    assert "b/own/file.txt" in text and ".git" not in text
+    assert secret_head not in git(repos.git_dir(workspace=workspace), "ls-tree", "-r", sha)
+
+
+def test_an_empty_nested_repository_does_not_break_snapshots(workspace):
+    work = tree(workspace)
+    (work / "tool").mkdir()
+    git(work / "tool", "init", "-q")  # no commit: git add would refuse the whole snapshot
+    (work / "tool" / "main.c").write_text("int main(void) { return 0; }\n")
+    (work / "empty").mkdir()
+    git(work / "empty", "init", "-q")  # nothing in it but its .git
+    (work / "README.md").write_text("edited\n")
+
+    start = repos.snapshot(workspace=workspace)
+    assert _gitlinks(workspace, start) == []
+    text = repos.diff(workspace=workspace)
+    assert "b/tool/main.c" in text and "+edited" in text and "empty" not in text
+    assert ".git" not in text
+    repos.commit_all(workspace=workspace, message="m", author_name="A", author_email="a@b.c")
+    assert repos.patch(workspace=workspace)
+    # A nested repository inside a nested repository: plain files all the way down.
+    (work / "tool" / "deeper").mkdir()
+    git(work / "tool" / "deeper", "init", "-q")
+    (work / "tool" / "deeper" / "x.txt").write_text("x\n")
+    later = repos.snapshot(workspace=workspace)
+    assert _gitlinks(workspace, later) == []
+    names = repos.diff_stat(workspace=workspace, old=start, new=later)
+    assert [s.path for s in names] == ["tool/deeper/x.txt"]
