@@ -218,6 +218,8 @@ def messages(request: HttpRequest, caller: Caller, conversation_id) -> JsonRespo
         )
     except BudgetExceeded as exc:  # a ChatError too, but no fault of the message
         raise ApiError(429, "budget_exceeded", str(exc))
+    except services.RunInFlight as exc:
+        raise ApiError(409, "run_in_flight", str(exc))
     except services.ChatError as exc:
         raise ApiError(422, "invalid_content", str(exc))
     return JsonResponse(

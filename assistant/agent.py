@@ -425,8 +425,12 @@ async def execute_run(run_id: str) -> None:
     if turn.workspace is not None and run.tree_before:
         try:
             tree_after = await _asnapshot(turn.workspace)
-        except repos.RepoError:
-            log.exception("Could not read the changes of run %s", run_id)
+        except repos.RepoError as exc:
+            # Said on the turn, in words: without it the reply shows no changes and cannot be
+            # undone, and the person should know why.
+            log.warning("Could not read the changes of run %s: %s", run_id, exc)
+            note = f"The changes of this reply could not be recorded: {exc}"
+            error = f"{error} {note}" if error else note
         else:
             # Stored before the run is marked finished, so the bubble that refreshes then
             # shows it; pages only ever read it from the database.

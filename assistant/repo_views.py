@@ -200,6 +200,18 @@ def _workspace(request: HttpRequest, slug: str, conversation_id):
     return conversation, workspace
 
 
+def _refused(request: HttpRequest, conversation, heading: str, text: str) -> HttpResponse:
+    """409 in words: a fragment for htmx, else a page with a way back."""
+    if request.headers.get("HX-Request"):
+        return render(request, "assistant/_composer_error.html", {"error": text}, status=409)
+    context = {"heading": heading, "text": text, "conversation": conversation}
+    return render(request, "assistant/refused.html", context, status=409)
+
+
+def _in_flight(conversation) -> bool:
+    return conversation.runs.filter(status__in=services.IN_FLIGHT).exists()
+
+
 @login_required
 @require_GET
 def conversation_patch(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
@@ -207,17 +219,19 @@ def conversation_patch(request: HttpRequest, slug: str, conversation_id) -> Http
     `git apply` on its base commit: streamed from git as it comes, never held whole, and cut
     at PATCH_MAX_BYTES with a last line that says so."""
     conversation, workspace = _workspace(request, slug, conversation_id)
+    heading = "No patch to download"
+    if _in_flight(conversation):
+        # The tree is still changing: a patch now would be half a turn.
+        text = "Wait until the assistant has finished before downloading the patch."
+        return _refused(request, conversation, heading, text)
     try:
         chunks = iter(diffs.patch_stream(workspace=workspace))
         first = next(chunks, b"")
     except repos.RepoError as exc:
-        return HttpResponse(str(exc), status=409, content_type="text/plain; charset=utf-8")
+        return _refused(request, conversation, heading, str(exc))
     if not first:
-        return HttpResponse(
-            "This conversation has not changed any files yet.",
-            status=409,
-            content_type="text/plain; charset=utf-8",
-        )
+        text = "This conversation has not changed any files yet."
+        return _refused(request, conversation, heading, text)
     body = _prepended(first, chunks)
     if isinstance(request, ASGIRequest):
         # Under ASGI Django would first read a sync iterator whole (into a list), the very
@@ -260,9 +274,9 @@ def conversation_push(request: HttpRequest, slug: str, conversation_id) -> HttpR
     conversation, workspace = _workspace(request, slug, conversation_id)
     back = redirect("conversation_detail", slug=slug, conversation_id=conversation.uuid)
     branch = request.POST.get("branch", "").strip() or workspace.work_branch
-    if conversation.runs.filter(status__in=services.IN_FLIGHT).exists():
-        messages.error(request, "Wait until the assistant has finished before pushing.")
-        return back
+    if _in_flight(conversation):
+        text = "Wait until the assistant has finished before pushing."
+        return _refused(request, conversation, "Nothing was pushed", text)
     user = request.user
     try:
         if not repos.has_changes(workspace=workspace):

@@ -34,6 +34,30 @@ class ChatError(Exception):
     """A chat operation that cannot be done, with a message for the user."""
 
 
+class RunInFlight(ChatError):
+    """A conversation that works on a repository takes one request at a time."""
+
+
+BUSY = (
+    "The assistant is still working on this conversation's repository (a reply is queued, "
+    "running or waiting for an approval). Wait until it has finished, or stop it, then send "
+    "this again."
+)
+
+
+def refuse_while_in_flight(conversation: Conversation) -> None:
+    """RunInFlight when the conversation has a repository and a run that is not finished.
+    Locks the conversation's row until the transaction ends, so two requests cannot both pass
+    and start two runs on one workspace."""
+    from .models import Workspace
+
+    if not Workspace.objects.filter(conversation_id=conversation.pk).exists():
+        return
+    Conversation.objects.select_for_update().filter(pk=conversation.pk).first()
+    if Run.objects.filter(conversation_id=conversation.pk, status__in=IN_FLIGHT).exists():
+        raise RunInFlight(BUSY)
+
+
 def _title_from(content: str) -> str:
     first_line = next((line.strip() for line in content.splitlines() if line.strip()), "")
     first_line = first_line.lstrip("#>*- ").strip()
@@ -98,6 +122,7 @@ def message_send(*, conversation: Conversation, author: User, content: str, api_
     from usage import budgets
 
     content = validate_content(content)
+    refuse_while_in_flight(conversation)
     budgets.check(team=conversation.team, user=author)
     now = timezone.now()
     message = Message.objects.create(
@@ -138,6 +163,7 @@ def run_retry(*, run: Run, author: User) -> Run:
     if run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
         raise ChatError("Only a failed or stopped reply can be retried.")
     conversation = run.conversation
+    refuse_while_in_flight(conversation)
     new_run = Run.objects.create(
         conversation=conversation, user_message=run.user_message, requested_by=author
     )

@@ -22,7 +22,16 @@ from assistant.models import Workspace
 from assistant.repos import RepoError
 from assistant.tools.base import ToolContext
 from assistant.tools.shell import run_command
-from tests.test_repos import GIT_ENV, git, origin, repo, root, tree, workspace  # noqa: F401
+from tests import test_repos
+from tests.test_repos import GIT_ENV, git, tree
+
+# test_repos's fixtures: a local origin, its repository row and a workspace of it.
+root, origin, repo, workspace = (
+    test_repos.root,
+    test_repos.origin,
+    test_repos.repo,
+    test_repos.workspace,
+)
 
 pytestmark = pytest.mark.django_db
 
