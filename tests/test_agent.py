@@ -550,3 +550,51 @@ def test_members_who_left_cannot_decide(conversation, team, alice, bob, workspac
     (call,) = calls_of(run)
     team.memberships.filter(user=bob).delete()
     assert decide(bob, call, "approve").status_code == 404
+
+
+# --- One request at a time on a repository (issue 11) -----------------------------------------
+
+
+def test_a_second_message_while_a_reply_is_in_flight_is_refused_in_words(
+    conversation, alice, bob, workspace
+):
+    first = send(conversation, alice, "first question")  # queued, not executed
+    response = member_client(bob).post(
+        f"/t/acme/c/{conversation.uuid}/messages/", {"content": "a second one"}
+    )
+    assert response.status_code == 422
+    assert "still working on this conversation" in response.content.decode()
+    assert Run.objects.filter(conversation=conversation).count() == 1
+    with pytest.raises(services.RunInFlight):
+        send(conversation, bob, "and a third")
+    # The patch and the push wait too, and say so on a page of their own.
+    patch = member_client(alice).get(f"/t/acme/c/{conversation.uuid}/patch/")
+    assert patch.status_code == 409 and patch["Content-Type"].startswith("text/html")
+    assert "Wait until the assistant has finished" in patch.content.decode()
+    push = member_client(alice).post(f"/t/acme/c/{conversation.uuid}/push/", {"branch": "x"})
+    assert push.status_code == 409
+    assert "Wait until the assistant has finished before pushing" in push.content.decode()
+    # Once the reply is done the next message goes through.
+    execute(first)
+    assert send(conversation, bob, "now the second").status == RunStatus.QUEUED
+
+
+def test_a_turn_whose_changes_cannot_be_read_says_so(conversation, alice, workspace, monkeypatch):
+    real = repos.snapshot
+    calls = []
+
+    def failing_after_the_first(*, workspace):
+        calls.append(1)
+        if len(calls) > 1:
+            raise repos.RepoError("Reading the changes failed: the disk is full.")
+        return real(workspace=workspace)
+
+    monkeypatch.setattr(repos, "snapshot", failing_after_the_first)
+    run = execute(send(conversation, alice, "hello"))
+    assert run.status == RunStatus.SUCCEEDED and not run.tree_after
+    assert run.error == (
+        "The changes of this reply could not be recorded: "
+        "Reading the changes failed: the disk is full."
+    )
+    page = member_client(alice).get(f"/runs/{run.uuid}/").content.decode()
+    assert "could not be recorded" in page and "the disk is full" in page
