@@ -242,7 +242,10 @@ RESPONSES = {
     "NotFound": _error(
         "No such object in a team the caller is in (the same for one of another team)."
     ),
-    "Conflict": _error("Not possible in the object's present state."),
+    "Conflict": _error(
+        "Not possible in the object's present state (for messages: run_in_flight, a reply of a "
+        "conversation with a repository is still queued, running or awaiting approval)."
+    ),
     "TooLarge": _error("The request body is over the size limit."),
     "Unprocessable": _error("Well-formed but not acceptable (e.g. an empty or too long message)."),
     "TooManyRequests": _error(
@@ -419,6 +422,7 @@ def _paths() -> dict[str, Any]:
                     "BadRequest",
                     "Forbidden",
                     "NotFound",
+                    "Conflict",
                     "TooLarge",
                     "Unprocessable",
                 ),

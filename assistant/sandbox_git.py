@@ -24,6 +24,8 @@ separate arguments).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +96,7 @@ def run(
     if any("=" in key or "\0" in key + value for key, value in variables.items()):
         raise ValueError("bad environment variable")
     command = [ENV_PROGRAM, "-", *(f"{k}={v}" for k, v in variables.items()), *argv]
-    result = sandbox.run_sync(
+    call = sandbox.run(
         command,
         worktree=tree,
         git_dir=git_dir,
@@ -102,6 +104,7 @@ def run(
         limits=limits(timeout),
         stdin=input if input is not None else b"",
     )
+    result = _wait(call)
     why = result.killed_reason or ("output" if result.truncated else "")
     return GitResult(
         code=None if why else result.exit_code,
@@ -109,6 +112,18 @@ def run(
         err=result.stderr.encode(),
         why=why,
     )
+
+
+def _wait(call):
+    """Run the coroutine to its end from synchronous code. Callers are threads without an
+    event loop (sync_to_async, views, Celery); from inside a loop it runs on a thread of its
+    own rather than failing."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(call)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, call).result()
 
 
 __all__ = ["FLAGS", "GIT_DIR", "TREE", "GitResult", "SandboxError", "run"]
