@@ -560,3 +560,18 @@ def test_export_a_conversation_redacted(api, key, team, alice, conversation, cha
     )
     outsider = other_key(other_team, charlie)
     assert_error(call(api, "GET", f"conversations/{conversation.uuid}/export", key=outsider), 404)
+
+
+def test_a_message_while_a_reply_on_the_repository_is_under_way_is_409(api, key, team, no_runs):
+    from assistant.models import Repository, Run
+    from tests.urlwalk import _origin
+
+    Repository.objects.create(team=team, name="app", url=str(_origin()))
+    created = call(api, "POST", "conversations", key=key, body={"repository": "app"})
+    path = f"conversations/{created.json()['id']}/messages"
+    assert call(api, "POST", path, key=key, body={"content": "first"}).status_code == 202
+    error = assert_error(
+        call(api, "POST", path, key=key, body={"content": "second"}), 409, "run_in_flight"
+    )
+    assert "still working" in error["message"]
+    assert Run.objects.filter(conversation__uuid=created.json()["id"]).count() == 1
