@@ -480,12 +480,9 @@ def _feed(proc: subprocess.Popen, data: bytes) -> None:
 def ws_git_stream(workspace: Workspace, *args: str, doing: str, limit: int, **kwargs) -> GitStream:
     """A git command on a workspace whose output is read bounded: see GitStream. Every read of
     a turn's changes for display, and the patch download, goes through here."""
+    # Objects only (trees and blobs by id): no work tree is named, so none is ever read here.
     return GitStream(
-        (
-            f"--git-dir={git_dir(workspace=workspace)}",
-            f"--work-tree={workspace_path(workspace=workspace)}",
-            *args,
-        ),
+        (f"--git-dir={git_dir(workspace=workspace)}", *args),
         doing=doing,
         limit=limit,
         **kwargs,
@@ -949,25 +946,30 @@ def patch(*, workspace: Workspace) -> bytes:
 
 
 def has_changes(*, workspace: Workspace) -> bool:
-    """Whether the files on disk differ from the base commit (git's exit code, no output)."""
-    code, _, err = _run_git(
-        (
-            f"--git-dir={git_dir(workspace=workspace)}",
-            f"--work-tree={workspace_path(workspace=workspace)}",
-            "diff-tree", "--quiet", "-r", "--ignore-submodules=all",
-            _checked_sha(workspace.base_commit), _snapshot(workspace),
-        ),
-        doing="Reading the changes", env=None, input=None, timeout=LOCAL_TIMEOUT,
-    )  # fmt: skip
-    if code not in (0, 1):
-        raise RepoError(f"Reading the changes failed: {_explain(err, None)}")
-    return code == 1
+    """Whether the files on disk differ from the base commit: the snapshot's tree id against
+    the base's, in the snapshot's sandbox."""
+    base = _checked_sha(workspace.base_commit)
+    _, out = _snapshot_then(workspace, "rev-parse", f"{base}^{{tree}}")
+    ids = out.split()  # the base's tree, then the snapshot (appended as the last argument)
+    if len(ids) != 2:
+        raise RepoError("Reading the changes failed: git gave no tree.")
+    return ids[0] != ids[1]
 
 
 def snapshot(*, workspace: Workspace) -> str:
     """The files on disk, untracked ones included, as a git tree id: what a turn started or
     ended with, for `diff_between` and `revert_between`. No ref keeps it: see gc.auto."""
     return _snapshot(workspace)
+
+
+def _checked_trees(workspace: Workspace, *ids: str) -> list[str]:
+    """The trees that ``ids`` name in this workspace (a commit is taken as its tree), or
+    RepoError: full hex ids only, nothing option-like, no ref names."""
+    out = _on_trees(workspace, ids, "rev-parse", doing="Reading the snapshots")
+    trees = out.decode("ascii", "replace").split()  # rev-parse prints each id it was given
+    if len(trees) != len(ids) or not all(_SHA.fullmatch(tree) for tree in trees):
+        raise RepoError("That is not a snapshot of this workspace.")
+    return trees
 
 
 # $1: how many ids follow; each must name a tree in this workspace (a commit is taken as its
