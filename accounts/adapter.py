@@ -10,7 +10,7 @@ from django.http import Http404, HttpRequest
 class AccountAdapter(DefaultAccountAdapter):
     def is_open_for_signup(self, request: HttpRequest) -> bool:
         # Self-hosted sites may close sign-up to people without an invitation.
-        if getattr(settings, "SIGNUP_REQUIRES_INVITATION", False):
+        if settings.SIGNUP_REQUIRES_INVITATION:
             return bool(request.session.get("invitation_token"))
         return True
 

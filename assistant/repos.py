@@ -157,7 +157,7 @@ class TreeEntry:
 
 
 def repos_root() -> Path:
-    return Path(getattr(settings, "REPOS_ROOT", settings.DATA_DIR / "repos")).absolute()
+    return Path(settings.REPOS_ROOT).absolute()
 
 
 def _repo_dir(repo: Repository) -> Path:

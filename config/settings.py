@@ -281,6 +281,8 @@ SOCIALACCOUNT_ADAPTER = "accounts.adapter.SocialAccountAdapter"
 SOCIALACCOUNT_EMAIL_AUTHENTICATION = True
 SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = True
 SOCIALACCOUNT_LOGIN_ON_GET = False
+# Closed sign-up: only people following an invitation link may make an account.
+SIGNUP_REQUIRES_INVITATION = envbool("SIGNUP_REQUIRES_INVITATION", "0")
 
 
 def _social_providers() -> dict:
@@ -422,6 +424,10 @@ MAX_MESSAGE_CHARS = envint("MAX_MESSAGE_CHARS", 32000)
 # Deltas are coalesced for this long before being published.
 STREAM_COALESCE_MS = envint("STREAM_COALESCE_MS", 30)
 INVITATION_DAYS = envint("INVITATION_DAYS", 7)
+
+# --- Sharing (sharing/) ------------------------------------------------------------------------
+# Lookups of unknown share tokens per client and minute; past it every lookup is refused (429).
+SHARE_FAILED_LOOKUPS_PER_MINUTE = envint("SHARE_FAILED_LOOKUPS_PER_MINUTE", 30)
 
 # --- The agent (conversations attached to a repository) -------------------------------------
 # One reply may call the model at most this many times (tool calls come between the calls)...

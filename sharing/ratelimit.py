@@ -22,7 +22,7 @@ KEY_PREFIX = "tandem:share:fail:"
 
 
 def limit() -> int:
-    return int(getattr(settings, "SHARE_FAILED_LOOKUPS_PER_MINUTE", 30))
+    return settings.SHARE_FAILED_LOOKUPS_PER_MINUTE
 
 
 def client_of(ip: str | None) -> str:

@@ -150,7 +150,7 @@ def for_team(team, *, hide_member_emails: bool = False) -> Redactor:
 
     from assistant.models import Repository
 
-    secrets = [team.llm_api_key, getattr(settings, "LLM_API_KEY", "") or ""]
+    secrets = [team.llm_api_key, settings.LLM_API_KEY]
     for repo in Repository.objects.filter(team=team).exclude(credential_encrypted=""):
         secrets.append(repo.credential)
     emails: list[str] = []
