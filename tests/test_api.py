@@ -12,6 +12,7 @@ from django.urls import URLPattern, get_resolver
 from assistant.models import Conversation, Message, Run, RunStatus, ToolCall, ToolCallStatus
 from assistant.services import message_send
 from tests.api_client import assert_error, call, csrf_token, make_key
+from usage.budgets import BudgetExceeded
 
 pytestmark = pytest.mark.django_db
 
@@ -521,10 +522,8 @@ def test_a_session_creates_in_the_team_it_names(api, bob, team):
 
 
 def test_a_used_up_budget_is_429(api, key, conversation, monkeypatch):
-    budgets = pytest.importorskip("usage.budgets")
-
     def refuse(**kwargs):
-        raise budgets.BudgetExceeded("The team's budget for this month is used up.")
+        raise BudgetExceeded("The team's budget for this month is used up.")
 
     monkeypatch.setattr("assistant.services.message_send", refuse)
     path = f"conversations/{conversation.uuid}/messages"
