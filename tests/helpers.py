@@ -1,9 +1,12 @@
-"""Small helpers shared by tests that talk to the running stack."""
+"""Small helpers shared by tests: talking to the running stack, waiting for an effect."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import random
+import subprocess
 import time
 
 import websockets
@@ -45,3 +48,29 @@ async def collect_run(ws, *, timeout: float = 30) -> dict:
             deltas.append(frame)
         if frame["t"] in ("run.completed", "run.failed", "run.cancelled"):
             return {"deltas": deltas, "end": frame, "frames": frames}
+
+
+def wait_until(condition, *, what: str, timeout: float = 30):
+    """Poll ``condition`` until it returns something true, and return that; fail saying
+    ``what`` never happened after ``timeout`` seconds. The timeout only stops a test that
+    would hang: what the test asserts is the effect, never how fast it came."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = condition()
+        if found:
+            return found
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: still not the case after {timeout} s")
+        time.sleep(0.05)
+
+
+def sleep_seconds() -> str:
+    """A duration for ``sleep`` that no other process on the machine uses (other test runs
+    share it), so that ``sleepers`` finds exactly this test's sleeps."""
+    return f"{random.randrange(10**6, 10**7)}.{os.getpid()}"
+
+
+def sleepers(seconds: str) -> int:
+    """How many ``sleep <seconds>`` processes are running on this machine."""
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    return sum(1 for line in ps.stdout.splitlines() if line.strip() == f"sleep {seconds}")

@@ -20,6 +20,7 @@ import pytest
 
 from assistant import cgroups, sandbox
 from assistant.sandbox import SandboxError, SandboxLimits, run, run_sync
+from tests.helpers import sleep_seconds, sleepers, wait_until
 
 PROJECT = Path(__file__).resolve().parent.parent
 FAST = SandboxLimits(wall_seconds=10)
@@ -142,15 +143,20 @@ def test_git_works_inside_with_the_git_dir_read_only(worktree):
 
 
 def test_concurrent_runs_on_one_loop(worktree):
+    # Each command waits until all six have started: run one after another, the first would
+    # wait alone until its wall limit killed it.
+    barrier = "touch started-{i}; until [ $(ls started-* | wc -l) -eq 6 ]; do sleep 0.05; done"
+
     async def many():
         return await asyncio.gather(
-            *(run(["sh", "-c", f"sleep 0.3; echo {i}"], worktree=worktree) for i in range(6))
+            *(
+                run(["sh", "-c", barrier.format(i=i) + f"; echo {i}"], worktree=worktree)
+                for i in range(6)
+            )
         )
 
-    started = time.monotonic()
     results = asyncio.run(many())
-    assert [r.stdout for r in results] == [f"{i}\n" for i in range(6)]
-    assert time.monotonic() - started < 3  # in parallel, not one after another
+    assert [r.stdout for r in results] == [f"{i}\n" for i in range(6)], results
 
 
 def test_runs_on_uvloop_too(worktree, monkeypatch):
@@ -158,21 +164,22 @@ def test_runs_on_uvloop_too(worktree, monkeypatch):
     uvloop = pytest.importorskip("uvloop")
     monkeypatch.setenv("TANDEM_TEST_SECRET", "hunter2-do-not-leak")
 
+    seconds = sleep_seconds()
+
     async def scenario():
         r = await run(["sh", "-c", "id -u; cat /proc/1/environ; env"], worktree=worktree)
-        task = asyncio.create_task(run(["sleep", "30"], worktree=worktree))
-        await asyncio.sleep(0.3)
-        started = time.monotonic()
+        task = asyncio.create_task(run(["sleep", seconds], worktree=worktree))
+        await asyncio.to_thread(wait_until, lambda: sleepers(seconds), what="the sleep started")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await task
-        return r, time.monotonic() - started
+            await asyncio.wait_for(task, 30)
+        return r
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        r, elapsed = runner.run(scenario())
+        r = runner.run(scenario())
     assert r.ok and r.stdout.splitlines()[0] != "0", r
     assert "hunter2" not in r.stdout
-    assert elapsed < 1
+    wait_until(lambda: not sleepers(seconds), what="the cancelled sleep is gone")
 
 
 # --- Escapes ------------------------------------------------------------------------------------
@@ -319,9 +326,7 @@ def test_no_privilege_escalation(worktree):
 
 def test_fork_bomb_is_bounded(worktree):
     limits = SandboxLimits(wall_seconds=8, max_processes=64)
-    started = time.monotonic()
     r = sh("sbxbomb() { sbxbomb | sbxbomb & }; sbxbomb; sleep 1; echo survived", worktree, limits)
-    assert time.monotonic() - started < limits.wall_seconds + 2
     assert "survived" in r.stdout or r.killed_reason == "timeout", r
     assert "fork" in r.stderr.lower()  # "Cannot fork": the process limit said no
     still_works(worktree)
@@ -444,7 +449,8 @@ def test_without_cgroups_calls_keep_their_rlimits_and_say_why(worktree, monkeypa
 def test_endless_loop_is_killed_by_the_wall_clock(worktree):
     started = time.monotonic()
     r = sh("while true; do :; done", worktree, SandboxLimits(wall_seconds=1.5))
-    assert 1.4 < time.monotonic() - started < 4
+    # Not before its limit (a bound a busy machine can't break; how soon after is bench/'s).
+    assert time.monotonic() - started > 1.4
     assert r.timed_out and r.killed_reason == "timeout" and r.exit_code is None
     still_works(worktree)
 
@@ -460,9 +466,7 @@ def test_busy_loop_is_killed_by_the_cpu_limit(worktree):
 
 def test_100_mb_of_output_is_cut(worktree):
     limits = SandboxLimits(max_output_bytes=1_000_000)
-    started = time.monotonic()
     r = sh("yes | head -c 100000000", worktree, limits)
-    assert time.monotonic() - started < 5
     assert r.truncated and r.killed_reason == "output" and r.exit_code is None
     assert r.stdout.startswith("y\ny\n")
     assert len(r.stdout) < 1_000_000 + 500
@@ -498,35 +502,22 @@ def test_huge_file_hits_the_file_size_limit(worktree):
 
 
 def test_cancel_kills_the_whole_tree(worktree):
-    marker = "6017.25"  # an unusual duration, to find exactly our sleeps in ps
-
-    def ours() -> list[str]:
-        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-        return [
-            line for line in ps.splitlines() if f"sleep {marker}" in line and "sh -c" not in line
-        ]
+    seconds = sleep_seconds()
 
     async def scenario():
         task = asyncio.create_task(
-            run(["sh", "-c", f"sleep {marker} & sleep {marker}; echo never"], worktree=worktree)
+            run(["sh", "-c", f"sleep {seconds} & sleep {seconds}; echo never"], worktree=worktree)
         )
-        for _ in range(50):
-            await asyncio.sleep(0.05)
-            if len(ours()) == 2:
-                break
-        assert len(ours()) == 2
-        started = time.monotonic()
+        await asyncio.to_thread(
+            wait_until, lambda: sleepers(seconds) == 2, what="both sleeps started"
+        )
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await task
-        return time.monotonic() - started
+            await asyncio.wait_for(task, 30)
 
-    elapsed = asyncio.run(scenario())
-    assert elapsed < 1
-    deadline = time.monotonic() + 1
-    while ours() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert ours() == []
+    asyncio.run(scenario())
+    # The background sleep too, which no signal to the shell alone would have reached.
+    wait_until(lambda: sleepers(seconds) == 0, what="both sleeps are gone")
 
 
 def test_missing_bubblewrap_is_an_error_and_nothing_runs(worktree, monkeypatch):
