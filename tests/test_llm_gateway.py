@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import pytest
 
@@ -164,22 +163,20 @@ def test_stop_ends_the_run_and_keeps_the_partial_text(
     )
     run_id = str(sent.run.uuid)
 
-    async def scenario() -> float:
+    async def scenario() -> None:
         task = asyncio.create_task(execute_run(run_id))
         while (await streams.snapshot(run_id)).seq < 3:
             await asyncio.sleep(0.02)
-        stopped_at = time.monotonic()
         await asyncio.to_thread(streams.request_cancel, run_id)
-        await task
-        return time.monotonic() - stopped_at
+        await asyncio.wait_for(task, 60)  # a hang guard, not a speed claim
 
-    elapsed = asyncio.run(scenario())
+    asyncio.run(scenario())
     sent.run.refresh_from_db()
     assert sent.run.status == RunStatus.CANCELLED
     text = reply_of(sent.run)
     full = "".join(scripted_tokens(2000))
+    # Cut short: the whole reply would have been written, not cancelled, had Stop not ended it.
     assert text and full.startswith(text) and len(text) < len(full)
-    assert elapsed < 2, f"Stop took {elapsed:.2f}s"
 
 
 @uses_db
