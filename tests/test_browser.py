@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -184,7 +183,7 @@ def test_two_teammates_watch_a_reply_stream_in(stack, new_context):
     expected = scripted(150)
     for page in (alice, bob):
         first = partial_text(page, run_id, 0)
-        second = partial_text(page, run_id, len(first), timeout=2000)
+        second = partial_text(page, run_id, len(first))
         assert 0 < len(first) < len(second) < len(expected)
         assert expected.startswith(first) and expected.startswith(second)
     # ... and ends as the full text, rendered (plain words render as themselves).
@@ -218,13 +217,11 @@ def test_stop_keeps_the_partial_text(stack, new_context, conversation):
     run_id = send(page, "Write a lot [[tokens=2000 delay_ms=20]]")
     before = partial_text(page, run_id, 40)
 
-    started = time.monotonic()
     run_bubble(page, run_id).get_by_test_id("stop").click()
+    # Stopped, with part of the 40 s reply: how fast it stops is for bench/, not here.
     expect(run_bubble(page, run_id).locator(".run-status")).to_contain_text(
-        "Stopped.", timeout=3000
+        "Stopped.", timeout=15_000
     )
-    elapsed = time.monotonic() - started
-    assert elapsed < 1.5, f"Stop took {elapsed:.2f}s"
 
     shown = run_bubble(page, run_id).locator(".content.markdown").inner_text()
     full = scripted(2000)
@@ -263,9 +260,9 @@ def test_a_viewer_whose_connection_drops_gets_the_whole_reply(stack, new_context
     expect(bob.locator("#connection")).to_have_attribute("data-state", "down")
     bob_stream = run_bubble(bob, run_id).get_by_test_id("stream")
     frozen = bob_stream.text_content()
-    bob.wait_for_timeout(1500)  # the outage: the reply goes on streaming without Bob
+    # The outage: the reply goes on streaming without Bob, a hundred characters at least.
+    missed = partial_text(alice, run_id, len(frozen) + 100)
     assert bob_stream.text_content() == frozen, "Bob's page received text while offline"
-    missed = partial_text(alice, run_id, len(frozen) + 100, timeout=3000)
     bob_context.set_offline(False)
 
     expect_live(bob)

@@ -113,7 +113,7 @@ def test_embedded_server_streams_the_demo_reply(embedded, new_context):
     run_id = send(page, "hello")
     expected = demo_text("hello")
     first = partial_text(page, run_id, 0)
-    second = partial_text(page, run_id, len(first), timeout=3000)
+    second = partial_text(page, run_id, len(first))
     assert 0 < len(first) < len(second) < len(expected)
 
     bubble = page.locator(f"#run-{run_id}")
