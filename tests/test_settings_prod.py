@@ -29,6 +29,7 @@ print(json.dumps({name: getattr(s, name) for name in (
     "DEBUG", "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE",
     "SECURE_HSTS_SECONDS", "SECURE_PROXY_SSL_HEADER", "SILENCED_SYSTEM_CHECKS",
     "ALLOWED_HOSTS", "RUN_EXECUTOR", "X_FRAME_OPTIONS", "SESSION_COOKIE_HTTPONLY",
+    "REPOS_LOCAL_ROOTS", "SIGNUP_REQUIRES_INVITATION", "SHARE_FAILED_LOOKUPS_PER_MINUTE",
 )}))
 """
 
@@ -77,6 +78,14 @@ def runs():
     procs["insecure deploy"] = start(DEPLOY_CHECK, **insecure)
     procs["settings"] = start(["-c", SHOW_SETTINGS], **PRODUCTION)
     procs["bad boolean"] = start(["manage.py", "check"], **{**PRODUCTION, "DEBUG": "maybe"})
+    declared = {
+        "REPOS_LOCAL_ROOTS": "/srv/git:/home/repos, /opt/more",
+        "SIGNUP_REQUIRES_INVITATION": "1",
+        "SHARE_FAILED_LOOKUPS_PER_MINUTE": "5",
+    }
+    procs["declared"] = start(["-c", SHOW_SETTINGS], **PRODUCTION, **declared)
+    relative = {**PRODUCTION, "REPOS_LOCAL_ROOTS": "/srv/git:repos"}
+    procs["relative root"] = start(["manage.py", "check"], **relative)
     results: dict[str, tuple[int, str]] = {}
 
     def result(name: str) -> tuple[int, str]:
@@ -136,3 +145,24 @@ def test_it_refuses_a_boolean_it_cannot_read(runs):
     code, output = runs("bad boolean")
     assert code != 0
     assert "DEBUG must be a boolean (1/0, true/false), got 'maybe'" in output
+
+
+def test_the_optional_settings_default_and_read_the_environment(runs):
+    code, output = runs("settings")
+    assert code == 0, output
+    values = json.loads(output.strip().splitlines()[-1])
+    assert values["REPOS_LOCAL_ROOTS"] == []
+    assert values["SIGNUP_REQUIRES_INVITATION"] is False
+    assert values["SHARE_FAILED_LOOKUPS_PER_MINUTE"] == 30
+    code, output = runs("declared")
+    assert code == 0, output
+    values = json.loads(output.strip().splitlines()[-1])
+    assert values["REPOS_LOCAL_ROOTS"] == ["/srv/git", "/home/repos", "/opt/more"]
+    assert values["SIGNUP_REQUIRES_INVITATION"] is True
+    assert values["SHARE_FAILED_LOOKUPS_PER_MINUTE"] == 5
+
+
+def test_it_refuses_a_relative_local_root(runs):
+    code, output = runs("relative root")
+    assert code != 0
+    assert "REPOS_LOCAL_ROOTS must list absolute paths, got 'repos'" in output
