@@ -399,9 +399,12 @@ print("killed", sum(1 for c in codes if os.WIFSIGNALED(c)))
     why = sandbox_failure(r, limits)
     assert "together used more than the 300 MB" in why
     still_works(worktree)
-    time.sleep(0.5)  # a group still emptying is removed in the background
-    ours = [g for p in cgroups._parents() for g in p.glob(f"call-{os.getpid()}-*")]
-    assert ours == []  # every group of ours removed
+
+    def ours() -> list[Path]:
+        return [g for p in cgroups._parents() for g in p.glob(f"call-{os.getpid()}-*")]
+
+    # Every group of ours removed (one still emptying is removed in the background).
+    wait_until(lambda: not ours(), what="every cgroup of this call is removed")
 
 
 @needs_cgroups
