@@ -53,6 +53,11 @@ def finish(proc: subprocess.Popen) -> tuple[int, str]:
     return proc.returncode, out + err
 
 
+def shown(output: str) -> dict:
+    """The settings SHOW_SETTINGS printed (start-up may log after them, on stderr)."""
+    return json.loads(next(line for line in reversed(output.splitlines()) if line[:1] == "{"))
+
+
 def without(name: str) -> dict:
     return {**PRODUCTION, name: None}
 
@@ -150,13 +155,13 @@ def test_it_refuses_a_boolean_it_cannot_read(runs):
 def test_the_optional_settings_default_and_read_the_environment(runs):
     code, output = runs("settings")
     assert code == 0, output
-    values = json.loads(output.strip().splitlines()[-1])
+    values = shown(output)
     assert values["REPOS_LOCAL_ROOTS"] == []
     assert values["SIGNUP_REQUIRES_INVITATION"] is False
     assert values["SHARE_FAILED_LOOKUPS_PER_MINUTE"] == 30
     code, output = runs("declared")
     assert code == 0, output
-    values = json.loads(output.strip().splitlines()[-1])
+    values = shown(output)
     assert values["REPOS_LOCAL_ROOTS"] == ["/srv/git", "/home/repos", "/opt/more"]
     assert values["SIGNUP_REQUIRES_INVITATION"] is True
     assert values["SHARE_FAILED_LOOKUPS_PER_MINUTE"] == 5
