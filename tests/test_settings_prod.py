@@ -84,12 +84,12 @@ def runs():
     procs["settings"] = start(["-c", SHOW_SETTINGS], **PRODUCTION)
     procs["bad boolean"] = start(["manage.py", "check"], **{**PRODUCTION, "DEBUG": "maybe"})
     declared = {
-        "REPOS_LOCAL_ROOTS": "/srv/git:/home/repos, /opt/more",
+        "REPOS_LOCAL_ROOTS": "/srv/git,/home/repos, /opt/more",
         "SIGNUP_REQUIRES_INVITATION": "1",
         "SHARE_FAILED_LOOKUPS_PER_MINUTE": "5",
     }
     procs["declared"] = start(["-c", SHOW_SETTINGS], **PRODUCTION, **declared)
-    relative = {**PRODUCTION, "REPOS_LOCAL_ROOTS": "/srv/git:repos"}
+    relative = {**PRODUCTION, "REPOS_LOCAL_ROOTS": "/srv/git,repos"}
     procs["relative root"] = start(["manage.py", "check"], **relative)
     results: dict[str, tuple[int, str]] = {}
 
@@ -170,4 +170,4 @@ def test_the_optional_settings_default_and_read_the_environment(runs):
 def test_it_refuses_a_relative_local_root(runs):
     code, output = runs("relative root")
     assert code != 0
-    assert "REPOS_LOCAL_ROOTS must list absolute paths, got 'repos'" in output
+    assert "REPOS_LOCAL_ROOTS must list absolute paths, separated by commas." in output
