@@ -1,7 +1,7 @@
 """Every way a membership or an account ends cuts the person off at once, on the real stack
 (Daphne, a Celery worker, Redis): their conversation WebSocket, their team-only share socket
-and their API event stream close within a second or two — not at the next reconnect, nor
-at the stream's next 15 s check. Ways: the Members page, the Django admin's deletion of the
+and their API event stream close when it happens — not at the next reconnect, nor at the
+stream's first 15 s check. Ways: the Members page, the Django admin's deletion of the
 membership (or the ORM), deactivating the person, deleting the person."""
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from tests.test_sharing_live import share_ws
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
-PROMPT = 2.0  # seconds: far below the event stream's 15 s access check
+# Seconds to wait for the close: generous for a loaded machine, and still before the event
+# stream (opened just before) makes its first 15 s access check. Not a speed claim.
+PROMPT = 10.0
 
 
 def remove_on_members_page(team, bob):
@@ -111,9 +113,7 @@ def test_the_api_event_stream_ends(stack, team, conversation, bob, end):
             stream = Stream(response)
             assert (await stream.next())["event"] == "snapshot"
             await asyncio.to_thread(end, team, bob)
-            started = time.monotonic()
-            with pytest.raises(EOFError):
+            with pytest.raises(EOFError):  # a TimeoutError past PROMPT
                 await stream.next(timeout=PROMPT)
-            return time.monotonic() - started
 
-    assert asyncio.run(scenario()) < PROMPT
+    asyncio.run(scenario())
