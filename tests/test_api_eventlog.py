@@ -160,7 +160,7 @@ def test_a_lost_position_gets_reset_and_a_snapshot(backend, settings, conversati
     early = state_of(cid).last
     for i in range(400):
         log(cid, {"t": "delta", "run": "r0", "seq": i + 1, "text": "x"})
-    opened = Opened(Caller(alice), conversation.pk, cid, early)
+    opened = Opened(Caller(alice), conversation.pk, cid, conversation.team_id, early)
 
     async def go():
         stream = _events(opened)
@@ -183,7 +183,9 @@ def test_an_idle_stream_beats_and_ends_when_the_key_is_revoked(backend, settings
     conversation = conversation_create(team=team, author=alice)
     make_key(team, alice)
     key = ApiKey.objects.get()
-    opened = Opened(Caller(alice, key, "owner"), conversation.pk, str(conversation.uuid), None)
+    opened = Opened(
+        Caller(alice, key, "owner"), conversation.pk, str(conversation.uuid), team.pk, None
+    )
 
     async def go():
         stream = _events(opened)
@@ -208,7 +210,9 @@ def time_now():
 def test_the_stream_ends_with_the_conversation(backend, conversation, alice):
     from assistant.services import conversation_delete
 
-    opened = Opened(Caller(alice), conversation.pk, str(conversation.uuid), None)
+    opened = Opened(
+        Caller(alice), conversation.pk, str(conversation.uuid), conversation.team_id, None
+    )
 
     async def go():
         stream = _events(opened)
@@ -249,7 +253,7 @@ def test_deltas_the_snapshot_already_holds_are_not_sent_twice(
     monkeypatch.setattr(api.stream, "_asnapshot", racing_snapshot)
 
     async def go():
-        stream = _events(Opened(Caller(alice), conversation.pk, cid, None))
+        stream = _events(Opened(Caller(alice), conversation.pk, cid, conversation.team_id, None))
         first = await take(stream, 2)
         await delta(3, " you")
         more = await take(stream, 1)
