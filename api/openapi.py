@@ -213,7 +213,14 @@ SCHEMAS: dict[str, Any] = {
     ),
     "Sent": obj({"message": ref("Message"), "run": ref("Run")}),
     "Decision": obj(
-        {"decision": {"type": "string", "enum": ["approve", "deny"]}},
+        {
+            "decision": {
+                "type": "string",
+                "enum": ["approve", "deny", "always"],
+                "description": "always: approve, and allow the command for good in the team "
+                "(admins only: 403 for others).",
+            }
+        },
         additionalProperties=False,
     ),
 }
@@ -540,6 +547,165 @@ def _paths() -> dict[str, Any]:
     }
 
 
+# --- Added for the command-line client (issue 18): api/extra_views.py -------------------------
+
+SCHEMAS |= {
+    "Approval": {
+        "allOf": [
+            ref("ToolCall"),
+            obj(
+                {
+                    "conversation": UUID,
+                    "conversation_title": {"type": "string"},
+                    "team": {"type": "string", "description": "The team's slug."},
+                }
+            ),
+        ]
+    },
+    "ApprovalList": obj({"data": {"type": "array", "items": ref("Approval")}}),
+    "NewShare": obj(
+        {
+            "audience": {
+                "type": "string",
+                "enum": ["team", "public"],
+                "description": "team (default): members, signed in; public: anyone with the "
+                "link, where the team's admins allow it (else 422).",
+            },
+            "mode": {
+                "type": "string",
+                "enum": ["snapshot", "live"],
+                "description": "snapshot (default): as it is now; live: new messages too.",
+            },
+            "expiry": {
+                "type": "string",
+                "enum": ["1h", "1d", "7d", "30d", "never"],
+                "description": "Default 7d.",
+            },
+        },
+        required=[],
+        additionalProperties=False,
+    ),
+    "Share": obj(
+        {
+            "id": UUID,
+            "url": {"type": "string", "description": "The link; shown once, never again."},
+            "audience": {"type": "string", "enum": ["team", "public"]},
+            "mode": {"type": "string", "enum": ["snapshot", "live"]},
+            "expires": nullable(TIME),
+            "created": TIME,
+        }
+    ),
+    "Usage": obj(
+        {
+            "team": {"type": "string", "description": "The team's slug."},
+            "month": {"type": "string", "description": "YYYY-MM (UTC)."},
+            "budget_usd": nullable({"type": "number"}) | {"description": "Null: no budget."},
+            "spent_usd": {"type": "number", "description": "Spent this month, in US dollars."},
+            "budget_percent": nullable({"type": "number"}),
+            "daily_tokens": nullable({"type": "integer"})
+            | {"description": "Each member's tokens a day; null: no limit."},
+            "tokens_today": {"type": "integer", "description": "The caller's, today (UTC)."},
+            "refusal": {
+                "type": "string",
+                "description": "Why new messages are refused now, in words; else empty.",
+            },
+        }
+    ),
+}
+
+MORE_TEXT = {"text/x-diff": {"schema": {"type": "string"}}}
+
+
+def _more_paths() -> dict[str, Any]:
+    conversation_id = _path_id("conversation_id", "The conversation's id.")
+    run_id = _path_id("run_id", "The run's id.")
+    return {
+        "/approvals": {
+            "get": {
+                "operationId": "listApprovals",
+                "summary": "Commands waiting for a member's approval, oldest first (up to 100)",
+                "parameters": [TEAM],
+                "responses": _responses(
+                    {"200": _json("Tool calls awaiting approval.", ref("ApprovalList"))},
+                    "NotFound",
+                ),
+            }
+        },
+        "/conversations/{conversation_id}/shares": {
+            "parameters": [conversation_id, TEAM],
+            "post": {
+                "operationId": "createShare",
+                "summary": "Make a share link (team or public, snapshot or live, expiring)",
+                "description": WRITE + " The link's token is in `url`, shown only here.",
+                "requestBody": _body("NewShare", required=False),
+                "responses": _responses(
+                    {"201": _json("The new link.", ref("Share"))},
+                    "BadRequest",
+                    "Forbidden",
+                    "NotFound",
+                    "TooLarge",
+                    "Unprocessable",
+                ),
+            },
+        },
+        "/conversations/{conversation_id}/diff": {
+            "parameters": [conversation_id, TEAM],
+            "get": {
+                "operationId": "conversationDiff",
+                "summary": "What the conversation changed in its workspace, as a unified diff",
+                "description": "409 when the conversation has no repository.",
+                "responses": _responses(
+                    {"200": {"description": "The diff (may be empty).", "content": MORE_TEXT}},
+                    "NotFound",
+                    "Conflict",
+                ),
+            },
+        },
+        "/conversations/{conversation_id}/patch": {
+            "parameters": [conversation_id, TEAM],
+            "get": {
+                "operationId": "conversationPatch",
+                "summary": "Everything the conversation changed, for `git apply` on its base",
+                "description": "409 when it has no repository or changed nothing yet.",
+                "responses": _responses(
+                    {"200": {"description": "The patch.", "content": MORE_TEXT}},
+                    "NotFound",
+                    "Conflict",
+                ),
+            },
+        },
+        "/runs/{run_id}/undo": {
+            "parameters": [run_id, TEAM],
+            "post": {
+                "operationId": "undoRun",
+                "summary": "Revert the files one turn changed (later turns' changes are kept)",
+                "description": WRITE + " 409 while the assistant works, for a turn that "
+                "changed nothing or was undone already.",
+                "responses": _responses(
+                    {"200": _json("The run.", ref("Run"))},
+                    "BadRequest",
+                    "Forbidden",
+                    "NotFound",
+                    "Conflict",
+                    "TooLarge",
+                ),
+            },
+        },
+        "/usage": {
+            "get": {
+                "operationId": "usage",
+                "summary": "The team's spending this month and the caller's tokens today",
+                "parameters": [TEAM],
+                "responses": _responses(
+                    {"200": _json("Where the team stands.", ref("Usage"))},
+                    "BadRequest",
+                    "NotFound",
+                ),
+            }
+        },
+    }
+
+
 def schema() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -563,7 +729,7 @@ def schema() -> dict[str, Any]:
         },
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearerAuth": []}, {"session": []}],
-        "paths": _paths(),
+        "paths": {**_paths(), **_more_paths()},
         "components": {
             "securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer"},

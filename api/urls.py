@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import stream, views
+from . import extra_views, stream, views
 
 urlpatterns = [
     path("me", views.me, name="api_me"),
@@ -24,6 +24,25 @@ urlpatterns = [
         views.tool_call_decision,
         name="api_tool_call_decision",
     ),
+    # For the command-line client (issue 18): api/extra_views.py.
+    path("approvals", extra_views.approvals, name="api_approvals"),
+    path(
+        "conversations/<uuid:conversation_id>/shares",
+        extra_views.shares,
+        name="api_conversation_shares",
+    ),
+    path(
+        "conversations/<uuid:conversation_id>/diff",
+        extra_views.conversation_diff,
+        name="api_conversation_diff",
+    ),
+    path(
+        "conversations/<uuid:conversation_id>/patch",
+        extra_views.conversation_patch,
+        name="api_conversation_patch",
+    ),
+    path("runs/<uuid:run_id>/undo", extra_views.run_undo, name="api_run_undo"),
+    path("usage", extra_views.usage, name="api_usage"),
     path("openapi.json", views.openapi, name="api_openapi"),
     path("docs", views.docs, name="api_docs"),
     # Anything else under /api/v1/ is a JSON 404, not the site's HTML page.

@@ -258,7 +258,7 @@ def run_cancel(request: HttpRequest, caller: Caller, run_id) -> JsonResponse:
     return JsonResponse(data.run_data(found), status=202)
 
 
-DECISIONS = (services.Decision.APPROVE, services.Decision.DENY)
+DECISIONS = (services.Decision.APPROVE, services.Decision.DENY, services.Decision.ALWAYS)
 
 
 @endpoint("POST")
@@ -273,13 +273,15 @@ def tool_call_decision(request: HttpRequest, caller: Caller, call_id) -> JsonRes
         raise not_found("The tool call")
     body = json_body(request, {"decision": str})
     if body.get("decision") not in DECISIONS:
-        raise ApiError(400, "invalid_field", "“decision” is approve or deny.")
+        raise ApiError(400, "invalid_field", "“decision” is approve, deny or always.")
     if caller.key is not None:
         is_admin = Membership(role=caller.key_role).is_admin
     else:
         is_admin = Membership.objects.get(
             team=call.run.conversation.team, user=caller.user
         ).is_admin
+    if body["decision"] == services.Decision.ALWAYS and not is_admin:
+        raise ApiError(403, "admins_only", "Only team admins can allow a command for good.")
     try:
         call = services.tool_call_decide(
             call=call, user=caller.user, decision=body["decision"], is_admin=is_admin

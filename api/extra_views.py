@@ -1,0 +1,170 @@
+"""More /api/v1/ endpoints (issue 18, for the command-line client): approvals waiting, share
+links, a conversation's diff and patch, undoing a turn, and where the team stands on usage.
+
+Thin, like api/views.py: the caller is admitted by ``endpoint`` (key or session, scope, rate
+limits), objects are looked up through the caller's teams (404 for outsiders), and the work
+is done by the services the web pages use.
+"""
+
+from __future__ import annotations
+
+import re
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import reverse
+from django.utils import timezone
+
+from assistant import repos, services
+from assistant.models import ToolCall, ToolCallStatus
+
+from . import data
+from .http import ApiError, Caller, endpoint, json_body, team_param
+from .views import _conversation, _run
+
+MAX_APPROVALS = 100
+
+
+# --- Approvals -----------------------------------------------------------------------------------
+
+
+@endpoint("GET")
+def approvals(request: HttpRequest, caller: Caller) -> JsonResponse:
+    """Commands waiting for a member's decision, oldest first, in the caller's teams (or the
+    one named by ``?team=``: 404 for a team the caller isn't in)."""
+    slug = team_param(request)
+    caller.membership(slug, required=False)
+    calls = (
+        ToolCall.objects.filter(caller.in_teams("run__conversation__", slug))
+        .filter(status=ToolCallStatus.AWAITING)
+        .select_related("run__conversation__team", "decided_by")
+        .order_by("created", "id")[:MAX_APPROVALS]
+    )
+    return JsonResponse({"data": [approval_data(call) for call in calls]})
+
+
+def approval_data(call: ToolCall) -> dict:
+    conversation = call.run.conversation
+    return {
+        **data.tool_call_data(call),
+        "conversation": str(conversation.uuid),
+        "conversation_title": conversation.display_title,
+        "team": conversation.team.slug,
+    }
+
+
+# --- Share links ---------------------------------------------------------------------------------
+
+
+@endpoint("POST")
+def shares(request: HttpRequest, caller: Caller, conversation_id) -> JsonResponse:
+    from sharing import services as sharing
+
+    found = _conversation(request, caller, conversation_id)
+    body = json_body(request, {"audience": str, "mode": str, "expiry": str})
+    try:
+        created = sharing.create_link(
+            conversation=found,
+            user=caller.user,
+            audience=body.get("audience", "team"),
+            mode=body.get("mode", "snapshot"),
+            expiry=body.get("expiry", "7d"),
+        )
+    except sharing.ShareError as exc:
+        raise ApiError(422, "invalid_share", str(exc))
+    link = created.link
+    return JsonResponse(
+        {
+            "id": str(link.uuid),
+            "url": request.build_absolute_uri(reverse("share_view", args=[created.token])),
+            "audience": link.audience,
+            "mode": link.mode,
+            "expires": data.iso(link.expires_at),
+            "created": data.iso(link.created),
+        },
+        status=201,
+    )
+
+
+# --- The workspace: diff, patch, undo ------------------------------------------------------------
+
+
+def _workspace(conversation):
+    workspace = getattr(conversation, "workspace", None)
+    if workspace is None:
+        raise ApiError(409, "no_repository", "This conversation has no repository.")
+    return workspace
+
+
+@endpoint("GET")
+def conversation_diff(request: HttpRequest, caller: Caller, conversation_id) -> HttpResponse:
+    """What the conversation changed since its base, as a unified diff (for reading)."""
+    found = _conversation(request, caller, conversation_id)
+    workspace = _workspace(found)
+    try:
+        body = repos.diff(workspace=workspace)
+    except repos.RepoError as exc:
+        raise ApiError(409, "repository_error", str(exc))
+    return HttpResponse(body, content_type="text/x-diff; charset=utf-8")
+
+
+@endpoint("GET")
+def conversation_patch(request: HttpRequest, caller: Caller, conversation_id) -> HttpResponse:
+    """The same as bytes for `git apply` on the base commit (the page's Download patch)."""
+    found = _conversation(request, caller, conversation_id)
+    workspace = _workspace(found)
+    try:
+        body = repos.patch(workspace=workspace)
+    except repos.RepoError as exc:
+        raise ApiError(409, "repository_error", str(exc))
+    if not body:
+        raise ApiError(409, "no_changes", "This conversation has not changed any files yet.")
+    response = HttpResponse(body, content_type="text/x-diff; charset=utf-8")
+    name = re.sub(
+        r"[^A-Za-z0-9._-]", "_", f"tandem-{workspace.repository.name}-{found.uuid.hex[:8]}.patch"
+    )
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
+
+
+@endpoint("POST")
+def run_undo(request: HttpRequest, caller: Caller, run_id) -> JsonResponse:
+    found = _run(request, caller, run_id)
+    json_body(request, {})
+    try:
+        found = services.run_undo(run=found, user=caller.user)
+    except services.ChatError as exc:
+        raise ApiError(409, "conflict", str(exc))
+    return JsonResponse(data.run_data(found))
+
+
+# --- Usage ---------------------------------------------------------------------------------------
+
+
+@endpoint("GET")
+def usage(request: HttpRequest, caller: Caller) -> JsonResponse:
+    """The team's spending this month against its budget, and the caller's tokens today
+    against the member limit (the figures the page's banner and the budget check use)."""
+    from usage import budgets
+    from usage.dashboard import month_spent_by_team
+
+    membership = caller.membership(team_param(request), required=True)
+    team = membership.team
+    now = timezone.now()
+    spent = month_spent_by_team([team.pk], now).get(team.pk, 0)
+    status = budgets.status(team.pk, caller.user.pk, now)
+    tokens_today = budgets.db_member_tokens(team.pk, caller.user.pk, now)
+    if status.tokens_today is not None:
+        tokens_today = max(tokens_today, status.tokens_today)  # holds of calls in flight
+    budget = team.monthly_budget_usd
+    return JsonResponse(
+        {
+            "team": team.slug,
+            "month": f"{now:%Y-%m}",
+            "budget_usd": float(budget) if budget is not None else None,
+            "spent_usd": float(spent),
+            "budget_percent": status.budget_percent,
+            "daily_tokens": team.member_daily_tokens,
+            "tokens_today": tokens_today,
+            "refusal": status.refusal(),
+        }
+    )
