@@ -4,6 +4,8 @@ Last-Event-ID when the connection drops."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -67,6 +69,12 @@ def failure(response: httpx.Response) -> ApiFailure:
     except (ValueError, KeyError, TypeError):
         code, message = "http_error", f"The server answered HTTP {response.status_code}."
     return ApiFailure(response.status_code, code, message)
+
+
+def debug(message: str) -> None:
+    if os.environ.get("TANDEM_DEBUG"):
+        sys.stderr.write(f"[tandem] {message}\n")
+        sys.stderr.flush()
 
 
 @dataclass
@@ -136,6 +144,7 @@ class EventStream:
             headers = {"Accept": "text/event-stream"}
             if self.last_id:
                 headers["Last-Event-ID"] = self.last_id
+            debug(f"event stream: connecting, Last-Event-ID {self.last_id or '-'}")
             try:
                 with self.api.http.stream(
                     "GET", path, headers=headers, timeout=timeout
@@ -153,6 +162,7 @@ class EventStream:
                 # The server ended the stream (access lost, or a restart): open it again.
                 raise httpx.RemoteProtocolError("the server ended the event stream")
             except httpx.TransportError as exc:
+                debug(f"event stream: dropped after {self.last_id or '-'} ({exc!r})")
                 failures += 1
                 if failures > self.retries:
                     raise unreachable(self.api.url, exc)

@@ -85,6 +85,8 @@ class Turn:
 
     def handle(self, event: Event) -> Result | None:
         kind, data = event.event, event.data
+        if kind in ("snapshot", "reset"):
+            self.renderer.event(event)
         if kind == "snapshot":
             runs = {run["id"]: run for run in (data or {}).get("runs", [])}
             mine = runs.get(self.run_id)

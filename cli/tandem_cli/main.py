@@ -169,6 +169,9 @@ def cmd_ask(args) -> int:
                 "status": result.status,
                 "error": result.error,
                 "text": result.text,
+                "reconnects": result.reconnects,
+                "duplicates_dropped": result.duplicates,
+                "gaps": result.gaps,
             },
         )
     return result.exit_code

@@ -197,9 +197,11 @@ class RichRenderer(Renderer):
         self.pause()
 
     def ask(self, question: str) -> str:
+        from rich.markup import escape
+
         self.pause()
         try:
-            return self.console.input(question)
+            return self.console.input(escape(question))
         except EOFError:
             return ""
 
