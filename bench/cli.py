@@ -22,8 +22,9 @@ Then, in this process, for each way of reading it, ``--repeat`` times in turn:
   100-column terminal Console (Live Markdown, refreshing 10 times a second on its own thread,
   as on a real terminal). A delta's receive time is taken after the renderer returns.
 
-Per delta: latency = receive − emit. Reported: p50 and p99 of each way, the CLI's added
-latency (its p50 and p99 minus raw's, the goal's figure), and the process CPU time per delta.
+Per delta: latency = receive − emit. Reported: p50, p99 and mean of each way, the CLI's added
+latency (each minus raw's; the mean is the goal's figure, "per delta"), and the process CPU
+time per delta.
 The server is not the client's: its cost is in neither figure.
 """
 
@@ -220,8 +221,12 @@ def main() -> int:
         f"{args.deltas} deltas, one every {args.interval_ms} ms, x{args.repeat}; latency = "
         "receive (after rendering) - emit, in ms"
     )
-    print(f"{'way':8} {'p50':>8} {'p99':>8} {'added p50':>10} {'added p99':>10} {'cpu/delta':>10}")
+    print(
+        f"{'way':8} {'p50':>8} {'p99':>8} {'mean':>8} {'added p50':>10} {'added p99':>10} "
+        f"{'added mean':>10} {'cpu/delta':>10}"
+    )
     base50, base99 = percentile(samples["raw"], 50), percentile(samples["raw"], 99)
+    base_mean = statistics.fmean(samples["raw"])
     for way in ways:
         p50, p99 = percentile(samples[way], 50), percentile(samples[way], 99)
         row = {
@@ -231,18 +236,20 @@ def main() -> int:
             "added_p99_ms": (p99 - base99) * 1000,
             "cpu_per_delta_ms": cpu[way] / n * 1000,
             "mean_ms": statistics.fmean(samples[way]) * 1000,
+            "added_mean_ms": (statistics.fmean(samples[way]) - base_mean) * 1000,
         }
         report[way] = row
         print(
-            f"{way:8} {row['p50_ms']:8.3f} {row['p99_ms']:8.3f} {row['added_p50_ms']:10.3f} "
-            f"{row['added_p99_ms']:10.3f} {row['cpu_per_delta_ms']:10.3f}"
+            f"{way:8} {row['p50_ms']:8.3f} {row['p99_ms']:8.3f} {row['mean_ms']:8.3f} "
+            f"{row['added_p50_ms']:10.3f} {row['added_p99_ms']:10.3f} "
+            f"{row['added_mean_ms']:10.3f} {row['cpu_per_delta_ms']:10.3f}"
         )
-    worst = max(report[w]["added_p50_ms"] for w in ways if w != "raw")
+    worst = max(report[w]["added_mean_ms"] for w in ways if w != "raw")
     worst_cpu = max(report[w]["cpu_per_delta_ms"] - report["raw"]["cpu_per_delta_ms"]
                     for w in ways if w != "raw")  # fmt: skip
     verdict = "met" if worst <= GOAL_MS and worst_cpu <= GOAL_MS else "NOT met"
     print(
-        f"CLI adds at most {worst:.3f} ms per delta (p50 latency) and {worst_cpu:.3f} ms CPU per "
+        f"CLI adds at most {worst:.3f} ms per delta (mean latency) and {worst_cpu:.3f} ms CPU per "
         f"delta over raw SSE reading: goal ≤ {GOAL_MS:.0f} ms {verdict}."
     )
     if args.json:

@@ -8,6 +8,7 @@ import sys
 from typing import Any, TextIO
 
 OUTPUT_LINES = 8  # of a tool's output, under its line
+SETTLE_LINES = 6  # a live segment of more lines prints its finished blocks for good
 
 
 def tool_detail(call: dict) -> str:
@@ -144,6 +145,24 @@ class _LazyMarkdown:
         yield Markdown(self.text, code_theme="monokai")
 
 
+def _open_fence(text: str) -> bool:
+    """Whether ``text`` ends inside a fenced code block."""
+    fences = sum(1 for line in text.split("\n") if line.lstrip().startswith(("```", "~~~")))
+    return fences % 2 == 1
+
+
+def _warm_up() -> None:
+    """Import and exercise the Markdown and highlighting code now, while the reply is still
+    on its way: the first draw would otherwise stall the stream for 100 ms and more."""
+    import io
+
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    sink = Console(file=io.StringIO(), force_terminal=True, width=80)
+    sink.print(Markdown("*a* `b`\n\n- c\n\n```python\nd = 1\n```\n", code_theme="monokai"))
+
+
 class RichRenderer(Renderer):
     def __init__(self, console=None) -> None:
         from rich.console import Console
@@ -152,6 +171,7 @@ class RichRenderer(Renderer):
         self.err = Console(stderr=True, highlight=False)
         self.live = None
         self.segment: _LazyMarkdown | None = None
+        _warm_up()
 
     def text(self, chunk: str) -> None:
         if not chunk:
@@ -169,6 +189,27 @@ class RichRenderer(Renderer):
             self.live.start()
         assert self.segment is not None
         self.segment.text += chunk
+        if "\n" in chunk:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Print the finished blocks of a long segment for good, above the live part: the
+        live part stays within the screen (the newest text is always visible) and drawing it
+        costs the same however long the reply gets."""
+        assert self.segment is not None and self.live is not None
+        text = self.segment.text
+        if text.count("\n") < SETTLE_LINES:
+            return
+        cut = text.rfind("\n\n")
+        while cut > 0 and _open_fence(text[:cut]):
+            cut = text.rfind("\n\n", 0, cut)
+        if cut <= 0:
+            return
+        from rich.markdown import Markdown
+
+        self.live.console.print(Markdown(text[:cut], code_theme="monokai"))
+        self.segment.text = text[cut + 2 :]
+        self.live.refresh()
 
     def pause(self) -> None:
         if self.live is not None:
