@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.core.handlers.asgi import ASGIRequest
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import reverse
 from django.utils import timezone
 
@@ -96,29 +97,66 @@ def _workspace(conversation):
 
 
 @endpoint("GET")
-def conversation_diff(request: HttpRequest, caller: Caller, conversation_id) -> HttpResponse:
-    """What the conversation changed since its base, as a unified diff (for reading)."""
+def conversation_diff(request: HttpRequest, caller: Caller, conversation_id) -> JsonResponse:
+    """Each finished turn's changes, as the conversation page shows them: the diffs the worker
+    stored (assistant/diffs.py), bounded; no git runs here. A turn whose diff isn't stored
+    yet is asked for (``pending``)."""
+    from assistant import jobs
+    from assistant.models import RunDiff
+
     found = _conversation(request, caller, conversation_id)
-    workspace = _workspace(found)
-    try:
-        body = repos.diff(workspace=workspace)
-    except repos.RepoError as exc:
-        raise ApiError(409, "repository_error", str(exc))
-    return HttpResponse(body, content_type="text/x-diff; charset=utf-8")
+    _workspace(found)
+    runs = found.runs.filter(status__in=("succeeded", "failed", "cancelled")).order_by(
+        "created", "id"
+    )
+    stored = {d.run_id: d for d in RunDiff.objects.filter(run__in=runs)}
+    turns = []
+    for run in runs:
+        if not run.changed_files:
+            continue
+        diff = stored.get(run.pk)
+        if diff is None:
+            jobs.record_diff_soon(run)
+        turns.append(
+            {
+                "run": str(run.uuid),
+                "pending": diff is None,
+                "undone": run.undone_at is not None,
+                "added": diff.added if diff else 0,
+                "deleted": diff.deleted if diff else 0,
+                "files": [
+                    {k: f.get(k) for k in ("path", "old_path", "status", "added", "deleted")}
+                    for f in (diff.files if diff else [])
+                ],
+                "files_total": diff.files_total if diff else 0,
+                "text": diff.text if diff else "",
+                "clipped": diff.clipped if diff else False,
+                "error": diff.error if diff else "",
+            }
+        )
+    return JsonResponse({"data": turns})
 
 
 @endpoint("GET")
 def conversation_patch(request: HttpRequest, caller: Caller, conversation_id) -> HttpResponse:
-    """The same as bytes for `git apply` on the base commit (the page's Download patch)."""
+    """Everything the conversation changed, for `git apply` on its base commit — the page's
+    Download patch: streamed from git, cut (saying so) at PATCH_MAX_BYTES."""
+    from assistant import diffs
+    from assistant.repo_views import _async_chunks, _prepended
+
     found = _conversation(request, caller, conversation_id)
     workspace = _workspace(found)
     try:
-        body = repos.patch(workspace=workspace)
+        chunks = iter(diffs.patch_stream(workspace=workspace))
+        first = next(chunks, b"")
     except repos.RepoError as exc:
         raise ApiError(409, "repository_error", str(exc))
-    if not body:
+    if not first:
         raise ApiError(409, "no_changes", "This conversation has not changed any files yet.")
-    response = HttpResponse(body, content_type="text/x-diff; charset=utf-8")
+    body = _prepended(first, chunks)
+    if isinstance(request, ASGIRequest):
+        body = _async_chunks(body)  # read git a chunk at a time, never the whole patch
+    response = StreamingHttpResponse(body, content_type="text/x-diff; charset=utf-8")
     name = re.sub(
         r"[^A-Za-z0-9._-]", "_", f"tandem-{workspace.repository.name}-{found.uuid.hex[:8]}.patch"
     )
@@ -128,13 +166,15 @@ def conversation_patch(request: HttpRequest, caller: Caller, conversation_id) ->
 
 @endpoint("POST")
 def run_undo(request: HttpRequest, caller: Caller, run_id) -> JsonResponse:
+    """Ask the worker to revert the files one turn changed (the page's Undo); the event
+    stream says run.updated when it is done."""
     found = _run(request, caller, run_id)
     json_body(request, {})
     try:
         found = services.run_undo(run=found, user=caller.user)
     except services.ChatError as exc:
         raise ApiError(409, "conflict", str(exc))
-    return JsonResponse(data.run_data(found))
+    return JsonResponse(data.run_data(found), status=202)
 
 
 # --- Usage ---------------------------------------------------------------------------------------

@@ -613,6 +613,33 @@ SCHEMAS |= {
     ),
 }
 
+SCHEMAS["TurnDiff"] = obj(
+    {
+        "run": UUID,
+        "pending": {"type": "boolean", "description": "Not computed yet: ask again soon."},
+        "undone": {"type": "boolean"},
+        "added": {"type": "integer", "minimum": 0},
+        "deleted": {"type": "integer", "minimum": 0},
+        "files": {
+            "type": "array",
+            "items": obj(
+                {
+                    "path": {"type": "string"},
+                    "old_path": nullable({"type": "string"}),
+                    "status": nullable({"type": "string"}),
+                    "added": nullable({"type": "integer"}),
+                    "deleted": nullable({"type": "integer"}),
+                }
+            ),
+        },
+        "files_total": {"type": "integer", "minimum": 0},
+        "text": {"type": "string", "description": "The unified diff, bounded."},
+        "clipped": {"type": "boolean", "description": "Some file's diff is missing or cut."},
+        "error": {"type": "string", "description": "Why it could not be read; else empty."},
+    }
+)
+SCHEMAS["TurnDiffList"] = obj({"data": {"type": "array", "items": ref("TurnDiff")}})
+
 MORE_TEXT = {"text/x-diff": {"schema": {"type": "string"}}}
 
 
@@ -652,10 +679,10 @@ def _more_paths() -> dict[str, Any]:
             "parameters": [conversation_id, TEAM],
             "get": {
                 "operationId": "conversationDiff",
-                "summary": "What the conversation changed in its workspace, as a unified diff",
+                "summary": "Each finished turn's changes (the diffs the page shows)",
                 "description": "409 when the conversation has no repository.",
                 "responses": _responses(
-                    {"200": {"description": "The diff (may be empty).", "content": MORE_TEXT}},
+                    {"200": _json("The turns that changed files.", ref("TurnDiffList"))},
                     "NotFound",
                     "Conflict",
                 ),
@@ -666,7 +693,8 @@ def _more_paths() -> dict[str, Any]:
             "get": {
                 "operationId": "conversationPatch",
                 "summary": "Everything the conversation changed, for `git apply` on its base",
-                "description": "409 when it has no repository or changed nothing yet.",
+                "description": "Streamed; cut at PATCH_MAX_BYTES with a last line saying so. "
+                "409 when it has no repository or changed nothing yet.",
                 "responses": _responses(
                     {"200": {"description": "The patch.", "content": MORE_TEXT}},
                     "NotFound",
@@ -679,10 +707,11 @@ def _more_paths() -> dict[str, Any]:
             "post": {
                 "operationId": "undoRun",
                 "summary": "Revert the files one turn changed (later turns' changes are kept)",
-                "description": WRITE + " 409 while the assistant works, for a turn that "
-                "changed nothing or was undone already.",
+                "description": WRITE + " The worker does it; the event stream says "
+                "`run.updated` when done. 409 while the assistant works, for a turn that "
+                "changed nothing or was undone (or is being undone) already.",
                 "responses": _responses(
-                    {"200": _json("The run.", ref("Run"))},
+                    {"202": _json("The run; its undo is under way.", ref("Run"))},
                     "BadRequest",
                     "Forbidden",
                     "NotFound",

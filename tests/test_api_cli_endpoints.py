@@ -156,18 +156,50 @@ def tree(settings, conversation, team):
     shutil.rmtree(parent, ignore_errors=True)
 
 
-def test_diff_and_patch_of_a_conversation(api, key, outsider, conversation, alice, tree, no_runs):
+def finished_turn(conversation, alice, tree, new_text: str) -> Run:
+    """A turn that changed app.py, as the worker leaves it: trees before and after, the
+    workspace's last tree, and (not yet) its stored diff."""
+    workspace = conversation.workspace
+    run = message_send(conversation=conversation, author=alice, content="Fix it").run
+    before = repos.snapshot(workspace=workspace)
+    (tree / "app.py").write_text(new_text)
+    after = repos.snapshot(workspace=workspace)
+    Run.objects.filter(pk=run.pk).update(
+        status=RunStatus.SUCCEEDED, tree_before=before, tree_after=after
+    )
+    type(workspace).objects.filter(pk=workspace.pk).update(tree=after)
+    run.refresh_from_db()
+    return run
+
+
+def test_diff_and_patch_of_a_conversation(
+    api, key, outsider, conversation, alice, tree, no_runs, monkeypatch
+):
+    from assistant import diffs, jobs
+
+    asked = []
+    monkeypatch.setattr(jobs, "enqueue", lambda name, *args: asked.append((name, *args)))
     base = f"conversations/{conversation.uuid}"
-    assert call(api, "GET", f"{base}/diff", key=key).content == b""
+    assert call(api, "GET", f"{base}/diff", key=key).json() == {"data": []}
     error = assert_error(call(api, "GET", f"{base}/patch", key=key), 409, "no_changes")
     assert "not changed any files" in error["message"]
 
-    (tree / "app.py").write_text("answer = 42\n")
-    response = call(api, "GET", f"{base}/diff", key=key)
-    assert response.status_code == 200 and response["Content-Type"].startswith("text/x-diff")
-    assert "-answer = 41\n+answer = 42" in response.content.decode()
+    run = finished_turn(conversation, alice, tree, "answer = 42\n")
+    (turn,) = call(api, "GET", f"{base}/diff", key=key).json()["data"]
+    assert turn["run"] == str(run.uuid) and turn["pending"] is True  # the worker is asked
+    assert asked == [("record_diff", str(run.uuid))]
+    diffs.record(run)  # what the worker does
+    (turn,) = call(api, "GET", f"{base}/diff", key=key).json()["data"]
+    assert turn["pending"] is False and turn["undone"] is False
+    assert turn["added"] == 1 and turn["deleted"] == 1
+    assert turn["files"] == [
+        {"path": "app.py", "old_path": "", "status": "M", "added": 1, "deleted": 1}
+    ]
+    assert "-answer = 41\n+answer = 42" in turn["text"]
+
     patch = call(api, "GET", f"{base}/patch", key=key)
-    assert patch.status_code == 200 and b"+answer = 42" in patch.content
+    assert patch.status_code == 200 and patch["Content-Type"].startswith("text/x-diff")
+    assert b"+answer = 42" in b"".join(patch.streaming_content)
     assert "attachment" in patch["Content-Disposition"]
 
     for path in (f"{base}/diff", f"{base}/patch"):
@@ -181,22 +213,23 @@ def test_diff_without_a_repository_says_so(api, key, conversation):
     assert error["message"] == "This conversation has no repository."
 
 
-def test_undo_a_turn(api, key, outsider, conversation, alice, tree, no_runs):
-    workspace = conversation.workspace
-    run = message_send(conversation=conversation, author=alice, content="Fix it").run
-    path = f"runs/{run.uuid}/undo"
-    error = assert_error(call(api, "POST", path, key=key), 409)
-    assert "Wait until the reply has finished" in error["message"]
+def test_undo_a_turn(api, key, outsider, conversation, alice, tree, no_runs, monkeypatch):
+    from assistant import jobs
 
-    before = repos.snapshot(workspace=workspace)
-    (tree / "app.py").write_text("answer = 42\n")
-    after = repos.snapshot(workspace=workspace)
-    Run.objects.filter(pk=run.pk).update(
-        status=RunStatus.SUCCEEDED, tree_before=before, tree_after=after
-    )
+    asked = []
+    monkeypatch.setattr(jobs, "enqueue", lambda name, *args: asked.append((name, *args)))
+    running = message_send(conversation=conversation, author=alice, content="Wait").run
+    error = assert_error(call(api, "POST", f"runs/{running.uuid}/undo", key=key), 409)
+    assert "Wait until the reply has finished" in error["message"]
+    Run.objects.filter(pk=running.pk).update(status=RunStatus.SUCCEEDED)
+
+    run = finished_turn(conversation, alice, tree, "answer = 42\n")
+    path = f"runs/{run.uuid}/undo"
     assert_error(call(api, "POST", path, key=outsider), 404)
-    body = call(api, "POST", path, key=key).json()
-    assert body["id"] == str(run.uuid)
+    response = call(api, "POST", path, key=key)
+    assert response.status_code == 202 and response.json()["id"] == str(run.uuid)
+    assert asked == [("undo", str(run.uuid))]  # the worker reverts the files
+    jobs.undo(str(run.uuid))
     assert (tree / "app.py").read_text() == "answer = 41\n"
     error = assert_error(call(api, "POST", path, key=key), 409)
     assert "already undone" in error["message"]

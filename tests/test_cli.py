@@ -5,6 +5,7 @@ printed when there is none), Ctrl-C, share, export, and `tandem chat` driven in 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -234,10 +235,8 @@ class CuttingProxy:
             pass
         finally:
             for sock in (client, upstream):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()
 
     def close(self) -> None:
@@ -499,3 +498,45 @@ def test_conversations_show_share_export_usage(stack, key, home, team, alice):
     assert usage.returncode == 0
     assert "Team acme" in usage.stdout and "your tokens today" in usage.stdout
     assert tandem("approvals", env=env).stdout.strip() == "Nothing waits for approval."
+
+
+def test_chat_diff_patch_and_undo_on_a_repository(stack, key, home, repository, terminal, tmp_path):
+    env = cli_env(home, stack, key)
+    term = terminal(env, sys.executable, "-m", "tandem_cli", "chat", "--repo", "answer")
+    term.wait_for("you>")
+    edit = json.dumps({"path": "app.py", "old_text": "answer = 41", "new_text": "answer = 42"})
+    term.type(f"Fix the answer [[tool edit_file {edit}]]")
+    term.keys("Enter")
+    term.wait_for("✓ edit_file app.py — succeeded")
+    term.wait_for("Tool result received")
+    run = wait_until(
+        lambda: Run.objects.filter(status=RunStatus.SUCCEEDED).first(), what="the run to end"
+    )
+
+    def diff_shown():
+        term.type("/diff")
+        term.keys("Enter")
+        time.sleep(1.5)
+        return "+answer = 42" in term.flat()
+
+    wait_until(diff_shown, 60, "the turn's diff")  # the worker stores it as the turn ends
+    assert f"change 1 of 1 (reply {run.uuid}) · +1 −1, 1 files" in term.flat()
+
+    patch = tmp_path / "fix.patch"
+    term.type(f"/patch > {patch}")
+    term.keys("Enter")
+    term.wait_for(f"Wrote {patch}")
+    assert "-answer = 41\n+answer = 42" in patch.read_text()
+
+    term.type("/undo")
+    term.keys("Enter")
+    term.wait_for("Undoing the last change's files")
+    wait_until(
+        lambda: Run.objects.get(pk=run.pk).undone_at is not None, what="the undo to be done"
+    )
+    term.type("/undo")
+    term.keys("Enter")
+    term.wait_for("nothing to undo")
+    term.type("/quit")
+    term.keys("Enter")
+    term.wait_for("[exited 0]")

@@ -20,8 +20,8 @@ from .output import choose
 
 HELP = """Commands:
   /share [--public] [--live] [--expires 1h|1d|7d|30d|never]   a link to this conversation
-  /diff                 what the conversation changed in its repository
-  /undo                 revert the files the last reply changed
+  /diff                 what each reply changed in the repository
+  /undo                 revert the files the last change touched
   /patch > FILE         save the conversation's changes as a patch (git apply)
   /id                   this conversation's id
   /help                 this list
@@ -185,28 +185,45 @@ class Chat:
         print(describe_share(link))
 
     def diff(self) -> None:
-        text = self.api.request("GET", f"conversations/{self.need_conversation()}/diff").text
-        if not text.strip():
+        """Each turn's changes, as the conversation page shows them."""
+        turns = self.api.get(f"conversations/{self.need_conversation()}/diff")["data"]
+        if not turns:
             print("No changes yet.")
             return
-        if sys.stdout.isatty() and not self.args.plain:
-            from rich.console import Console
-            from rich.syntax import Syntax
+        rich = sys.stdout.isatty() and not self.args.plain
+        for number, turn in enumerate(turns, 1):
+            facts = [f"+{turn['added']} −{turn['deleted']}", f"{turn['files_total']} files"]
+            if turn["undone"]:
+                facts.append("undone")
+            if turn["clipped"]:
+                facts.append("clipped: the page or the patch has the rest")
+            print(f"── change {number} of {len(turns)} (reply {turn['run']}) · {', '.join(facts)}")
+            if turn["pending"]:
+                print("   (still being read; try /diff again in a moment)")
+            elif turn["error"]:
+                print(f"   (could not be read: {turn['error']})")
+            elif rich:
+                from rich.console import Console
+                from rich.syntax import Syntax
 
-            Console().print(Syntax(text, "diff", theme="monokai", background_color="default"))
-        else:
-            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+                Console().print(
+                    Syntax(turn["text"], "diff", theme="monokai", background_color="default")
+                )
+            else:
+                text = turn["text"]
+                sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
     def undo(self) -> None:
-        found = self.api.get(f"conversations/{self.need_conversation()}")
-        finished = [r for r in found["runs"] if r["status"] in ("succeeded", "failed", "cancelled")]
-        if not finished:
-            raise CliError("No reply has finished yet: there is nothing to undo.")
+        """Revert the changes of the last turn that changed files (and isn't undone)."""
+        turns = self.api.get(f"conversations/{self.need_conversation()}/diff")["data"]
+        left = [turn for turn in turns if not turn["undone"]]
+        if not left:
+            raise CliError("No reply has changed files (that aren't undone): nothing to undo.")
         try:
-            self.api.post(f"runs/{finished[-1]['id']}/undo")
+            self.api.post(f"runs/{left[-1]['run']}/undo")
         except ApiFailure as exc:
             raise CliError(f"Not undone: {exc.message}")
-        print("Undone: the files the last reply changed are back as they were.")
+        print("Undoing the last change's files (the server does it in a moment; /diff shows it).")
 
     def patch(self, rest: str) -> None:
         target = rest.strip()
