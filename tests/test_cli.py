@@ -341,7 +341,7 @@ class Terminal:
         quoted = " ".join(json.dumps(a) for a in argv)
         # The shell survives the Ctrl-C a test sends (trapped, not ignored: the command still
         # gets it), to print how the command exited.
-        script.write_text(f"trap : INT\n{exports}{quoted}\necho \"[exited $?]\"\nsleep 600\n")
+        script.write_text(f'trap : INT\n{exports}{quoted}\necho "[exited $?]"\nsleep 600\n')
         script.chmod(0o700)
         self.tmux("new-session", "-d", "-s", "t", "-x", "110", "-y", "40", f"bash {script}")
 
@@ -531,9 +531,7 @@ def test_chat_diff_patch_and_undo_on_a_repository(stack, key, home, repository, 
     term.type("/undo")
     term.keys("Enter")
     term.wait_for("Undoing the last change's files")
-    wait_until(
-        lambda: Run.objects.get(pk=run.pk).undone_at is not None, what="the undo to be done"
-    )
+    wait_until(lambda: Run.objects.get(pk=run.pk).undone_at is not None, what="the undo to be done")
     term.type("/undo")
     term.keys("Enter")
     term.wait_for("nothing to undo")
