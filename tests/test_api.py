@@ -366,8 +366,9 @@ def test_approve_and_deny_tool_calls(
     assert response.json()["status"] == "denied" and response.json()["decided_by"] == "bob"
 
 
+# "always" is a decision too (admins only: tests/test_api_cli_endpoints.py).
 @pytest.mark.parametrize(
-    "body", [{"decision": "always"}, {"decision": "maybe"}, {}, {"decision": True}]
+    "body", [{"decision": "Approve"}, {"decision": "maybe"}, {}, {"decision": True}]
 )
 def test_a_decision_is_approve_or_deny(api, key, conversation, alice, no_runs, body):
     sent = message_send(conversation=conversation, author=alice, content="Build it")
