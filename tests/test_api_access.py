@@ -28,6 +28,8 @@ BODIES = {
     "api_conversations": {"title": "x"},
 }
 PARAMS = {"conversation_id", "run_id", "call_id"}
+# Routes about a team as a whole, asked with ?team=acme (the outsider names a team not theirs).
+TEAM_LISTS = {"conversations", "approvals", "usage"}
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +53,7 @@ def fill(route: str, world: dict) -> str:
     for kind, name in re.findall(r"<(\w+):(\w+)>", route):
         assert name in PARAMS, f"{route}: teach this test about {name}"
         path = path.replace(f"<{kind}:{name}>", str(world[name]))
-    if "<" not in route and route == "conversations":
+    if "<" not in route and route in TEAM_LISTS:
         path += "?team=acme"  # sessions name the team for lists
     return path
 
