@@ -142,7 +142,9 @@ def git(cwd: Path, *args: str) -> str:
 
 @pytest.fixture
 def tree(settings, conversation, team):
+    # Not under pytest's tmp_path (0700): as root the sandbox (git runs there too) is nobody.
     parent = Path(tempfile.mkdtemp(prefix="tandem-cli-api-"))
+    parent.chmod(0o711)
     settings.REPOS_ROOT = parent / "repos"
     origin = parent / "origin"
     origin.mkdir()
