@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 
-NEEDED = {"chromium": "chromium", "bwrap": "bubblewrap", "rg": "ripgrep"}
+NEEDED = {"chromium": "chromium", "bwrap": "bubblewrap", "rg": "ripgrep", "tmux": "tmux"}
 
 
 def main() -> int:
