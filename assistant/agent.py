@@ -657,6 +657,7 @@ def _tool_context(workspace: Workspace) -> tools.ToolContext:
         tree=repos.workspace_path(workspace=workspace),
         git_dir=repos.git_dir(workspace=workspace),
         limits=limits,
+        image=workspace.repository.sandbox_image,
     )
 
 

@@ -286,6 +286,10 @@ class RepoAuth(models.TextChoices):
     SSH_KEY = "ssh_key", "SSH deploy key"
 
 
+def _default_sandbox_image() -> str:
+    return settings.SANDBOX_DEFAULT_IMAGE
+
+
 class Repository(models.Model):
     """A team's git repository. Tandem keeps a mirror of it (see assistant/repos.py)."""
 
@@ -302,6 +306,9 @@ class Repository(models.Model):
     created = models.DateTimeField(default=timezone.now)
     last_fetched = models.DateTimeField(null=True, blank=True)
     last_fetch_error = models.TextField(blank=True)
+    # The sandbox image its commands run in (assistant/images.py); "host": the server's own
+    # system (development only). Not built on a worker: its tool calls fail, saying so.
+    sandbox_image = models.CharField(max_length=63, default=_default_sandbox_image)
 
     class Meta:
         ordering = ["name", "id"]

@@ -7,6 +7,7 @@ from . import repo_views
 urlpatterns = [
     path("repos/", repo_views.repository_list, name="repositories"),
     path("repos/fetch/", repo_views.repository_fetch, name="repository_fetch"),
+    path("repos/image/", repo_views.repository_image, name="repository_image"),
     path("repos/remove/", repo_views.repository_remove, name="repository_remove"),
     path(
         "c/<uuid:conversation_id>/repository/",

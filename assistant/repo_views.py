@@ -24,7 +24,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.selectors import admin_membership_for, membership_for
 
-from . import diffs, repos, selectors, services
+from . import diffs, images, repos, selectors, services
 from .models import RepoAuth, Repository
 
 
@@ -60,10 +60,16 @@ class RepositoryForm(forms.Form):
         widget=SecretTextarea(attrs={"rows": 4, "autocomplete": "off", "spellcheck": "false"}),
         help_text="Stored encrypted, never shown again.",
     )
+    sandbox_image = forms.ChoiceField(
+        label="Sandbox image",
+        help_text="The system the agent's commands run in (manage.py sandboximage list).",
+    )
 
     def __init__(self, *args, team, **kwargs):
         super().__init__(*args, **kwargs)
         self.team = team
+        self.fields["sandbox_image"].choices = images.choices(images.default_image())
+        self.fields["sandbox_image"].initial = images.default_image()
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"].strip()
@@ -121,6 +127,7 @@ def repository_list(request: HttpRequest, slug: str) -> HttpResponse:
             url=data["url"],
             default_branch=data["default_branch"].strip(),
             auth=data["auth"],
+            sandbox_image=data["sandbox_image"],
         )
         repo.credential = form.credential()
         repo.save()
@@ -130,7 +137,9 @@ def repository_list(request: HttpRequest, slug: str) -> HttpResponse:
         "team": team,
         "membership": membership,
         "form": form,
-        "repositories": team.repositories.all(),
+        "repositories": [
+            (repo, images.choices(repo.sandbox_image)) for repo in team.repositories.all()
+        ],
     }
     status = 422 if form.is_bound else 200
     return render(request, "assistant/repositories.html", context, status=status)
@@ -151,6 +160,23 @@ def repository_fetch(request: HttpRequest, slug: str) -> HttpResponse:
     else:
         listed = ", ".join(names) if names else "none"
         messages.success(request, f"Fetched “{repo.name}”. Branches: {listed}.")
+    return redirect("repositories", slug=slug)
+
+
+@login_required
+@require_POST
+def repository_image(request: HttpRequest, slug: str) -> HttpResponse:
+    """Choose the sandbox image a repository's commands run in: one built on this machine."""
+    membership = admin_membership_for(request.user, slug)
+    repo = _posted_repository(request, membership.team)
+    if isinstance(repo, HttpResponse):
+        return repo
+    name = request.POST.get("sandbox_image", "")
+    if name not in {image.name for image in images.available()}:
+        messages.error(request, f"There is no sandbox image “{name}” on this machine.")
+        return redirect("repositories", slug=slug)
+    Repository.objects.filter(pk=repo.pk).update(sandbox_image=name)
+    messages.success(request, f"“{repo.name}” now runs its commands in the image {name}.")
     return redirect("repositories", slug=slug)
 
 

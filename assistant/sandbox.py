@@ -94,10 +94,11 @@ _ETC = (
     "os-release",
     "debian_version",
     "python3",
-    *sorted(p.name for p in Path("/etc").glob("python3.*")),  # Debian's sitecustomize
+    "python3.*",  # Debian's sitecustomize (a glob: the image's Python may be another version)
 )
 _ETC_WATCH = ("ld.so.cache", "alternatives", "ssl/certs")  # change when packages are installed
-_etc_snapshots: dict[tuple[int, int], tuple[tuple, Path]] = {}  # (uid, gid) -> (stamp, dir)
+# (uid, gid, system root) -> (stamp, dir); the root is "/" or a sandbox image's (``images``)
+_etc_snapshots: dict[tuple[int, int, Path], tuple[tuple, Path]] = {}
 _setup_lock = threading.Lock()  # one /etc copy or worktree grant at a time in this process
 _PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 # POSIX ACLs as extended attributes (root mode, see _grant_worktree).
@@ -164,8 +165,13 @@ async def run(
     network: bool = False,
     git_dir: Path | None = None,
     git_dir_writable: bool = False,
+    image: str | None = None,
 ) -> SandboxResult:
     """Run ``argv`` in ``worktree`` under bubblewrap and return what it did.
+
+    ``image``: the sandbox image whose ``/usr`` and ``/etc`` the command sees (``images``);
+    None or ``host``: the server's own. An image not built here is a :class:`SandboxError`
+    (never the host's system instead).
 
     ``git_dir``: the workspace's git directory (kept outside the tree, see ``repos``), mounted
     read-only at ``/workspace/.git`` so git commands work inside but only the server writes it.
@@ -182,6 +188,7 @@ async def run(
     worktree = _check_worktree(worktree)
     if git_dir is not None:
         git_dir = _check_git_dir(git_dir, worktree)
+    system = _system_root(image)
     as_root = os.geteuid() == 0
     _check_binaries(as_root)
     uid, gid = (SANDBOX_UID, SANDBOX_GID) if as_root else (os.getuid(), os.getgid())
@@ -190,12 +197,15 @@ async def run(
     if as_root and git_dir is not None and git_dir_writable and not _has_grant(git_dir, uid):
         await asyncio.to_thread(_grant_worktree, git_dir, uid)
 
-    etc = _etc_snapshot(uid, gid) or await asyncio.to_thread(_make_etc_snapshot, uid, gid)
+    etc = _etc_snapshot(uid, gid, system) or await asyncio.to_thread(
+        _make_etc_snapshot, uid, gid, system
+    )
     args = _bwrap_args(
         worktree=worktree,
         git_dir=git_dir,
         git_dir_writable=git_dir_writable,
         etc=etc,
+        system=system,
         limits=limits,
         network=network,
         uid=uid,
@@ -347,6 +357,7 @@ def _bwrap_args(
     network: bool,
     uid: int,
     gid: int,
+    system: Path = Path("/"),
 ) -> list[str]:
     args = [
         "--unshare-all",  # user, mount, pid, ipc, uts, cgroup and net namespaces
@@ -377,9 +388,10 @@ def _bwrap_args(
     }
     for key, value in env.items():
         args += ["--setenv", key, value]
-    args += ["--ro-bind", "/usr", "/usr"]
+    # The system: the host's /usr, or a sandbox image's (never both).
+    args += ["--ro-bind", str(system / "usr"), "/usr"]
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        link = Path("/") / name
+        link = system / name
         if link.is_symlink():  # merged /usr (Debian 12): /bin -> usr/bin
             args += ["--symlink", os.readlink(link), f"/{name}"]
         elif link.is_dir():
@@ -439,39 +451,54 @@ def _drop_root(uid: int, gid: int, *, setpriv: bool = False) -> tuple[list[str],
     return [SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"], {}
 
 
-def _etc_snapshot(uid: int, gid: int) -> Path | None:
+def _system_root(image: str | None) -> Path:
+    """Where the command's /usr and /etc come from: "/" (the host's) or the image's root."""
+    if image in (None, "host"):
+        return Path("/")
+    from assistant import images
+
+    try:
+        root = images.root_of(image)
+    except images.ImageError as exc:
+        raise SandboxError(str(exc)) from exc
+    return root or Path("/")
+
+
+def _etc_snapshot(uid: int, gid: int, system: Path = Path("/")) -> Path | None:
     """The current copy of /etc for this uid, or None when there is none (or it is stale)."""
-    stamp, snap = _etc_snapshots.get((uid, gid), (None, None))
-    return snap if stamp == _etc_stamp() else None
+    stamp, snap = _etc_snapshots.get((uid, gid, system), (None, None))
+    return snap if stamp == _etc_stamp(system) else None
 
 
-def _etc_stamp() -> tuple:
+def _etc_stamp(system: Path = Path("/")) -> tuple:
     stamp = []
     for name in _ETC_WATCH:
         try:
-            st = os.stat(f"/etc/{name}")
+            st = os.stat(system / "etc" / name)
             stamp.append((st.st_mtime_ns, st.st_ino))
         except OSError:
             stamp.append(None)
     return tuple(stamp)
 
 
-def _make_etc_snapshot(uid: int, gid: int) -> Path:
+def _make_etc_snapshot(uid: int, gid: int, system: Path = Path("/")) -> Path:
     with _setup_lock:
-        if snap := _etc_snapshot(uid, gid):
+        if snap := _etc_snapshot(uid, gid, system):
             return snap
-        stamp = _etc_stamp()
+        stamp = _etc_stamp(system)
         snap = Path(tempfile.mkdtemp(prefix="tandem-sandbox-etc-"))
         atexit.register(_remove_snapshot, snap, os.getpid())
-        for name in _ETC:
-            src, dst = Path("/etc") / name, snap / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if src.is_symlink():  # localtime, os-release: resolved inside against its /usr
-                dst.symlink_to(os.readlink(src))
-            elif src.is_dir():
-                shutil.copytree(src, dst, symlinks=True)
-            elif src.is_file():
-                shutil.copyfile(src, dst)
+        etc = system / "etc"
+        for pattern in _ETC:
+            for src in sorted(etc.glob(pattern)) if "*" in pattern else [etc / pattern]:
+                dst = snap / src.relative_to(etc)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if src.is_symlink():  # localtime, os-release: resolved inside against its /usr
+                    dst.symlink_to(os.readlink(src))
+                elif src.is_dir():
+                    shutil.copytree(src, dst, symlinks=True)
+                elif src.is_file():
+                    shutil.copyfile(src, dst)
         stubs = {
             "passwd": _passwd(uid, gid),
             "group": _group(gid),
@@ -488,7 +515,7 @@ def _make_etc_snapshot(uid: int, gid: int) -> Path:
                 if not os.path.islink(path := os.path.join(top, f)):
                     os.chmod(path, 0o644)
         snap.chmod(0o755)
-        _etc_snapshots[(uid, gid)] = (stamp, snap)
+        _etc_snapshots[(uid, gid, system)] = (stamp, snap)
         return snap
 
 

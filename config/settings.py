@@ -449,6 +449,9 @@ SANDBOX_CGROUPS = env("SANDBOX_CGROUPS", "auto")
 # cgroup v2: the parent of the calls' groups (default /sys/fs/cgroup/tandem; a delegated cgroup
 # when the server is not root).
 SANDBOX_CGROUP_PARENT = env("SANDBOX_CGROUP_PARENT", "")
+# The sandbox image new repositories run their commands in (assistant/images.py; built with
+# `manage.py sandboximage build NAME`); "host": the server's own /usr, for development only.
+SANDBOX_DEFAULT_IMAGE = env("SANDBOX_DEFAULT_IMAGE", "host")
 # Each workspace on a file system of its own (a file-backed ext4 on a loop device,
 # assistant/quota.py): at most this many MB and files. 0 MB: no quota (the server's disk).
 WORKSPACE_QUOTA_MB = envint("WORKSPACE_QUOTA_MB", 2048)

@@ -176,6 +176,37 @@ def _wait_for_worker(stack: Stack, timeout: float = 30) -> None:
     raise RuntimeError("Celery worker not ready: " + log.read_text()[-2000:])
 
 
+# The small sandbox image the image tests run in: built once per package list and kept across
+# runs (mmdebstrap takes a while), in a fixed folder keyed by what it holds.
+TEST_IMAGE_PACKAGES = ("python3", "python-is-python3", "python3-venv", "git", "ripgrep")
+TEST_IMAGE_CACHE = Path("/var/cache/tandem-test-images")
+TEST_IMAGE_NAME = "small"
+
+
+@pytest.fixture(scope="session")
+def sandbox_image() -> tuple[Path, str]:
+    """(images folder, name) of a small image built with mmdebstrap; fails (never skips) in one
+    line where it can't be built (scripts/install_test_deps.py installs mmdebstrap)."""
+    import fcntl
+    import hashlib
+
+    from assistant import images
+
+    key = hashlib.sha256(("bookworm\n" + "\n".join(TEST_IMAGE_PACKAGES)).encode()).hexdigest()[:16]
+    base = TEST_IMAGE_CACHE / key
+    if (base / TEST_IMAGE_NAME / "root" / "usr").is_dir():
+        return base, TEST_IMAGE_NAME
+    if why := images.cannot_build():
+        pytest.fail(f"the sandbox image tests need a built image, and {why}", pytrace=False)
+    base.mkdir(parents=True, exist_ok=True)
+    TEST_IMAGE_CACHE.chmod(0o755)
+    with open(base / ".lock", "w") as lock:  # another session building the same one: wait
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (base / TEST_IMAGE_NAME / "root" / "usr").is_dir():
+            images.build(TEST_IMAGE_NAME, TEST_IMAGE_PACKAGES, suite="bookworm", base=base)
+    return base, TEST_IMAGE_NAME
+
+
 @pytest.fixture(scope="session")
 def redis_clean():
     import redis

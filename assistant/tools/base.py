@@ -21,6 +21,7 @@ class ToolContext:
     tree: Path  # the workspace's working tree (mounted at /workspace)
     git_dir: Path | None = None  # its git directory, mounted read-only at /workspace/.git
     limits: SandboxLimits = field(default_factory=SandboxLimits)
+    image: str | None = None  # the repository's sandbox image (``images``); None: the host's
 
 
 @dataclass
@@ -96,6 +97,7 @@ async def run_helper(ctx: ToolContext, op: str, args: dict[str, Any]) -> ToolRes
         git_dir=ctx.git_dir,
         limits=ctx.limits,
         stdin=request,
+        image=ctx.image,
     )
     try:
         reply = json.loads(result.stdout)

@@ -23,6 +23,7 @@ async def run_command(ctx: ToolContext, args: dict[str, Any]) -> ToolResult:
         worktree=ctx.tree,
         git_dir=ctx.git_dir,
         limits=ctx.limits,
+        image=ctx.image,
     )
     output = result.stdout + result.stderr
     notes = []
