@@ -1,4 +1,5 @@
-"""Install what the browser and sandbox tests need: Debian's chromium and bubblewrap.
+"""Install what the browser and sandbox tests need: Debian's chromium, bubblewrap, ripgrep and
+mmdebstrap (which builds the sandbox image the image tests run in).
 
 As root on Debian they are installed with apt-get when missing; anywhere else one line says
 what to install.
@@ -11,7 +12,13 @@ import shutil
 import subprocess
 import sys
 
-NEEDED = {"chromium": "chromium", "bwrap": "bubblewrap", "rg": "ripgrep", "tmux": "tmux"}
+NEEDED = {
+    "chromium": "chromium",
+    "bwrap": "bubblewrap",
+    "rg": "ripgrep",
+    "tmux": "tmux",
+    "mmdebstrap": "mmdebstrap",
+}
 
 
 def main() -> int:

@@ -90,9 +90,6 @@ def test_the_image_replaces_the_hosts_system(image, worktree):
     in_image = sh(probe, worktree, image=image)
     assert on_host.ok and on_host.stdout.startswith("visible"), on_host
     assert in_image.ok and in_image.stdout.startswith("absent\n"), in_image
-    # Its /usr is the image's: the dpkg database lists the image's packages, not the host's.
-    r = sh("dpkg-query -W -f '${Package}\\n' chromium python3 2>/dev/null", worktree, image=image)
-    assert r.stdout.split() == ["python3"], r
 
 
 def test_the_image_keeps_the_sandbox_protections(image, worktree):
