@@ -62,6 +62,7 @@ class RepositoryForm(forms.Form):
     )
     sandbox_image = forms.ChoiceField(
         label="Sandbox image",
+        required=False,  # left out: SANDBOX_DEFAULT_IMAGE
         help_text="The system the agent's commands run in (manage.py sandboximage list).",
     )
 
@@ -127,7 +128,7 @@ def repository_list(request: HttpRequest, slug: str) -> HttpResponse:
             url=data["url"],
             default_branch=data["default_branch"].strip(),
             auth=data["auth"],
-            sandbox_image=data["sandbox_image"],
+            sandbox_image=data["sandbox_image"] or images.default_image(),
         )
         repo.credential = form.credential()
         repo.save()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -152,7 +153,7 @@ def test_tools_run_in_the_repositorys_image(image, worktree):
 
 
 @pytest.mark.django_db
-def test_the_agent_uses_the_repositorys_image(image, settings, team, conversation):
+def test_the_agent_uses_the_repositorys_image(image, settings, alice, team, conversation):
     parent = Path(tempfile.mkdtemp(prefix="tandem-images-agent-"))
     parent.chmod(0o711)
     try:
@@ -169,6 +170,11 @@ def test_the_agent_uses_the_repositorys_image(image, settings, team, conversatio
         workspace = repos.create_workspace(conversation=conversation, repo=repo, branch="")
         ctx = agent._tool_context(workspace)
         assert ctx.image == image
+        # The conversation header says which image its commands run in.
+        client = Client()
+        client.force_login(alice)
+        page = client.get(f"/t/acme/c/{conversation.uuid}/").content.decode()
+        assert re.search(rf'data-testid="sandbox-image"[^>]*>image: {image}</span>', page)
         command = f"python app.py && git log --oneline | wc -l; test -e {HOST_ONLY} || echo no"
         r = asyncio.run(tools.execute("run_command", {"command": command}, ctx))
         assert r.ok and r.output == "hi\n1\nno\n", r
@@ -268,6 +274,14 @@ def test_the_repository_form_offers_the_images_and_saves_the_choice(alice, team,
     assert "There is no sandbox image “nope” on this machine." in response.content.decode()
     repo.refresh_from_db()
     assert repo.sandbox_image == "tiny"
+    # The add form offers them too.
+    origin = fake_images.parent / "origin"
+    subprocess.run(["git", "init", "-q", str(origin)], check=True)
+    add = {"name": "other", "url": str(origin), "auth": "none", "sandbox_image": "nope"}
+    assert client.post("/t/acme/repos/", add).status_code == 422
+    response = client.post("/t/acme/repos/", {**add, "sandbox_image": "tiny"})
+    assert response.status_code == 302
+    assert Repository.objects.get(team=team, name="other").sandbox_image == "tiny"
 
 
 @pytest.mark.django_db
