@@ -4,6 +4,7 @@ hostile paths, bad calls, and git_status/git_diff on a real workspace."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import tempfile
@@ -58,7 +59,7 @@ def call(name: str, args, ctx: ToolContext) -> ToolResult:
 def test_schemas_are_function_calling_shapes():
     found = {s["function"]["name"]: s for s in tools.schemas()}
     assert set(found) == {
-        "list_files", "read_file", "write_file", "edit_file", "grep", "run_command",
+        "list_files", "read_file", "write_file", "edit_file", "grep", "glob", "run_command",
         "git_status", "git_diff",
     }  # fmt: skip
     for name, schema in found.items():
@@ -71,7 +72,7 @@ def test_schemas_are_function_calling_shapes():
         for prop in p["properties"].values():
             assert prop["type"] in ("string", "integer", "boolean") and prop["description"]
     ro = {name for name, tool in tools.TOOLS.items() if tool.read_only}
-    assert ro == {"list_files", "read_file", "grep", "git_status", "git_diff"}
+    assert ro == {"list_files", "read_file", "grep", "glob", "git_status", "git_diff"}
     assert {s["function"]["name"] for s in tools.schemas(read_only=True)} == ro
     assert found["edit_file"]["function"]["parameters"]["required"] == [
         "path", "old_text", "new_text",
@@ -155,6 +156,50 @@ def test_list_files_is_capped_with_a_note(ctx):
     r = call("list_files", {"pattern": "*.txt"}, ctx)
     assert r.ok and r.truncated
     assert f"showing {helper.MAX_FILES} of {helper.MAX_FILES + 20} files" in r.output
+
+
+def test_glob_finds_files_newest_first_and_respects_gitignore(ctx):
+    # Without git: ripgrep's list (.gitignore counts). Newest first, then by name.
+    for age, name in enumerate(["src/util.py", "src/app.py", "README.md"]):
+        os.utime(ctx.tree / name, (1_700_000_000 - age, 1_700_000_000 - age))
+    r = call("glob", {"pattern": "**/*.py"}, ctx)
+    assert r.ok and r.output == "src/util.py\nsrc/app.py", r
+    assert call("glob", {"pattern": "*.md"}, ctx).output == "README.md"
+    assert call("glob", {"pattern": "*", "path": "src"}, ctx).output == "src/util.py\nsrc/app.py"
+    assert call("glob", {"pattern": "*.rs"}, ctx).output == "No files match “*.rs”."
+    r = call("glob", {"pattern": " "}, ctx)
+    assert not r.ok and "The pattern is empty" in r.output
+
+
+def test_glob_in_a_git_tree_lists_tracked_and_new_files(ctx):
+    env = {**os.environ, "GIT_AUTHOR_NAME": "T", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "T", "GIT_COMMITTER_EMAIL": "t@example.com"}  # fmt: skip
+    tree = ctx.tree
+    (tree / "build" / "keep.py").write_text("tracked although ignored\n")
+    for args in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["add", "-f", "build/keep.py"],
+        ["commit", "-qm", "c"],
+    ):
+        subprocess.run(["git", *args], cwd=tree, env=env, check=True, capture_output=True)
+    (tree / "src" / "new.py").write_text("untracked, not ignored\n")
+    os.utime(tree / "src" / "new.py", (2_000_000_000, 2_000_000_000))
+    (tree / "src" / "util.py").unlink()  # tracked, deleted: not listed
+    r = call("glob", {"pattern": "*.py"}, ctx)
+    assert r.ok and sorted(r.output.splitlines()) == ["build/keep.py", "src/app.py", "src/new.py"]
+    assert r.output.splitlines()[0] == "src/new.py"  # the newest
+    assert call("glob", {"pattern": "build/*"}, ctx).output == "build/keep.py"  # not out.py
+
+
+def test_glob_is_capped_with_a_note(ctx):
+    many = ctx.tree / "many"
+    many.mkdir()
+    for n in range(helper.MAX_GLOB + 5):
+        (many / f"f{n:04}.txt").write_text("")
+    r = call("glob", {"pattern": "many/*.txt"}, ctx)
+    assert r.ok and r.truncated
+    assert f"showing {helper.MAX_GLOB} of {helper.MAX_GLOB + 5} files" in r.output
 
 
 def test_write_file_then_read_it_back(ctx):

@@ -21,6 +21,7 @@ MAX_READ_LINES = 2000  # read_file: lines returned when no range is given
 MAX_LINE_CHARS = 2000  # read_file: a longer line is cut
 MAX_FILES = 500  # list_files
 MAX_GREP_LINES = 300  # grep: output lines (matches and context)
+MAX_GLOB = 300  # glob: paths returned
 MAX_WRITE_BYTES = 5_000_000
 RG = [
     "rg",
@@ -285,6 +286,44 @@ def op_list_files(args):
     return {"ok": True, "output": "\n".join(out), "truncated": truncated}
 
 
+def _candidates(paths):
+    """Files git tracks plus new ones .gitignore doesn't exclude; without git, ripgrep's view."""
+    try:
+        out = _git("ls-files", "--cached", "--others", "--exclude-standard", "-z", "--", *paths)
+    except ToolError as exc:
+        if "not a git repository" not in str(exc):
+            raise
+        return _files(paths, None)
+    names = sorted({os.fsdecode(n) for n in out.split(b"\0") if n})
+    # Tracked but deleted in the tree, or a submodule (a directory): not files to open.
+    return [n for n in names if os.path.isfile(posixpath.join(ROOT, n))]
+
+
+def op_glob(args):
+    pattern = args["pattern"]
+    if not pattern.strip():
+        raise ToolError("The pattern is empty; give one such as '**/*.py'.")
+    files = _candidates(_search_path(args))
+    if pattern not in ("*", "**", "**/*"):
+        rx = glob_regex(pattern)
+        files = [f for f in files if rx.match(f)]
+    if not files:
+        return {"ok": True, "output": f"No files match “{pattern}”."}
+
+    def mtime(name):
+        try:
+            return os.lstat(posixpath.join(ROOT, name)).st_mtime_ns
+        except OSError:
+            return 0
+
+    files.sort(key=lambda name: (-mtime(name), name))  # the most recently changed first
+    truncated = len(files) > MAX_GLOB
+    out = files[:MAX_GLOB]
+    if truncated:
+        out.append(f"[showing {MAX_GLOB} of {len(files)} files; narrow the pattern or the path]")
+    return {"ok": True, "output": "\n".join(out), "truncated": truncated}
+
+
 def op_grep(args):
     paths = _search_path(args)
     argv = [*RG, "--line-number", "--no-heading", "--with-filename", "--sort=path"]
@@ -366,6 +405,7 @@ OPS = {
     "write_file": op_write_file,
     "edit_file": op_edit_file,
     "list_files": op_list_files,
+    "glob": op_glob,
     "grep": op_grep,
     "git_status": op_git_status,
     "git_diff": op_git_diff,
