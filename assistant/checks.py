@@ -75,4 +75,20 @@ def sandbox_limits(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                 id="tandem.W002",
             )
         )
+    from django.conf import settings
+
+    from . import images
+
+    default = settings.SANDBOX_DEFAULT_IMAGE
+    try:
+        images.root_of(default)
+    except images.ImageError as exc:
+        found.append(
+            checks.Warning(
+                f"SANDBOX_DEFAULT_IMAGE: {exc}.",
+                hint="Tool calls of repositories using it fail until it is built "
+                "(README, Sandbox images).",
+                id="tandem.W003",
+            )
+        )
     return found

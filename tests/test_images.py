@@ -300,3 +300,13 @@ def test_members_cannot_choose_the_image(bob, team, fake_images):
 def test_the_default_image_comes_from_the_setting(settings, team, fake_images):
     settings.SANDBOX_DEFAULT_IMAGE = "tiny"
     assert Repository.objects.create(team=team, name="d", url="/tmp/x").sandbox_image == "tiny"
+
+
+def test_the_start_up_check_warns_when_the_default_image_is_not_built(settings, fake_images):
+    from assistant import checks
+
+    settings.SANDBOX_DEFAULT_IMAGE = "tiny"
+    assert "tandem.W003" not in {w.id for w in checks.sandbox_limits()}
+    settings.SANDBOX_DEFAULT_IMAGE = "node"
+    found = {w.id: w.msg for w in checks.sandbox_limits()}
+    assert "the sandbox image 'node' is not built on this worker" in found["tandem.W003"]
