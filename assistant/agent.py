@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.utils import timezone
 
+from config import logs
 from config.db import db_sync_to_async
 
 from . import diffs, events, hooks, llm, policy, repo_context, repos, streams, tools
@@ -379,6 +380,13 @@ async def execute_run(run_id: str) -> None:
     if run is None:
         return
     conversation_id = str(run.conversation.uuid)
+    # This run's task has a context of its own: its log lines name it, whatever else the loop runs.
+    logs.bind_here(
+        run=run_id,
+        conversation=conversation_id,
+        team=run.conversation.team.slug,
+        user=run.requested_by_id,
+    )
     config = await _aconfig_for_team(run.conversation.team)
     await events.publish(
         conversation_id, {"t": "run.started", "run": run_id, "model": config.label}

@@ -6,6 +6,8 @@ import contextlib
 
 from celery import shared_task
 
+from config import logs
+
 from .runner import run_on_worker_loop
 
 
@@ -35,21 +37,24 @@ def fetch_repositories() -> None:
 def record_diff(run_id: str) -> None:
     from . import jobs
 
-    jobs.record_diff(run_id)
+    with logs.bind(run=run_id):
+        jobs.record_diff(run_id)
 
 
 @shared_task(name="assistant.finish_stopped", acks_late=True, ignore_result=True)
 def finish_stopped(run_id: str) -> None:
     from . import jobs
 
-    jobs.finish_stopped(run_id)
+    with logs.bind(run=run_id):
+        jobs.finish_stopped(run_id)
 
 
 @shared_task(name="assistant.undo", acks_late=True, ignore_result=True)
 def undo(run_id: str) -> None:
     from . import jobs
 
-    jobs.undo(run_id)
+    with logs.bind(run=run_id):
+        jobs.undo(run_id)
 
 
 JOBS = {"record_diff": record_diff, "finish_stopped": finish_stopped, "undo": undo}

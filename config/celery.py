@@ -1,7 +1,7 @@
 import os
 
 from celery import Celery
-from celery.signals import worker_init, worker_ready
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -29,3 +29,19 @@ def _start_sweeper(sender, **kwargs):
     from assistant.runner import start_sweeper
 
     start_sweeper()
+
+
+@worker_ready.connect
+def _start_heartbeat(sender, **kwargs):
+    """Say every few seconds that this worker is alive: /readyz and the worker's health check
+    read it (config/readiness.py)."""
+    from config.readiness import start_worker_heartbeat
+
+    start_worker_heartbeat()
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(sender, **kwargs):
+    from config.readiness import stop_worker_heartbeat
+
+    stop_worker_heartbeat()

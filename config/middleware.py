@@ -6,8 +6,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 
 class HealthCheckMiddleware:
-    """Answer /healthz before host validation and the HTTPS redirect: load balancers probe
-    instances by IP address over plain HTTP."""
+    """Answer /healthz (the process answers) and /readyz (the database, Redis and a worker
+    answer: config/readiness.py) before host validation and the HTTPS redirect: load balancers
+    and orchestrators probe instances by IP address over plain HTTP."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -15,6 +16,10 @@ class HealthCheckMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if request.path == "/healthz":
             return JsonResponse({"ok": True})
+        if request.path == "/readyz":
+            from .readiness import readyz
+
+            return readyz(request)
         return self.get_response(request)
 
 

@@ -109,6 +109,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "config.logs.RequestContextMiddleware",  # a request id for every log line and response
     "config.middleware.ContentSecurityPolicyMiddleware",  # on every response, /healthz too
     "config.middleware.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -478,11 +479,28 @@ API_EVENT_LOG_TTL = envint("API_EVENT_LOG_TTL", 3600)
 # An idle event stream sends a comment this often (proxies close silent connections).
 API_SSE_HEARTBEAT_SECONDS = 15
 
+# "text" (default): human-readable lines; "json": one JSON object per line with the request id
+# and the team, user, conversation and run where known (config/logs.py), for a log collector.
+LOG_FORMAT = env("LOG_FORMAT", "text").strip().lower()
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'text' or 'json', got {LOG_FORMAT!r}")
+# Celery's worker would otherwise put its own handler on the root logger, in its own format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT == "text"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "config.logs.ContextFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "config.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.channels.server": {"level": "WARNING"},
