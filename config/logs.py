@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.utils.functional import SimpleLazyObject, empty
 
@@ -100,6 +101,11 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         ids = current()
+        # Django logs a 4xx/5xx (django.request) after the middleware is done: the request it
+        # passes along still has its id.
+        request = getattr(record, "request", None)
+        if "request_id" not in ids and getattr(request, "request_id", None):
+            ids["request_id"] = request.request_id
         for key in FIELDS:
             value = getattr(record, key, None) or ids.get(key)
             if value:
@@ -138,8 +144,11 @@ class RequestContextMiddleware:
         request_token = _request.set(request)
         try:
             response = self.get_response(request)
-            # Probes ask every few seconds: their answers are logged only when not 200.
-            if request.path not in PROBES or response.status_code != 200:
+            # One line per request in JSON mode (Daphne's access log is off there, see
+            # config/serve.py); probes ask every few seconds, logged only when not 200.
+            if settings.LOG_FORMAT == "json" and (
+                request.path not in PROBES or response.status_code != 200
+            ):
                 request_log.info(
                     "%s %s %s",
                     request.method,

@@ -118,6 +118,9 @@ def readyz(request: HttpRequest) -> JsonResponse:
             {"ok": False, "checks": checks, "reason": "; ".join(reasons)}, status=503
         )
         response["Retry-After"] = "5"
+        # Not an error of Django's to log: the checks logged why, and a starting instance is
+        # unready as a matter of course.
+        response._has_been_logged = True  # type: ignore[attr-defined]
         return response
     return JsonResponse({"ok": True, "checks": checks})
 
@@ -142,6 +145,7 @@ def beat_once(client, name: str) -> None:
 
 
 _stop = threading.Event()
+_beating: list[threading.Thread] = []
 
 
 def start_worker_heartbeat() -> threading.Thread:
@@ -165,12 +169,16 @@ def start_worker_heartbeat() -> threading.Thread:
 
     thread = threading.Thread(target=beat_forever, name="tandem-worker-heartbeat", daemon=True)
     thread.start()
+    _beating.append(thread)
     return thread
 
 
 def stop_worker_heartbeat() -> None:
-    """Called when the worker shuts down: the heartbeat thread says goodbye (ZREM) and ends."""
+    """Called when the worker shuts down: the heartbeat thread says goodbye (ZREM) and ends,
+    before the process does (it is a daemon thread)."""
     _stop.set()
+    while _beating:
+        _beating.pop().join(5)
 
 
 def this_host_beat_recently() -> tuple[bool, str]:

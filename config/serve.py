@@ -77,6 +77,10 @@ def main() -> None:
         )
     else:
         print(f"Model: {model.model}", flush=True)
+    if settings.LOG_FORMAT == "json" and not any(a.startswith("--access-log") for a in args):
+        # Its plain-text access log would break a JSON log stream: config/logs.py writes a JSON
+        # line per request instead.
+        args = [*args, "--access-log", os.devnull]
     from daphne.cli import CommandLineInterface
 
     CommandLineInterface().run([*args, "config.asgi:application"])

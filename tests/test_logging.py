@@ -80,8 +80,9 @@ def test_runs_on_one_loop_keep_their_own_ids(json_lines):
 
 @pytest.mark.django_db
 def test_a_request_gets_an_id_and_its_line_names_team_user_conversation(
-    json_lines, client, alice, conversation
+    json_lines, client, alice, conversation, settings
 ):
+    settings.LOG_FORMAT = "json"
     client.force_login(alice)
     url = f"/t/{conversation.team.slug}/c/{conversation.uuid}/"
     response = client.get(url)
@@ -98,6 +99,20 @@ def test_a_request_gets_an_id_and_its_line_names_team_user_conversation(
 
 
 @pytest.mark.django_db
+def test_text_mode_writes_no_request_lines_daphnes_access_log_does(json_lines, client):
+    assert client.get("/accounts/login/").has_header("X-Request-ID")
+    assert [line for line in json_lines() if line["logger"] == "tandem.request"] == []
+
+
+@pytest.mark.django_db
+def test_djangos_own_error_lines_carry_the_request_id(json_lines, client):
+    response = client.get("/no-such-page/", HTTP_X_REQUEST_ID="feedfacefeedface")
+    assert response.status_code == 404
+    (line,) = [line for line in json_lines() if line["logger"] == "django.request"]
+    assert line["request_id"] == "feedfacefeedface"
+
+
+@pytest.mark.django_db
 def test_the_proxys_request_id_is_kept_only_when_well_formed(json_lines):
     kept = Client().get("/accounts/login/", HTTP_X_REQUEST_ID="0123456789abcdef0123456789abcdef")
     assert kept["X-Request-ID"] == "0123456789abcdef0123456789abcdef"
@@ -109,6 +124,7 @@ def test_the_proxys_request_id_is_kept_only_when_well_formed(json_lines):
 
 @pytest.mark.django_db
 def test_probes_are_not_logged_when_fine(json_lines, settings):
+    settings.LOG_FORMAT = "json"
     settings.RUN_EXECUTOR = "inprocess"
     assert Client().get("/healthz").status_code == 200
     assert Client().get("/readyz").status_code == 200
