@@ -103,7 +103,8 @@ def test_the_dockerfile_builds_what_the_brief_needs():
     stages = re.findall(r"^FROM (\S+)(?: AS (\w+))?", text, re.M)
     assert [name for _, name in stages] == ["build", "runtime"]  # multi-stage
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
-    assert "pip install --no-deps --require-hashes -r /tmp/requirements.lock" in text
+    assert "python runtime_lock.py requirements.lock > runtime.lock" in text
+    assert "pip install --no-deps --require-hashes -r runtime.lock" in text
     # Nothing runs as root: a numeric non-root user at the end.
     assert re.findall(r"^USER (\S+)", text, re.M) == ["10001:10001"]
     packages = set(re.findall(r"^\s+([a-z0-9.+-]+) \\$", text, re.M))
@@ -121,6 +122,41 @@ def test_the_dockerfile_builds_what_the_brief_needs():
     assert 'CMD ["web"]' in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", ".tandem"} <= set(ignored)
+
+
+def test_the_image_installs_the_runtime_part_of_the_lock():
+    """Everything pyproject.toml's dependencies need, exactly as locked, and no test tool."""
+    result = subprocess.run(
+        [sys.executable, ROOT / "scripts" / "runtime_lock.py", ROOT / "requirements.lock"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pinned = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", result.stdout, re.M)
+    names = {name for name, _ in pinned}
+    for needed in (
+        "django",
+        "daphne",
+        "celery",
+        "kombu",
+        "psycopg-binary",
+        "psycopg-pool",
+        "litellm",
+        "uvloop",
+        "hiredis",
+        "channels-redis",
+        "slack-sdk",
+        "honcho",
+    ):
+        assert needed in names, needed
+    for test_tool in ("pytest", "playwright", "ruff", "mypy", "uv", "schemathesis", "coverage"):
+        assert test_tool not in names, test_tool
+    # Entries are copied whole: the same hashes and markers as the lock's.
+    lock = (ROOT / "requirements.lock").read_text()
+    for block in result.stdout.split("\n")[1:]:
+        assert block in lock.split("\n")
+    assert "--hash=sha256:" in result.stdout
+    assert len([n for n, _ in pinned if n == "cbor2"]) == 2  # one entry per platform marker
 
 
 # --- compose --------------------------------------------------------------------------------------
