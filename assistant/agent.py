@@ -388,6 +388,7 @@ async def execute_run(run_id: str) -> None:
         user=run.requested_by_id,
     )
     config = await _aconfig_for_team(run.conversation.team)
+    log.info("Run started (%s)", config.label)
     await events.publish(
         conversation_id, {"t": "run.started", "run": run_id, "model": config.label}
     )
@@ -416,6 +417,7 @@ async def execute_run(run_id: str) -> None:
     except Parked:
         await publisher.close()
         await _park(turn)
+        log.info("Run parked: waiting for a member's approval")
         return
     except Stopped:
         status = RunStatus.CANCELLED
@@ -450,6 +452,7 @@ async def execute_run(run_id: str) -> None:
     await _announce_end(turn, status, error, message)
     await _ahook_run_ended(run)
     await streams.discard(run_id)
+    log.info("Run ended: %s", status)
 
 
 _asnapshot = db_sync_to_async(lambda ws: repos.snapshot(workspace=ws))

@@ -169,3 +169,28 @@ def test_the_setting_switches_the_format_and_refuses_nonsense():
     wrong = _run_with("yaml")
     assert wrong.returncode != 0
     assert "LOG_FORMAT must be 'text' or 'json', got 'yaml'" in wrong.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_runs_lines_name_it_its_conversation_team_and_user(
+    json_lines, settings, no_runs, inline_jobs, alice, conversation
+):
+    """A reply executed on the worker loop (as a Celery worker does): its own lines carry the
+    run, conversation, team and person who asked, and nothing else's do."""
+    from assistant import services
+    from assistant.runner import run_on_worker_loop
+
+    settings.LLM_MODEL = ""  # the scripted demo model
+    run = services.message_send(conversation=conversation, author=alice, content="Hello").run
+    run_on_worker_loop(str(run.uuid)).result(60)
+    run.refresh_from_db()
+    assert run.status == "succeeded"
+    mine = [line for line in json_lines() if line.get("run") == str(run.uuid)]
+    assert [line["message"] for line in mine if line["logger"] == "assistant.agent"] == [
+        "Run started (Demo model (scripted, not AI))",
+        "Run ended: succeeded",
+    ]
+    for line in mine:
+        assert line["conversation"] == str(conversation.uuid)
+        assert line["team"] == conversation.team.slug
+        assert line["user"] == str(alice.pk)
