@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -62,6 +63,9 @@ def check() -> int:
 
 
 def lock(uv: str) -> int:
+    scratch = LOCK.with_suffix(".lock.new")
+    if LOCK.exists():
+        shutil.copyfile(LOCK, scratch)
     command = [
         uv, "pip", "compile", str(PYPROJECT.relative_to(ROOT)),
         "--extra", "test",
@@ -69,9 +73,14 @@ def lock(uv: str) -> int:
         "--python-version", "3.11",  # the oldest Python in requires-python
         "--generate-hashes",
         "--no-header",
+        # The current lock is read as preferences: packages keep their pins unless the new
+        # ranges need otherwise (`make lock` is not an upgrade of everything).
+        "--output-file", str(scratch),
     ]  # fmt: skip
     env = {**os.environ, "UV_NO_CONFIG": "1"}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    resolved = scratch.read_text() if scratch.exists() else ""
+    scratch.unlink(missing_ok=True)
     if result.returncode != 0:
         sys.stderr.write(result.stderr)
         return result.returncode
@@ -80,8 +89,8 @@ def lock(uv: str) -> int:
         "# Made by `make lock` (scripts/lockfile.py, uv pip compile) from pyproject.toml.\n"
         "# Do not edit by hand; `make run` and `make test` install exactly this.\n"
     )
-    LOCK.write_text(header + result.stdout)
-    pinned = [line for line in result.stdout.splitlines() if "==" in line and line[:1] != " "]
+    LOCK.write_text(header + resolved)
+    pinned = [line for line in resolved.splitlines() if "==" in line and line[:1] != " "]
     print(f"Wrote {LOCK.name}: {len(pinned)} pinned packages.")
     return 0
 
