@@ -63,7 +63,8 @@ def render_event(event: dict[str, Any]) -> str:
             },
         )
     if kind == "run.queued":
-        return render_to_string("assistant/_run.html", {"run": _run_from_event(event["run"], None)})
+        run = {**_run_from_event(event["run"], None), "reply_to": event.get("reply_to", "")}
+        return render_to_string("assistant/_run.html", {"run": run})
     if kind.startswith("tool."):
         return render_to_string(
             "assistant/_tool_call.html", {"call": tool_call_context(event["call"])}

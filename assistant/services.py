@@ -170,7 +170,13 @@ def run_retry(*, run: Run, author: User) -> Run:
     from .runner import enqueue_run
 
     events.publish_on_commit(
-        str(conversation.uuid), {"t": "run.queued", "run": events.run_data(new_run)}
+        str(conversation.uuid),
+        {
+            "t": "run.queued",
+            "run": events.run_data(new_run),
+            # Viewers put the new reply under the message it answers, not at the bottom.
+            "reply_to": str(run.user_message.uuid),
+        },
     )
     transaction.on_commit(lambda: enqueue_run(str(new_run.uuid)))
     return new_run

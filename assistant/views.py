@@ -173,7 +173,8 @@ def run_retry(request: HttpRequest, run_id) -> HttpResponse:
         new_run = services.run_retry(run=run, author=request.user)
     except services.ChatError as exc:
         return HttpResponse(str(exc), status=409)
-    return render(request, "assistant/_run.html", {"run": run_context(new_run)}, status=201)
+    context = {"run": {**run_context(new_run), "reply_to": str(run.user_message.uuid)}}
+    return render(request, "assistant/_run.html", context, status=201)
 
 
 @login_required

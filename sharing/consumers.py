@@ -241,7 +241,8 @@ class ShareConsumer(AsyncWebsocketConsumer):
             run_id = event["run"]["id"]
             html = await _render_run(self.conversation_pk, run_id, self.lens)
             if html:
-                await self._send({"t": kind, "run": {"id": run_id}, "html": html})
+                frame = {"t": kind, "run": {"id": run_id}, "html": html}
+                await self._send({**frame, "reply_to": event.get("reply_to", "")})
         elif kind in ("run.started", "run.waiting", "run.updated"):
             await self._send({"t": kind, "run": event["run"]})
         elif kind.startswith("tool."):

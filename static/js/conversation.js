@@ -44,6 +44,20 @@
     nodes.forEach((node) => htmx.process(node));
   }
 
+  // A reply goes under the message it answers, after that turn's other replies (a retry of
+  // an older turn must not land under the latest message).
+  function insertRun(html, replyTo) {
+    const anchor = replyTo && document.getElementById("msg-" + replyTo);
+    if (!anchor || anchor.parentElement !== messages) return insertHtml(html);
+    let last = anchor;
+    while (last.nextElementSibling && last.nextElementSibling.matches("[data-run]")) {
+      last = last.nextElementSibling;
+    }
+    const node = fromHtml(html);
+    keepScrolled(() => last.after(node));
+    htmx.process(node);
+  }
+
   function replaceRun(id, html) {
     const el = runEl(id);
     if (!el) return refreshMessages();
@@ -204,7 +218,7 @@
         if (!document.getElementById("msg-" + frame.message_id)) insertHtml(frame.html);
         return;
       case "run.queued":
-        if (!runEl(frame.run.id)) insertHtml(frame.html);
+        if (!runEl(frame.run.id)) insertRun(frame.html, frame.reply_to);
         return;
       case "run.started": {
         const el = runEl(frame.run);
@@ -260,6 +274,15 @@
     4461: "This link has expired.",
   };
 
+  function notice(text) {
+    const div = document.createElement("div");
+    div.className = "notice";
+    div.setAttribute("role", "status");
+    div.dataset.testid = "notice";
+    div.textContent = text;
+    return div;
+  }
+
   function banner(text) {
     const div = document.createElement("div");
     div.className = "error";
@@ -310,11 +333,113 @@
     if (socket && socket.readyState === WebSocket.CLOSED) connect();
   });
 
-  // Composer: Enter sends, Shift+Enter is a new line.
+  // Composer: Enter sends, Shift+Enter is a new line; ↑ in an empty composer brings back
+  // your last message; Esc stops the reply being written.
   textarea?.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       if (textarea.value.trim()) htmx.trigger(composer, "submit");
+    } else if (event.key === "ArrowUp" && !textarea.value && lastSent) {
+      event.preventDefault();
+      textarea.value = lastSent;
+      updateCount();
+    } else if (event.key === "Escape") {
+      const stop = [...messages.querySelectorAll("[data-testid=stop]")].pop();
+      if (stop) {
+        event.preventDefault();
+        stop.click();
+      }
+    }
+  });
+
+  // Length: a counter once the message nears the limit, and a refusal in words past it
+  // (the server refuses too, with the same words, for anything that gets by this).
+  const maxChars = Number(textarea?.dataset.maxChars || 0);
+  const counter = document.getElementById("composer-count");
+  let lastSent = "";
+  const fmt = (n) => n.toLocaleString("en-US");
+  const tooLong = () => maxChars && textarea.value.length > maxChars;
+  function updateCount() {
+    if (!counter || !maxChars) return;
+    const n = textarea.value.length;
+    counter.classList.toggle("over", n > maxChars);
+    if (n > maxChars) {
+      counter.textContent = `${fmt(n)} / ${fmt(maxChars)} characters: ${fmt(n - maxChars)} too many`;
+    } else if (n >= maxChars * 0.9) {
+      counter.textContent = `${fmt(n)} / ${fmt(maxChars)} characters`;
+    } else {
+      counter.textContent = "";
+    }
+  }
+  textarea?.addEventListener("input", updateCount);
+  composer?.addEventListener("htmx:beforeRequest", (event) => {
+    if (event.detail.elt !== composer) return;
+    if (tooLong()) {
+      event.preventDefault();
+      errorBox.innerHTML = "";
+      errorBox.append(
+        banner(
+          `This message has ${fmt(textarea.value.length)} characters; the limit is ${fmt(maxChars)}. ` +
+            "Shorten it or split it into parts.",
+        ),
+      );
+      return;
+    }
+    lastSent = textarea.value;
+  });
+
+  // Open at the newest message (also after a reload, or a redirect back from Attach or Push),
+  // and offer a way back down when scrolled up.
+  if ("scrollRestoration" in history) history.scrollRestoration = "manual";
+  const jump = document.getElementById("jump-latest");
+  const toBottom = () => window.scrollTo(0, document.body.scrollHeight);
+  toBottom();
+  window.addEventListener("load", toBottom, { once: true });
+  jump?.addEventListener("click", () => {
+    toBottom();
+    textarea?.focus({ preventScroll: true });
+  });
+  let jumpPending = false;
+  window.addEventListener(
+    "scroll",
+    () => {
+      if (jumpPending || !jump) return;
+      jumpPending = true;
+      requestAnimationFrame(() => {
+        jumpPending = false;
+        jump.hidden = nearBottom();
+      });
+    },
+    { passive: true },
+  );
+
+  // Download patch: fetched here, so "nothing changed yet" is said in the page instead of
+  // leaving it for a bare text response.
+  document.addEventListener("click", async (event) => {
+    const link = event.target.closest("a[data-patch]");
+    if (!link || event.ctrlKey || event.metaKey || event.shiftKey) return;
+    event.preventDefault();
+    try {
+      const response = await fetch(link.href);
+      if (!response.ok) {
+        const text = (await response.text()).trim();
+        errorBox.innerHTML = "";
+        errorBox.append(notice(text || `Could not make the patch (error ${response.status}).`));
+        return;
+      }
+      const disposition = response.headers.get("Content-Disposition") || "";
+      const name = (disposition.match(/filename="([^"]+)"/) || [])[1] || "tandem.patch";
+      const url = URL.createObjectURL(await response.blob());
+      const a = document.createElement("a");
+      a.href = url;
+      a.download = name;
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    } catch {
+      errorBox.innerHTML = "";
+      errorBox.append(banner("Could not reach Tandem to make the patch."));
     }
   });
 
@@ -349,6 +474,7 @@
   composer?.addEventListener("htmx:afterRequest", (event) => {
     if (event.detail.successful) {
       textarea.value = "";
+      updateCount();
       errorBox.innerHTML = "";
       document.getElementById("empty-state")?.remove();
       window.scrollTo(0, document.body.scrollHeight);
@@ -358,10 +484,15 @@
     errorBox.innerHTML = "";
     errorBox.append(banner("Could not reach Tandem. Your message is still here: send it again."));
   });
-  // A retry's bubble may already have come over the WebSocket.
+  // A retry's bubble may already have come over the WebSocket; if not, it goes in its turn.
   messages.addEventListener("htmx:beforeSwap", (event) => {
-    const id = (event.detail.xhr.responseText.match(/id="run-([0-9a-f-]+)"/) || [])[1];
+    const html = event.detail.xhr.responseText;
+    const id = (html.match(/id="run-([0-9a-f-]+)"/) || [])[1];
     if (event.detail.requestConfig.verb === "post" && id && runEl(id)) event.detail.shouldSwap = false;
+    if (event.detail.requestConfig.elt?.hasAttribute("data-retry") && event.detail.successful) {
+      event.detail.shouldSwap = false;
+      if (id && !runEl(id)) insertRun(html, fromHtml(html).dataset.replyTo);
+    }
   });
 
   connect();
