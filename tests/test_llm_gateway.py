@@ -138,7 +138,7 @@ def test_an_unreachable_provider_is_named(
     use_model(team, 9)  # port 9 (discard): nothing listens on loopback
     run = run_turn(conversation, alice, "hello")
     assert run.status == RunStatus.FAILED
-    assert "Could not reach the model provider" in run.error
+    assert "Nothing answered at 127.0.0.1:9: the connection was refused" in run.error
 
 
 @uses_db
@@ -215,6 +215,27 @@ def test_check_connection_reports_in_words(provider_port):
     bad = llm.LLMConfig("openai/fake-model", f"http://127.0.0.1:{provider_port}/v1", "bad-key")
     with pytest.raises(llm.LLMError, match="rejected the API key"):
         asyncio.run(llm.check_connection(bad))
+
+
+def test_check_connection_says_what_happened(provider_port, monkeypatch):
+    """Not "an internal error (500)": a missing key and a dead port are said as such."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    no_key = llm.LLMConfig("openai/fake-model", f"http://127.0.0.1:{provider_port}/v1", "")
+    with pytest.raises(llm.LLMError, match="No API key is set") as raised:
+        asyncio.run(llm.check_connection(no_key))
+    assert "500" not in raised.value.message
+    dead = llm.LLMConfig("openai/fake-model", "http://127.0.0.1:9/v1", "k")
+    with pytest.raises(llm.LLMError, match="Nothing answered at 127.0.0.1:9") as raised:
+        asyncio.run(llm.check_connection(dead))
+    assert "500" not in raised.value.message
+
+
+def test_an_unknown_host_is_named():
+    error = OSError(
+        "Cannot connect to host nowhere.invalid:8080 ssl:default [Name or service not known]"
+    )
+    translated = llm.translate_error(error, llm.LLMConfig("openai/x", "", "k"))
+    assert "host name nowhere.invalid:8080 could not be found" in translated.message
 
 
 # --- tool calls: the API the agent loop drives, in each wire format through each client -----

@@ -14,11 +14,14 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
+import socket
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
@@ -369,6 +372,26 @@ def translate_error(exc: Exception, config: LLMConfig) -> LLMError:
             code="timeout",
             retryable=True,
         )
+    if _in_chain(exc, _is_missing_key):
+        # The client refused to call without a key (litellm reports it as a 500 or a 401).
+        return LLMError(
+            "No API key is set for this model provider. A team admin can set one in Team settings.",
+            code="auth",
+        )
+    if _in_chain(exc, _is_refused):
+        return LLMError(
+            f"Nothing answered at {_host_port(config, exc)}: the connection was refused. Is "
+            "the model server running, and is the address right?",
+            code="connection",
+            retryable=True,
+        )
+    if _in_chain(exc, _is_unknown_host):
+        return LLMError(
+            f"The model provider's host name {_host_port(config, exc)} could not be found "
+            "(DNS). Check the API base address.",
+            code="connection",
+            retryable=True,
+        )
     if isinstance(exc, litellm.AuthenticationError) or status in (401, 403):
         return LLMError(
             "The model provider rejected the API key. A team admin can set the key in "
@@ -428,6 +451,54 @@ def _is_connection_error(exc: BaseException) -> bool:
         or "Connection error" in text
         or "Cannot connect to host" in text
     )
+
+
+MISSING_KEY_WORDS = ("Missing credentials", "api_key client option must be set", "API Key")
+
+
+def _is_missing_key(exc: BaseException) -> bool:
+    text = str(exc)
+    return any(words in text for words in MISSING_KEY_WORDS) and (
+        "Missing" in text or "must be set" in text or "no key" in text
+    )
+
+
+def _is_refused(exc: BaseException) -> bool:
+    text = str(exc)
+    return (
+        isinstance(exc, ConnectionRefusedError)
+        or "Connect call failed" in text
+        or "Connection refused" in text
+    )
+
+
+def _is_unknown_host(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, socket.gaierror) or any(
+        words in text
+        for words in ("Name or service not known", "nodename nor servname", "getaddrinfo failed")
+    )
+
+
+def _host_port(config: LLMConfig, exc: BaseException) -> str:
+    """host:port the call went to: from the configured base, else from the error's words."""
+    if config.api_base:
+        parts = urlsplit(config.api_base)
+        if parts.hostname:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            return f"{parts.hostname}:{port}"
+    found = re.search(r"host ([\w.\-\[\]:]+?):(\d+)", _chain_text(exc))
+    return f"{found[1]}:{found[2]}" if found else "the provider's address"
+
+
+def _chain_text(exc: BaseException) -> str:
+    texts, seen = [], exc
+    for _ in range(10):
+        if seen is None:
+            break
+        texts.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    return " ".join(texts)
 
 
 def _is_timeout(exc: BaseException) -> bool:
