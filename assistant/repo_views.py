@@ -6,12 +6,16 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from asgiref.sync import sync_to_async
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.handlers.asgi import ASGIRequest
+from django.db import transaction
 from django.http import (
     Http404,
     HttpRequest,
@@ -20,11 +24,12 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.selectors import admin_membership_for, membership_for
 
-from . import diffs, images, repos, selectors, services
+from . import diffs, images, repos, runner, selectors, services
 from .models import RepoAuth, Repository
 
 
@@ -82,9 +87,11 @@ class RepositoryForm(forms.Form):
 
     def clean_url(self) -> str:
         try:
-            return repos.validate_url(self.cleaned_data["url"], team=self.team)
+            url = repos.validate_url(self.cleaned_data["url"], team=self.team)
         except repos.RepoError as exc:
             raise forms.ValidationError(str(exc))
+        _check_local_repository(url)
+        return url
 
     def clean(self):
         data = super().clean()
@@ -102,6 +109,21 @@ class RepositoryForm(forms.Form):
         if auth == RepoAuth.SSH_KEY:
             return self.cleaned_data["ssh_key"]
         return ""
+
+
+def _check_local_repository(url: str) -> None:
+    """A local address must name a git repository that is there now: a typo would otherwise
+    be accepted and only fail at the first fetch. (Remote ones are fetched at once instead.)"""
+    if url.startswith("/"):
+        path = Path(url)
+    elif url.startswith("file://"):
+        path = Path(unquote(urlsplit(url).path))
+    else:
+        return
+    if not path.is_dir():
+        raise forms.ValidationError(f"There is no folder at {path}.")
+    if not ((path / ".git").exists() or (path / "HEAD").is_file()):
+        raise forms.ValidationError(f"{path} is not a git repository (no .git in it).")
 
 
 def _posted_repository(request: HttpRequest, team) -> Repository | HttpResponse:
@@ -132,15 +154,21 @@ def repository_list(request: HttpRequest, slug: str) -> HttpResponse:
         )
         repo.credential = form.credential()
         repo.save()
-        messages.success(request, f"Added “{repo.name}”. Use Fetch now to mirror it.")
+        # Mirrored at once, in the background: the page then says whether it worked.
+        transaction.on_commit(lambda: runner.enqueue_fetch(repo.pk))
+        messages.success(request, f"Added “{repo.name}”. It is being fetched now.")
         return redirect("repositories", slug=slug)
+    repositories = list(team.repositories.all())
+    recent = timezone.now() - timedelta(minutes=10)
+    for repo in repositories:
+        # Just added, and its first fetch (in the background) not done yet.
+        repo.fetch_pending = not repo.last_fetched and not repo.last_fetch_error
+        repo.fetch_pending = repo.fetch_pending and repo.created > recent
     context = {
         "team": team,
         "membership": membership,
         "form": form,
-        "repositories": [
-            (repo, images.choices(repo.sandbox_image)) for repo in team.repositories.all()
-        ],
+        "repositories": [(repo, images.choices(repo.sandbox_image)) for repo in repositories],
     }
     status = 422 if form.is_bound else 200
     return render(request, "assistant/repositories.html", context, status=status)

@@ -58,3 +58,15 @@ def undo(run_id: str) -> None:
 
 
 JOBS = {"record_diff": record_diff, "finish_stopped": finish_stopped, "undo": undo}
+
+
+@shared_task(name="assistant.fetch_repository", ignore_result=True)
+def fetch_repository(repo_id: int) -> None:
+    """Mirror one repository now (just added): the outcome, error included, is on its row."""
+    from .models import Repository
+    from .repos import RepoError, ensure_mirror
+
+    repo = Repository.objects.filter(pk=repo_id).first()
+    if repo is not None:
+        with contextlib.suppress(RepoError):
+            ensure_mirror(repo=repo)

@@ -63,13 +63,22 @@ def _attachable(conversation, workspace) -> list[dict]:
 
     if workspace is not None:
         return []
+    team = conversation.team
+    last_used = (
+        team.repositories.filter(workspaces__isnull=False)
+        .order_by("-workspaces__created")
+        .values_list("pk", flat=True)
+        .first()
+    )
     choices = []
-    for repo in conversation.team.repositories.all():
+    for repo in team.repositories.all():
         try:
             names = repos.branches(repo=repo) if repos.mirror_path(repo=repo).exists() else []
         except repos.RepoError:
             names = []
-        choices.append({"repo": repo, "branches": names})
+        choices.append({"repo": repo, "branches": names, "broken": bool(repo.last_fetch_error)})
+    # The default (first) choice: a healthy one, the last used if it is; broken ones last.
+    choices.sort(key=lambda c: (c["broken"], c["repo"].pk != last_used))
     return choices
 
 

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from django.test import Client
+from django.test import Client, TestCase
 
 from assistant import repos
 from assistant.models import RepoAuth, Repository, Workspace
@@ -219,3 +219,59 @@ def test_posts_without_a_csrf_token_are_403(alice, conversation, repo):
     assert Repository.objects.filter(team=repo.team).count() == 1
     repo.refresh_from_db()
     assert repo.last_fetched is None and not Workspace.objects.exists()
+
+
+# --- Issue 16: a broken address is refused, a good one is fetched at once, Attach defaults well
+
+
+def test_a_local_path_that_is_not_there_is_refused(alice, team, tmp_path):
+    client = client_for(alice)
+    response = client.post(
+        "/t/acme/repos/", {"name": "x", "url": str(tmp_path / "nowhere"), "auth": "none"}
+    )
+    assert response.status_code == 422
+    assert f"There is no folder at {tmp_path / 'nowhere'}." in text(response)
+    (tmp_path / "plain").mkdir()
+    response = client.post(
+        "/t/acme/repos/", {"name": "x", "url": f"file://{tmp_path / 'plain'}", "auth": "none"}
+    )
+    assert "is not a git repository" in text(response)
+    assert not Repository.objects.exists()
+
+
+def test_an_added_repository_is_fetched_at_once(alice, team, origin, monkeypatch):
+    fetched: list[int] = []
+    monkeypatch.setattr("assistant.runner.enqueue_fetch", fetched.append)
+    client = client_for(alice)
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        response = client.post(
+            "/t/acme/repos/", {"name": "demo", "url": str(origin), "auth": "none"}
+        )
+    repo = Repository.objects.get()
+    assert response.status_code == 302 and fetched == [repo.pk]
+    assert 'data-testid="fetch-pending"' in text(client.get("/t/acme/repos/"))
+
+    from assistant.tasks import fetch_repository
+
+    fetch_repository(repo.pk)
+    page = text(client.get("/t/acme/repos/"))
+    assert 'data-testid="last-fetched"' in page and 'data-testid="never-fetched"' not in page
+
+
+def test_attach_defaults_to_the_last_used_healthy_repository(
+    alice, team, conversation, origin, tmp_path
+):
+    from assistant.services import conversation_create
+
+    broken = Repository.objects.create(
+        team=team, name="aaa-broken", url=str(tmp_path / "gone"), last_fetch_error="gone"
+    )
+    other = Repository.objects.create(team=team, name="bbb", url=str(origin))
+    used = Repository.objects.create(team=team, name="ccc", url=str(origin))
+    earlier = conversation_create(team=team, author=alice, title="Earlier")
+    repos.create_workspace(conversation=earlier, repo=used, branch="main")
+
+    page = text(client_for(alice).get(f"/t/acme/c/{conversation.uuid}/"))
+    options = [page.index(f'value="{r.uuid}"') for r in (used, other, broken)]
+    assert options == sorted(options)
+    assert "aaa-broken (last fetch failed)" in page
