@@ -287,10 +287,12 @@ def _json(description: str, schema: dict) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _body(name: str, *, required: bool = True) -> dict:
+def _body(name: str, *, example: dict, required: bool = True) -> dict:
+    """A JSON request body; the example is what the docs page prefills, so it must be a body
+    the endpoint accepts as it is (no repository named "Hello")."""
     return {
         "required": required,
-        "content": {"application/json": {"schema": ref(name)}},
+        "content": {"application/json": {"schema": ref(name), "example": example}},
     }
 
 
@@ -360,7 +362,9 @@ def _paths() -> dict[str, Any]:
                 "summary": "Start a conversation, optionally on a repository",
                 "description": WRITE,
                 "parameters": [TEAM],
-                "requestBody": _body("NewConversation", required=False),
+                "requestBody": _body(
+                    "NewConversation", example={"title": "Fix the flaky test"}, required=False
+                ),
                 "responses": _responses(
                     {"201": _json("The new conversation.", ref("Conversation"))},
                     "BadRequest",
@@ -423,7 +427,9 @@ def _paths() -> dict[str, Any]:
                 "operationId": "sendMessage",
                 "summary": "Post a message; the assistant's run starts",
                 "description": WRITE + " Follow the run with the event stream or GET /runs/{id}.",
-                "requestBody": _body("NewMessage"),
+                "requestBody": _body(
+                    "NewMessage", example={"content": "What does this project do?"}
+                ),
                 "responses": _responses(
                     {"202": _json("The message and its queued run.", ref("Sent"))},
                     "BadRequest",
@@ -512,7 +518,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "decideToolCall",
                 "summary": "Approve or deny a command awaiting approval",
                 "description": WRITE + " 409 when it was already decided or its run stopped.",
-                "requestBody": _body("Decision"),
+                "requestBody": _body("Decision", example={"decision": "approve"}),
                 "responses": _responses(
                     {"200": _json("The tool call as it is now.", ref("ToolCall"))},
                     "BadRequest",

@@ -575,3 +575,25 @@ def test_a_message_while_a_reply_on_the_repository_is_under_way_is_409(api, key,
     )
     assert "still working" in error["message"]
     assert Run.objects.filter(conversation__uuid=created.json()["id"]).count() == 1
+
+
+def test_the_docs_examples_are_accepted_as_they_are(api, key, no_runs):
+    """The API docs page prefills each body with the spec's example: sent unchanged, it works."""
+    from api.openapi import schema
+
+    spec = schema()
+
+    def example(path: str, method: str) -> dict:
+        return spec["paths"][path][method]["requestBody"]["content"]["application/json"]["example"]
+
+    created = call(api, "POST", "conversations", key=key, body=example("/conversations", "post"))
+    assert created.status_code == 201, created.content
+    conversation = created.json()["id"]
+    sent = call(
+        api,
+        "POST",
+        f"conversations/{conversation}/messages",
+        key=key,
+        body=example("/conversations/{conversation_id}/messages", "post"),
+    )
+    assert sent.status_code == 202, sent.content

@@ -69,9 +69,11 @@
     }
     let body = null;
     if (op.requestBody) {
-      const schema = op.requestBody.content["application/json"].schema;
+      const media = op.requestBody.content["application/json"];
       body = el("textarea", { rows: "4" });
-      body.value = JSON.stringify(sample(schema), null, 1);
+      // The spec's example is a body the endpoint accepts as it is; the schema's sample is not
+      // (a repository named "Hello" does not exist).
+      body.value = JSON.stringify(media.example ?? sample(media.schema), null, 1);
       form.append(el("label", {}, "Body (JSON)", body));
     }
     const out = el("pre", { "aria-live": "polite" });
