@@ -162,8 +162,10 @@ def interactivity(request: HttpRequest) -> HttpResponse:
 # --- OAuth ------------------------------------------------------------------------------------
 
 
-def _redirect_uri() -> str:
-    return blocks.site(reverse("slack_oauth_callback"))
+def _redirect_uri(request: HttpRequest) -> str:
+    # The address this server is reached at (not SITE_URL's default): Slack must be told the
+    # same one in the app's settings, at connect and at the callback.
+    return request.build_absolute_uri(reverse("slack_oauth_callback"))
 
 
 @login_required
@@ -180,7 +182,7 @@ def connect(request: HttpRequest, slug: str) -> HttpResponse:
         {
             "client_id": settings.SLACK_CLIENT_ID,
             "scope": ",".join(BOT_SCOPES),
-            "redirect_uri": _redirect_uri(),
+            "redirect_uri": _redirect_uri(request),
             "state": state,
         }
     )
@@ -215,7 +217,7 @@ def oauth_callback(request: HttpRequest) -> HttpResponse:
             client_id=settings.SLACK_CLIENT_ID,
             client_secret=settings.SLACK_CLIENT_SECRET,
             code=request.GET["code"],
-            redirect_uri=_redirect_uri(),
+            redirect_uri=_redirect_uri(request),
         ).data
     except Failure as exc:
         messages.error(request, f"Slack didn't connect: {exc.error}.")
@@ -329,10 +331,11 @@ def settings_page(request: HttpRequest, slug: str) -> HttpResponse:
         "oauth_ready": bool(settings.SLACK_CLIENT_ID and settings.SLACK_CLIENT_SECRET),
         "signing_ready": bool(settings.SLACK_SIGNING_SECRET),
         "urls": {
-            "commands": blocks.site(reverse("slack_commands")),
-            "events": blocks.site(reverse("slack_events")),
-            "interactivity": blocks.site(reverse("slack_interactivity")),
-            "redirect": _redirect_uri(),
+            # As this page was reached: what to paste into Slack's app settings.
+            "commands": request.build_absolute_uri(reverse("slack_commands")),
+            "events": request.build_absolute_uri(reverse("slack_events")),
+            "interactivity": request.build_absolute_uri(reverse("slack_interactivity")),
+            "redirect": _redirect_uri(request),
         },
         "scopes": ", ".join(BOT_SCOPES),
     }

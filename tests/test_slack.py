@@ -572,7 +572,7 @@ def test_oauth_connects_the_workspace_with_an_encrypted_token(alice, team, slack
     query = parse_qs(location.query)
     assert query["client_id"] == ["1234.5678"]
     assert "chat:write" in query["scope"][0] and "commands" in query["scope"][0]
-    assert query["redirect_uri"] == ["http://127.0.0.1:8000/slack/oauth/callback"]
+    assert query["redirect_uri"] == ["http://testserver/slack/oauth/callback"]  # as served
     state = query["state"][0]
 
     response = client.get("/slack/oauth/callback", {"code": OAUTH_CODE, "state": state})
@@ -686,3 +686,13 @@ def test_markdown_becomes_mrkdwn_and_long_answers_are_trimmed():
         "*Title*\n*bold* and _it_ &lt;b&gt; &amp; <https://e.com|x>\n• one\n```a &lt; b\n```"
     )
     assert len(trim("x" * 10_000, SECTION_CHARS)) == SECTION_CHARS
+
+
+def test_the_page_gives_the_addresses_this_server_is_reached_at(alice, team, settings):
+    settings.ALLOWED_HOSTS = ["tandem.example.org"]
+    client = signed_in(alice)
+    page = client.get("/t/acme/slack/", HTTP_HOST="tandem.example.org", secure=True)
+    text = page.content.decode()
+    for path in ("slack/commands", "slack/events", "slack/interactivity", "slack/oauth/callback"):
+        assert f"<code>https://tandem.example.org/{path}</code>" in text
+    assert "127.0.0.1:8000" not in text
