@@ -24,6 +24,8 @@ def home(request: HttpRequest) -> HttpResponse:
             return redirect("conversation_list", slug=team.slug)
     if teams:
         return redirect("conversation_list", slug=teams[0].slug)
+    if request.user.is_staff:
+        return redirect("staff_usage")  # runs the site, belongs to no team: its dashboard
     return redirect("team_create")
 
 

@@ -57,3 +57,13 @@ def tool_call_for_user(user, call_id) -> tuple[ToolCall, Membership]:
     )
     membership = Membership.objects.get(team=call.run.conversation.team, user=user)
     return call, membership
+
+
+def untouched_conversation_of(team, author) -> Conversation | None:
+    """The author's newest conversation in the team with no title and no message yet: New
+    conversation opens it again rather than piling up empty ones."""
+    return (
+        Conversation.objects.filter(team=team, created_by=author, title="", messages__isnull=True)
+        .order_by("-created")
+        .first()
+    )

@@ -34,9 +34,14 @@ def conversation_list(request: HttpRequest, slug: str) -> HttpResponse:
 @require_POST
 def conversation_create(request: HttpRequest, slug: str) -> HttpResponse:
     membership = membership_for(request.user, slug)
-    conversation = services.conversation_create(
-        team=membership.team, author=request.user, title=request.POST.get("title", "")
+    title = request.POST.get("title", "").strip()
+    conversation = (
+        None if title else selectors.untouched_conversation_of(membership.team, request.user)
     )
+    if conversation is None:
+        conversation = services.conversation_create(
+            team=membership.team, author=request.user, title=title
+        )
     return redirect("conversation_detail", slug=slug, conversation_id=conversation.uuid)
 
 

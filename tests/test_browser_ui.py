@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from assistant.models import Message, Repository, Role, Run, RunStatus
+from assistant.models import Message, Repository, Role, Run
 from tests.conftest import ROOT
 from tests.test_browser import open_page, run_bubble, send, sign_in, sign_in_to_conversation
 
@@ -155,9 +155,7 @@ def test_an_oversized_paste_is_counted_and_refused_in_words(stack, new_context, 
 # --- Bug 6: open at the newest message -----------------------------------------------------------
 
 
-def test_a_long_conversation_opens_at_the_newest_message(
-    stack, new_context, conversation, alice
-):
+def test_a_long_conversation_opens_at_the_newest_message(stack, new_context, conversation, alice):
     for i in range(40):
         Message.objects.create(
             conversation=conversation, role=Role.USER, author=alice, content=f"Message {i}"

@@ -49,11 +49,12 @@ def test_it_creates_the_message_and_a_queued_run(
     assert run.status == RunStatus.QUEUED
     assert run.requested_by == bob
     assert no_runs == [str(run.uuid)]  # queued once, after the commit
-    # The fragment for the page: the message (rendered) and the run's bubble, no full page.
+    # The fragment for the page: the message (as typed, whitespace kept) and the run's bubble,
+    # no full page.
     html = response.content.decode()
     assert "<html" not in html
     assert f'id="msg-{message.uuid}"' in html
-    assert "<strong>parser</strong>" in html
+    assert "Fix the **parser**, please" in html
     assert str(run.uuid) in html
 
 

@@ -322,6 +322,10 @@ def test_run_command_exit_code_and_combined_output(ctx):
     assert r.exit_code == 127 and "not found" in r.output
     r = call("run_command", {"command": "echo made > made.txt"}, ctx)
     assert r.ok and (ctx.tree / "made.txt").read_text() == "made\n"
+    # A script's prints and errors in the order they happened (stdout is not held back).
+    script = "import sys; print('first'); sys.stderr.write('second\\n')"
+    r = call("run_command", {"command": f'python3 -c "{script}"'}, ctx)
+    assert r.output == "first\nsecond\n", r
 
 
 def test_run_command_long_output_is_clipped_and_timeouts_reported(ctx):

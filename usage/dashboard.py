@@ -45,6 +45,17 @@ def reading() -> Iterator[None]:
         yield
 
 
+def money(usd) -> str:
+    """Dollars as people read them: "0" for nothing, cents from a dollar up, and up to four
+    decimals below (model calls cost fractions of a cent), without trailing zeros."""
+    if not usd:
+        return "0"
+    if usd >= 1:
+        return f"{usd:.2f}"
+    text = f"{usd:.4f}".rstrip("0")
+    return text if len(text.split(".")[1]) >= 2 else f"{usd:.2f}"
+
+
 # --- The date range ------------------------------------------------------------------------------
 
 
@@ -149,7 +160,7 @@ class Row:
             "tokens": f"{self.tokens:,}",
             "prompt_tokens": f"{self.prompt_tokens:,}",
             "completion_tokens": f"{self.completion_tokens:,}",
-            "cost": f"{self.cost_usd:.4f}",
+            "cost": money(self.cost_usd),
             "tool_calls": f"{self.tool_calls:,}",
             "sandbox": f"{self.sandbox_seconds:,.1f}",
             "latency": f"{self.mean_latency_ms:,.0f}" if self.mean_latency_ms is not None else "",

@@ -1,5 +1,9 @@
+from datetime import timedelta
+
 from django import template
+from django.utils import timezone
 from django.utils.safestring import mark_safe
+from django.utils.timesince import timesince
 
 from assistant.rendering import render_markdown
 
@@ -10,3 +14,13 @@ register = template.Library()
 def markdown(text: str) -> str:
     # render_markdown escapes raw HTML and sanitises its output, so this is safe to mark.
     return mark_safe(render_markdown(text or ""))  # noqa: S308
+
+
+@register.filter
+def ago(moment) -> str:
+    """ "just now" under a minute (timesince says "0 minutes"), else "5 minutes ago"."""
+    if not moment:
+        return ""
+    if timezone.now() - moment < timedelta(minutes=1):
+        return "just now"
+    return timesince(moment).split(",")[0] + " ago"

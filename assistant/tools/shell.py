@@ -9,7 +9,9 @@ from assistant import sandbox
 from .base import Tool, ToolContext, ToolResult, clip, params, sandbox_failure
 
 # sh -c runs the command with stderr joined to stdout, in the order they were written.
-_COMBINED = 'exec /bin/sh -c "$1" 2>&1'
+# Python buffers stdout into a pipe (not stderr) until it exits, which put a script's errors
+# before its prints: unbuffered, they come in the order they happened.
+_COMBINED = 'PYTHONUNBUFFERED=1 exec /bin/sh -c "$1" 2>&1'
 
 
 async def run_command(ctx: ToolContext, args: dict[str, Any]) -> ToolResult:
