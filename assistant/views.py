@@ -27,7 +27,13 @@ def conversation_list(request: HttpRequest, slug: str) -> HttpResponse:
     template = "assistant/conversation_list.html"
     if request.htmx and request.htmx.target == "conversation-results":
         template = "assistant/_conversation_results.html"
+    if request.htmx and request.htmx.target == "sidebar-results":  # a conversation's sidebar
+        context["conversations"] = conversations[:SIDEBAR_LENGTH]
+        template = "assistant/_sidebar_results.html"
     return render(request, template, context)
+
+
+SIDEBAR_LENGTH = 40
 
 
 @login_required
@@ -116,6 +122,7 @@ def conversation_detail(request: HttpRequest, slug: str, conversation_id) -> Htt
     if request.htmx and request.htmx.target == "messages":
         return render(request, "assistant/_messages.html", context)
     context["repositories"] = _attachable(conversation, workspace)
+    context["conversations"] = selectors.conversations_of(membership.team)[:SIDEBAR_LENGTH]
     return render(request, "assistant/conversation.html", context)
 
 

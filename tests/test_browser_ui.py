@@ -226,3 +226,66 @@ def test_nothing_scrolls_sideways_and_the_composer_is_reachable(
     name = "screenshot-desktop.png" if size == "desktop" else "screenshot-mobile.png"
     if os.environ.get("UPDATE_SCREENSHOT"):
         page.screenshot(path=str(ROOT / "docs" / name))
+
+
+# --- Reading: Markdown while streaming, code blocks, the conversation list -------------------
+
+
+STREAMED = "Here is **bold** and a list:\n\n- one\n- two\n\n```python\nx = 1\n```\n\n" + " ".join(
+    f"word{i}" for i in range(30)
+)
+
+
+def test_a_reply_shows_as_markdown_while_it_streams(stack, new_context, conversation):
+    context = new_context("alice", base_url=stack.base_url)
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    sign_in_to_conversation(page, "alice@example.com", conversation)
+    run_id = send(page, STREAMED + " [[echo=1 delay_ms=120]]")
+    bubble = run_bubble(page, run_id)
+    # While it streams: rendered by the page (the raw text stays for screen readers).
+    page.wait_for_function(
+        """(id) => {
+            const el = document.getElementById("run-" + id);
+            return el && el.dataset.status === "running"
+                && el.querySelector(".stream-view strong")?.textContent === "bold";
+        }""",
+        arg=run_id,
+        timeout=60_000,
+    )
+    assert bubble.locator(".stream-view").get_attribute("aria-hidden") == "true"
+    assert bubble.locator(".stream-view script, .stream-view [onclick]").count() == 0
+    # Then the server's rendering replaces it, with the code block's language and Copy.
+    expect(bubble).to_have_attribute("data-status", "succeeded", timeout=60_000)
+    expect(bubble.locator(".stream-view")).to_have_count(0)
+    expect(bubble.locator(".code-lang")).to_have_text("python")
+    bubble.get_by_test_id("copy-code").click()
+    expect(bubble.get_by_test_id("copy-code")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == "x = 1\n"
+
+
+def test_the_conversation_list_is_beside_the_conversation(
+    stack, new_context, conversation, team, alice
+):
+    from assistant.services import conversation_create
+
+    conversation_create(team=team, author=alice, title="Deploy notes")
+    desktop = new_context("desktop", base_url=stack.base_url, viewport=DESKTOP).new_page()
+    sign_in_to_conversation(desktop, alice.email, conversation)
+    sidebar = desktop.get_by_test_id("sidebar")
+    expect(sidebar).to_be_visible()  # a column on a wide screen
+    expect(sidebar.locator("[aria-current=page]")).to_have_text("Refactor the parser")
+    assert desktop.evaluate(OVERFLOW) <= 0
+
+    phone = new_context("phone", base_url=stack.base_url, viewport=PHONE).new_page()
+    sign_in_to_conversation(phone, alice.email, conversation)
+    sidebar = phone.get_by_test_id("sidebar")
+    expect(sidebar).to_be_hidden()  # a drawer on a phone
+    phone.get_by_test_id("sidebar-toggle").click()
+    expect(sidebar).to_be_visible()
+    expect(phone.get_by_test_id("sidebar-toggle")).to_have_attribute("aria-expanded", "true")
+    phone.get_by_test_id("sidebar-search").fill("deploy")
+    expect(sidebar.locator("#sidebar-results a")).to_have_text(["Deploy notes"])
+    assert phone.evaluate(OVERFLOW) <= 0
+    phone.keyboard.press("Escape")
+    expect(sidebar).to_be_hidden()

@@ -34,6 +34,49 @@
     if (stick) window.scrollTo(0, document.body.scrollHeight);
   }
 
+  // Fenced code in saved messages: its language, and a Copy button.
+  function enhanceCode(root) {
+    root.querySelectorAll(".markdown:not(.stream-view) pre > code").forEach((code) => {
+      const pre = code.parentElement;
+      if (pre.parentElement.classList.contains("code-block")) return;
+      const lang = ([...code.classList].find((c) => c.startsWith("language-")) || "").slice(9);
+      const wrap = document.createElement("div");
+      wrap.className = "code-block";
+      const head = document.createElement("div");
+      head.className = "code-head";
+      const label = document.createElement("span");
+      label.className = "code-lang";
+      label.textContent = lang || "code";
+      const copy = document.createElement("button");
+      copy.type = "button";
+      copy.className = "link code-copy";
+      copy.textContent = "Copy";
+      copy.dataset.testid = "copy-code";
+      copy.setAttribute("aria-label", "Copy " + (lang || "code"));
+      head.append(label, copy);
+      pre.replaceWith(wrap);
+      wrap.append(head, pre);
+    });
+  }
+  messages.addEventListener("click", async (event) => {
+    const button = event.target.closest(".code-copy");
+    if (!button) return;
+    const text = button.closest(".code-block").querySelector("pre").textContent;
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch {
+      // No clipboard API (plain http on another host): select it for Ctrl+C instead.
+      const range = document.createRange();
+      range.selectNodeContents(button.closest(".code-block").querySelector("pre"));
+      getSelection().removeAllRanges();
+      getSelection().addRange(range);
+      button.textContent = "Selected: press Ctrl+C";
+      return;
+    }
+    button.textContent = "Copied";
+    setTimeout(() => (button.textContent = "Copy"), 1500);
+  });
+
   function insertHtml(html) {
     const empty = document.getElementById("empty-state");
     if (empty) empty.remove();
@@ -41,7 +84,10 @@
     template.innerHTML = html;
     const nodes = [...template.content.children];
     keepScrolled(() => nodes.forEach((node) => messages.appendChild(node)));
-    nodes.forEach((node) => htmx.process(node));
+    nodes.forEach((node) => {
+      htmx.process(node);
+      enhanceCode(node);
+    });
   }
 
   // A reply goes under the message it answers, after that turn's other replies (a retry of
@@ -64,6 +110,7 @@
     const node = fromHtml(html);
     keepScrolled(() => el.replaceWith(node));
     htmx.process(node);
+    enhanceCode(node);
   }
 
   function send(frame) {
@@ -99,7 +146,60 @@
     keepScrolled(() => stream.append(document.createTextNode(frame.x)));
     el.dataset.seq = String(frame.s);
     setRunning(el);
+    scheduleRender(el);
   }
+
+  // Markdown while a reply streams: the raw text stays in the .stream piece (screen readers
+  // hear it as it comes, visually hidden), and a rendered copy beside it is redrawn at most a
+  // few times a second, sanitised with the same tags and attributes the server allows. The
+  // server's rendering (with Pygments) replaces both when the reply ends.
+  const md =
+    window.markdownit &&
+    window
+      .markdownit("commonmark", { html: false, linkify: false, typographer: false })
+      .enable(["table", "strikethrough"]);
+  const PURIFY = {
+    ALLOWED_TAGS: ["a", "b", "blockquote", "br", "code", "del", "em", "h1", "h2", "h3", "h4",
+      "h5", "h6", "hr", "i", "li", "ol", "p", "pre", "s", "span", "strong", "table", "tbody",
+      "td", "th", "thead", "tr", "ul", "div"],
+    ALLOWED_ATTR: ["href", "title", "class", "align"],
+    ALLOWED_URI_REGEXP: /^(?:https?:|mailto:|[^a-z]|[a-z+.-]+(?:[^a-z+.:-]|$))/i,
+  };
+  if (window.DOMPurify) {
+    window.DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+      if (node.tagName === "A") node.setAttribute("rel", "noopener noreferrer nofollow");
+    });
+  }
+  const renderTimers = new Map();
+  function scheduleRender(el) {
+    if (!md || !window.DOMPurify || renderTimers.has(el)) return;
+    const stream = lastStream(el);
+    // Longer texts cost more to parse: redraw them less often.
+    const wait = Math.max(120, Math.min(1000, (stream?.textContent.length || 0) / 100));
+    renderTimers.set(
+      el,
+      setTimeout(() => {
+        renderTimers.delete(el);
+        if (el.isConnected) renderStream(lastStream(el));
+      }, wait),
+    );
+  }
+  function renderStream(stream) {
+    if (!stream) return;
+    let view = stream.nextElementSibling;
+    if (!view || !view.classList.contains("stream-view")) {
+      view = document.createElement("div");
+      view.className = "content markdown stream-view";
+      view.setAttribute("aria-hidden", "true");
+      stream.after(view);
+    }
+    const html = window.DOMPurify.sanitize(md.render(stream.textContent), PURIFY);
+    keepScrolled(() => {
+      view.innerHTML = html;
+      stream.classList.add("rendered");
+    });
+  }
+
 
   function setRunning(el) {
     if (el.dataset.status === "running") return;
@@ -162,6 +262,7 @@
         stream.textContent = run.text;
         el.dataset.seq = String(run.seq);
         if (run.seq > 0) setRunning(el);
+        scheduleRender(el);
       }
     }
     // A run shown as in flight that the server no longer lists ended while we were away.
@@ -194,6 +295,7 @@
           messages.innerHTML = html;
         });
         htmx.process(messages);
+        enhanceCode(messages);
       }
     } catch {
       // Offline again: the next reconnect reloads everything.
@@ -393,6 +495,7 @@
   if ("scrollRestoration" in history) history.scrollRestoration = "manual";
   const jump = document.getElementById("jump-latest");
   const toBottom = () => window.scrollTo(0, document.body.scrollHeight);
+  enhanceCode(messages);
   toBottom();
   window.addEventListener("load", toBottom, { once: true });
   jump?.addEventListener("click", () => {
