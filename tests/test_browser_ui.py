@@ -14,9 +14,16 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from assistant.models import Message, Repository, Role, Run
+from assistant.models import Message, Repository, Role, Run, RunStatus
 from tests.conftest import ROOT
-from tests.test_browser import open_page, run_bubble, send, sign_in, sign_in_to_conversation
+from tests.test_browser import (
+    open_page,
+    partial_text,
+    run_bubble,
+    send,
+    sign_in,
+    sign_in_to_conversation,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -150,6 +157,16 @@ def test_an_oversized_paste_is_counted_and_refused_in_words(stack, new_context, 
     expect(composer).to_have_value("")
     composer.press("ArrowUp")
     expect(composer).to_have_value("remember me")
+
+
+def test_escape_in_the_composer_stops_the_reply(stack, new_context, conversation):
+    page = open_page(new_context, "alice", stack)
+    sign_in_to_conversation(page, "alice@example.com", conversation)
+    run_id = send(page, "A long answer please [[tokens=3000 delay_ms=20]]")
+    partial_text(page, run_id, 20)
+    page.get_by_test_id("composer").press("Escape")
+    expect(run_bubble(page, run_id)).to_have_attribute("data-status", "cancelled")
+    assert Run.objects.get(uuid=run_id).status == RunStatus.CANCELLED
 
 
 # --- Bug 6: open at the newest message -----------------------------------------------------------
