@@ -523,9 +523,12 @@
     if (!link || event.ctrlKey || event.metaKey || event.shiftKey) return;
     event.preventDefault();
     try {
-      const response = await fetch(link.href);
+      // As htmx would ask: a refusal comes back as a fragment in words, not a whole page.
+      const response = await fetch(link.href, { headers: { "HX-Request": "true" } });
       if (!response.ok) {
-        const text = (await response.text()).trim();
+        const words = document.createElement("template");
+        words.innerHTML = await response.text();
+        const text = words.content.textContent.trim();
         errorBox.innerHTML = "";
         errorBox.append(notice(text || `Could not make the patch (error ${response.status}).`));
         return;
