@@ -344,6 +344,8 @@
         const input = document.querySelector("#title input");
         if (input && document.activeElement !== input) input.value = frame.title;
         document.title = frame.title + " · Tandem";
+        const listed = document.querySelector("#sidebar [aria-current=page]");
+        if (listed) listed.textContent = frame.title;
         return;
       }
       case "conversation.deleted":
