@@ -670,7 +670,11 @@ def _more_paths() -> dict[str, Any]:
                 "operationId": "createShare",
                 "summary": "Make a share link (team or public, snapshot or live, expiring)",
                 "description": WRITE + " The link's token is in `url`, shown only here.",
-                "requestBody": _body("NewShare", required=False),
+                "requestBody": _body(
+                    "NewShare",
+                    example={"audience": "team", "mode": "snapshot", "expiry": "7d"},
+                    required=False,
+                ),
                 "responses": _responses(
                     {"201": _json("The new link.", ref("Share"))},
                     "BadRequest",

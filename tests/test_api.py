@@ -597,3 +597,11 @@ def test_the_docs_examples_are_accepted_as_they_are(api, key, no_runs):
         body=example("/conversations/{conversation_id}/messages", "post"),
     )
     assert sent.status_code == 202, sent.content
+    shared = call(
+        api,
+        "POST",
+        f"conversations/{conversation}/shares",
+        key=key,
+        body=example("/conversations/{conversation_id}/shares", "post"),
+    )
+    assert shared.status_code == 201, shared.content
