@@ -16,8 +16,8 @@ from django.views.decorators.csrf import csrf_exempt
 
 from accounts.models import Membership
 from assistant import repos, services
+from assistant.errors import BudgetExceeded
 from assistant.models import Conversation, Repository, Run, ToolCall
-from usage.budgets import BudgetExceeded
 
 from . import data
 from .http import ApiError, Caller, endpoint, error_response, json_body, not_found, team_param

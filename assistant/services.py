@@ -15,6 +15,7 @@ from accounts.models import Team, User
 from config.db import db_sync_to_async
 
 from . import events, hooks, streams
+from .errors import ChatError
 from .models import (
     FINISHED_STATUSES,
     Conversation,
@@ -28,10 +29,6 @@ from .models import (
 
 TITLE_CHARS = 80
 IN_FLIGHT = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING)
-
-
-class ChatError(Exception):
-    """A chat operation that cannot be done, with a message for the user."""
 
 
 class RunInFlight(ChatError):
@@ -117,7 +114,7 @@ class Sent:
 def message_send(*, conversation: Conversation, author: User, content: str, api_key=None) -> Sent:
     """Save the user's message and a queued run in one transaction; after commit, tell the
     viewers and start the run. ``api_key``: the key an API request came with (metered per key).
-    Refused (usage.budgets.BudgetExceeded, a ChatError) when the team's budget or the author's
+    Refused (errors.BudgetExceeded, a ChatError) when the team's budget or the author's
     tokens for today are used up."""
     from usage import budgets
 

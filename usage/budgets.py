@@ -28,7 +28,7 @@ from django.conf import settings
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from assistant.services import ChatError
+from assistant.errors import BudgetExceeded
 from config.db import db_sync_to_async
 
 NANO = Decimal(10**9)
@@ -36,10 +36,6 @@ HOLD_TTL_SECONDS = 6 * 3600  # a call never takes this long; a crashed worker's 
 NO_LIMIT = -1
 ADMITTED, TEAM_SPENT, MEMBER_SPENT = 0, 1, 2
 SEED_TEAM, SEED_MEMBER = -1, -2
-
-
-class BudgetExceeded(ChatError):
-    """A limit is reached; nothing was sent to the model. The API answers 429 for it."""
 
 
 def to_nano(usd: Decimal | int | float) -> int:
