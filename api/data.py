@@ -8,7 +8,8 @@ from django.db.models import Sum
 
 from accounts.models import Team, User
 from assistant import events, streams
-from assistant.models import Conversation, Message, Run, RunStatus, ToolCall, UsageRecord
+from assistant.models import Conversation, Message, Run, RunStatus, ToolCall
+from usage.models import UsageRecord
 
 
 def iso(value) -> str | None:

@@ -36,7 +36,6 @@ from .models import (
     RunStatus,
     ToolCall,
     ToolCallStatus,
-    UsageRecord,
     Workspace,
 )
 from .sandbox import SandboxLimits
@@ -359,6 +358,8 @@ def _workspace_of(run: Run) -> Workspace | None:
 
 
 def _tokens_used(run: Run) -> int:
+    from usage.models import UsageRecord
+
     totals = UsageRecord.objects.filter(run=run).values_list("prompt_tokens", "completion_tokens")
     return sum(p + c for p, c in totals)
 

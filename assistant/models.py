@@ -223,60 +223,6 @@ class ToolCall(models.Model):
         return self.status in TOOL_DONE_STATUSES
 
 
-class UsageKind(models.TextChoices):
-    LLM = "llm", "LLM call"
-    TOOL = "tool", "Tool execution"
-
-
-class UsageRecord(models.Model):
-    """One metered event: an LLM call (tokens, cost, latency, outcome) or one tool execution
-    in the sandbox (kind "tool": ``model`` holds the tool's name, ``sandbox_ms`` its time).
-
-    Written by usage/metering.py, which also keeps the daily rollups the dashboards read.
-    """
-
-    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
-    )
-    conversation = models.ForeignKey(
-        Conversation, on_delete=models.SET_NULL, null=True, related_name="+"
-    )
-    run = models.ForeignKey(Run, on_delete=models.SET_NULL, null=True, related_name="usage")
-    model = models.CharField(max_length=200)
-    prompt_tokens = models.PositiveIntegerField(default=0)
-    completion_tokens = models.PositiveIntegerField(default=0)
-    latency_ms = models.PositiveIntegerField(default=0)
-    ttft_ms = models.PositiveIntegerField(null=True, blank=True)
-    outcome = models.CharField(max_length=20, default="ok")
-    created = models.DateTimeField(default=timezone.now)
-    api_key = models.ForeignKey(
-        "api.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
-    )
-    provider = models.CharField(max_length=50, blank=True)  # "openai" of "openai/gpt-4o"
-    # What the call cost, priced when it was recorded (a team's own price, else litellm's map;
-    # 0 for a model neither knows). Ten places: a small call costs millionths of a dollar.
-    cost_usd = models.DecimalField(max_digits=18, decimal_places=10, default=0)
-    kind = models.CharField(max_length=4, choices=UsageKind.choices, default=UsageKind.LLM)
-    tool_calls = models.PositiveIntegerField(default=0)
-    sandbox_ms = models.PositiveIntegerField(default=0)
-
-    class Meta:
-        indexes = [
-            models.Index(fields=["team", "created"], name="usage_team_created"),
-            # Latency percentiles of a team's answered calls, read from the index alone
-            # (latency as a key column, not INCLUDE: SQLite has no INCLUDE and would warn).
-            models.Index(
-                fields=["team", "created", "latency_ms"],
-                condition=models.Q(kind="llm", outcome="ok"),
-                name="usage_team_latency",
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.model}: {self.prompt_tokens}+{self.completion_tokens} tokens"
-
-
 # --- Repositories -------------------------------------------------------------------------------
 
 

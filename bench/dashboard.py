@@ -143,7 +143,8 @@ def generate(records: int, days: int, teams: int, seed: int = 1) -> dict:
     from django.db import connection
 
     from accounts.models import Membership, Team, User
-    from assistant.models import Conversation, UsageRecord
+    from assistant.models import Conversation
+    from usage.models import UsageRecord
 
     rng = random.Random(seed)
     weights = [1 / (i + 1) ** 0.8 for i in range(teams)]
@@ -232,8 +233,13 @@ def build_rollups() -> float:
 
 
 def sizes() -> dict:
-    from assistant.models import UsageRecord
-    from usage.models import DailyConversationUsage, DailyLatency, DailyMemberUsage, DailyUsage
+    from usage.models import (
+        DailyConversationUsage,
+        DailyLatency,
+        DailyMemberUsage,
+        DailyUsage,
+        UsageRecord,
+    )
 
     return {
         "usage_records": UsageRecord.objects.count(),
@@ -336,7 +342,7 @@ def main() -> int:
     try:
         setup_django(args.db)
         from accounts.models import Team, User
-        from assistant.models import UsageRecord
+        from usage.models import UsageRecord
 
         if created or not UsageRecord.objects.exists():
             print(f"Generating {args.records:,} usage records over {args.days} days…", flush=True)

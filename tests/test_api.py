@@ -295,7 +295,7 @@ def test_a_body_over_the_size_limit_is_413(api, key, conversation, settings, no_
 
 
 def test_a_run_with_usage_and_tool_calls(api, key, conversation, alice, no_runs):
-    from assistant.models import UsageRecord
+    from usage.models import UsageRecord
 
     sent = message_send(conversation=conversation, author=alice, content="Build it")
     for prompt, completion in ((100, 20), (150, 30)):

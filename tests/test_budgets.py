@@ -14,12 +14,12 @@ from django.test import Client
 from django.utils import timezone
 
 from assistant import llm, repos, sandbox, services
-from assistant.models import Message, Repository, Run, RunStatus, ToolCall, UsageRecord
+from assistant.models import Message, Repository, Run, RunStatus, ToolCall
 from assistant.runner import run_on_worker_loop
 from tests import usage_helpers
 from tests.usage_helpers import clear_budget_totals, seed
 from usage import budgets
-from usage.models import ModelPrice
+from usage.models import ModelPrice, UsageRecord
 
 git_origin = usage_helpers.origin  # a fixture: a small git repository
 

@@ -323,7 +323,7 @@ def test_the_django_admin_lists_usage_read_only_and_api_keys(django_user_model, 
     page = admin.get("/admin/assistant/usagerecord/").content.decode()
     assert "openai/gpt-4o" in page and "run_command" in page
     assert admin.get("/admin/assistant/usagerecord/add/").status_code == 403
-    from assistant.models import UsageRecord
+    from usage.models import UsageRecord
 
     record = UsageRecord.objects.first()
     change = admin.post(f"/admin/assistant/usagerecord/{record.pk}/change/", {"model": "x"})

@@ -11,8 +11,9 @@ import pytest
 from assistant import llm, streams
 from assistant.agent import execute_run
 from assistant.fakellm.script import scripted_tokens
-from assistant.models import Message, Role, Run, RunStatus, UsageRecord
+from assistant.models import Message, Role, Run, RunStatus
 from assistant.services import message_send
+from usage.models import UsageRecord
 
 # Runs go through the database; the tool-call tests below talk to the provider only and skip
 # the per-test flush this costs.

@@ -13,7 +13,7 @@ import pytest
 from django.test import Client
 
 from assistant import llm, repos, sandbox, services
-from assistant.models import Repository, RunStatus, ToolCall, UsageRecord
+from assistant.models import Repository, RunStatus, ToolCall
 from assistant.runner import run_on_worker_loop
 from tests import usage_helpers
 from tests.usage_helpers import clear_budget_totals
@@ -24,6 +24,7 @@ from usage.models import (
     DailyMemberUsage,
     DailyUsage,
     ModelPrice,
+    UsageRecord,
 )
 
 GPT4O_INPUT = Decimal("0.0000025")  # litellm's map: $2.50 per 1M input tokens

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from assistant.models import UsageRecord
 from usage import rollups
+from usage.models import UsageRecord
 
 
 def at(day: date, hour: int = 12) -> datetime:

@@ -216,7 +216,7 @@ def team_latency(team_id: int, rng: DateRange) -> tuple[float | None, float | No
     """Exact p50 and p95 of the team's answered calls in the range."""
     where = (team_id, rng.start_at, rng.end_before)
     if connection.vendor == "postgresql":
-        from assistant.models import UsageRecord
+        from .models import UsageRecord
 
         table = UsageRecord._meta.db_table
         with connection.cursor() as cursor:
@@ -230,7 +230,7 @@ def team_latency(team_id: int, rng: DateRange) -> tuple[float | None, float | No
             p50, p95 = cursor.fetchone()
         return p50, p95
     # SQLite (embedded mode: one small team's data) has no percentile_cont.
-    from assistant.models import UsageRecord
+    from .models import UsageRecord
 
     values = list(
         UsageRecord.objects.filter(

@@ -13,9 +13,8 @@ import logging
 
 from django.db import transaction
 
-from assistant.models import UsageKind, UsageRecord
-
 from . import budgets, pricing, rollups
+from .models import UsageKind, UsageRecord
 
 log = logging.getLogger(__name__)
 

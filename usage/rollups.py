@@ -14,9 +14,14 @@ from django.db import connection, transaction
 from django.db.models import Case, Count, F, IntegerField, Q, Sum, Value, When
 from django.db.models.functions import Coalesce, Floor, Ln, TruncDate
 
-from assistant.models import UsageKind, UsageRecord
-
-from .models import DailyConversationUsage, DailyLatency, DailyMemberUsage, DailyUsage
+from .models import (
+    DailyConversationUsage,
+    DailyLatency,
+    DailyMemberUsage,
+    DailyUsage,
+    UsageKind,
+    UsageRecord,
+)
 
 # Outcomes that are not errors: answered, or stopped by a person.
 NOT_ERRORS = ("ok", "cancelled")
@@ -105,15 +110,22 @@ def rebuild(
     from the usage records, in the database. Returns the number of rollup rows written.
     ``apps``: a migration's historical models, when a migration calls this."""
     if apps is not None:
-        UsageRecord = apps.get_model("assistant", "UsageRecord")  # noqa: N806
+        try:
+            UsageRecord = apps.get_model("usage", "UsageRecord")  # noqa: N806
+        except LookupError:  # before usage 0002, the historical model is still assistant's
+            UsageRecord = apps.get_model("assistant", "UsageRecord")  # noqa: N806
         DailyUsage = apps.get_model("usage", "DailyUsage")  # noqa: N806
         DailyMemberUsage = apps.get_model("usage", "DailyMemberUsage")  # noqa: N806
         DailyConversationUsage = apps.get_model("usage", "DailyConversationUsage")  # noqa: N806
         DailyLatency = apps.get_model("usage", "DailyLatency")  # noqa: N806
     else:
-        from assistant.models import UsageRecord
-
-        from .models import DailyConversationUsage, DailyLatency, DailyMemberUsage, DailyUsage
+        from .models import (
+            DailyConversationUsage,
+            DailyLatency,
+            DailyMemberUsage,
+            DailyUsage,
+            UsageRecord,
+        )
     days = Q()
     if start is not None:
         days &= Q(day__gte=start)
