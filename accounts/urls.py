@@ -11,7 +11,4 @@ urlpatterns = [
         views.invitation_revoke,
         name="invitation_revoke",
     ),
-    path("settings/", views.team_settings, name="team_settings"),
-    path("settings/test/", views.team_settings_test, name="team_settings_test"),
-    path("settings/agent/", views.team_agent_policy, name="team_agent_policy"),
 ]

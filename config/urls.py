@@ -13,6 +13,7 @@ urlpatterns = [
     path("t/<slug:slug>/", include("accounts.urls")),
     path("t/<slug:slug>/", include("assistant.urls")),
     path("t/<slug:slug>/", include("assistant.repo_urls")),
+    path("t/<slug:slug>/", include("assistant.settings_urls")),  # the team's model, allowlist
     path("t/<slug:slug>/", include("api.key_urls")),
     path("api/v1/", include("api.urls")),
     path("t/<slug:slug>/usage/", include("usage.urls")),
