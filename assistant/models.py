@@ -267,7 +267,7 @@ class Repository(models.Model):
     def clean(self) -> None:
         from django.core.exceptions import ValidationError
 
-        from .repos import RepoError, validate_url
+        from .repo_address import RepoError, validate_url
 
         try:
             self.url = validate_url(self.url, team=self.team if self.team_id else None)
