@@ -11,10 +11,16 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from assistant.routing import websocket_urlpatterns  # noqa: E402
+from assistant import routing as assistant_routing  # noqa: E402
 from assistant.runner import remember_server_loop  # noqa: E402
 from config.clientip import ClientAddressMiddleware  # noqa: E402
 from config.origin import SameOriginValidator  # noqa: E402
+from sharing import routing as sharing_routing  # noqa: E402
+
+# Each app routes its own sockets; assistant sits below sharing and never imports it.
+websocket_urlpatterns = (
+    assistant_routing.websocket_urlpatterns + sharing_routing.websocket_urlpatterns
+)
 
 # The client's address is resolved once, here, from the socket peer and the X-Forwarded-For of
 # trusted proxies only (config/clientip.py); everything after reads scope["client"].
