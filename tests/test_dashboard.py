@@ -317,16 +317,16 @@ def test_the_django_admin_lists_usage_read_only_and_api_keys(django_user_model, 
         "/admin/accounts/team/",
         "/admin/api/apikey/",
         "/admin/usage/modelprice/",
-        "/admin/assistant/usagerecord/",
+        "/admin/usage/usagerecord/",
     ):
         assert admin.get(url).status_code == 200, url
-    page = admin.get("/admin/assistant/usagerecord/").content.decode()
+    page = admin.get("/admin/usage/usagerecord/").content.decode()
     assert "openai/gpt-4o" in page and "run_command" in page
-    assert admin.get("/admin/assistant/usagerecord/add/").status_code == 403
+    assert admin.get("/admin/usage/usagerecord/add/").status_code == 403
     from usage.models import UsageRecord
 
     record = UsageRecord.objects.first()
-    change = admin.post(f"/admin/assistant/usagerecord/{record.pk}/change/", {"model": "x"})
+    change = admin.post(f"/admin/usage/usagerecord/{record.pk}/change/", {"model": "x"})
     assert change.status_code == 403
     record.refresh_from_db()
     assert record.model != "x"
