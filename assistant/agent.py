@@ -27,6 +27,7 @@ from config import logs
 from config.db import db_sync_to_async
 
 from . import diffs, events, hooks, llm, policy, repo_context, repos, streams, tools
+from .errors import BudgetExceeded
 from .models import (
     FINISHED_STATUSES,
     Approval,
@@ -358,10 +359,7 @@ def _workspace_of(run: Run) -> Workspace | None:
 
 
 def _tokens_used(run: Run) -> int:
-    from usage.models import UsageRecord
-
-    totals = UsageRecord.objects.filter(run=run).values_list("prompt_tokens", "completion_tokens")
-    return sum(p + c for p, c in totals)
+    return hooks.meter().tokens_used(run)
 
 
 def _save(instance, **changes) -> None:
@@ -572,12 +570,11 @@ async def _model_step(turn: Turn, tool_schemas: list[dict] | None) -> list[llm.T
 async def _reserve_budget(turn: Turn, messages: list[dict]) -> None:
     """Before each model call, atomically across every worker: the team's monthly budget and
     the member's tokens for today must not be used up, and the call's estimate is held
-    (usage/budgets.py). Used up, the turn ends in words and the model is not called."""
-    from usage import budgets
-
+    (usage/budgets.py, through hooks.meter()). Used up, the turn ends in words and the model
+    is not called."""
     try:
-        await budgets.areserve(run=turn.run, model=turn.config.model, messages=messages)
-    except budgets.BudgetExceeded as exc:
+        await hooks.meter().areserve(run=turn.run, model=turn.config.model, messages=messages)
+    except BudgetExceeded as exc:
         raise CannotContinue(f"The assistant stopped: {exc}")
 
 

@@ -4,7 +4,16 @@ for them: a receiver that does real work queues it (Celery, after commit)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Protocol
+
 import django.dispatch
+from django.core.exceptions import ImproperlyConfigured
+
+if TYPE_CHECKING:
+    from accounts.models import Team, User
+
+    from .llm import Usage
+    from .models import Run
 
 # A run reached a final status. kwargs: run (Run, with conversation and team loaded).
 run_ended = django.dispatch.Signal()
@@ -25,3 +34,40 @@ def send(signal: django.dispatch.Signal, **kwargs) -> None:
             logging.getLogger(__name__).error(
                 "Signal receiver %r failed", receiver, exc_info=result
             )
+
+
+class Meter(Protocol):
+    """Metering and budgets, as the chat services and the agent need them. usage/ implements
+    it and registers it when the app is ready (usage/apps.py): usage sits above assistant, so
+    assistant knows only this interface, never usage's modules."""
+
+    def check(self, *, team: Team, user: User) -> None:
+        """Raise errors.BudgetExceeded when the team's budget or the member's tokens for today
+        are used up (before a message is accepted)."""
+
+    async def areserve(self, *, run: Run, model: str, messages: list[dict[str, Any]]) -> None:
+        """Before a model call: raise errors.BudgetExceeded, or hold the call's estimate."""
+
+    def record_llm(self, *, run: Run, model: str, usage: Usage, outcome: str) -> None:
+        """After a model call: record, price and settle it."""
+
+    def record_tool(self, *, run: Run, name: str, duration_ms: int, outcome: str) -> None:
+        """After a tool execution in the sandbox."""
+
+    def tokens_used(self, run: Run) -> int:
+        """The tokens the run's model calls have used so far."""
+
+
+_meter: Meter | None = None
+
+
+def register_meter(meter: Meter) -> None:
+    global _meter
+    _meter = meter
+
+
+def meter() -> Meter:
+    # Loud rather than a meter that lets everything through: budgets must not silently lapse.
+    if _meter is None:
+        raise ImproperlyConfigured("No usage meter registered: is 'usage' in INSTALLED_APPS?")
+    return _meter

@@ -116,11 +116,9 @@ def message_send(*, conversation: Conversation, author: User, content: str, api_
     viewers and start the run. ``api_key``: the key an API request came with (metered per key).
     Refused (errors.BudgetExceeded, a ChatError) when the team's budget or the author's
     tokens for today are used up."""
-    from usage import budgets
-
     content = validate_content(content)
     refuse_while_in_flight(conversation)
-    budgets.check(team=conversation.team, user=author)
+    hooks.meter().check(team=conversation.team, user=author)
     now = timezone.now()
     message = Message.objects.create(
         conversation=conversation, role=Role.USER, author=author, content=content, created=now
@@ -406,16 +404,12 @@ def _finish(
 
 def usage_record(*, run: Run, model: str, usage, outcome: str) -> None:
     """One model call: priced, rolled up and settled against the budgets (usage/metering.py)."""
-    from usage import metering
-
-    metering.record_llm(run=run, model=model, usage=usage, outcome=outcome)
+    hooks.meter().record_llm(run=run, model=model, usage=usage, outcome=outcome)
 
 
 def usage_record_tool(*, run: Run, call: ToolCall, duration_ms: int, outcome: str = "ok") -> None:
     """One tool execution in the sandbox (counted, with its time; it costs no tokens)."""
-    from usage import metering
-
-    metering.record_tool(run=run, name=call.name, duration_ms=duration_ms, outcome=outcome)
+    hooks.meter().record_tool(run=run, name=call.name, duration_ms=duration_ms, outcome=outcome)
 
 
 # Not thread-sensitive: each is one self-contained unit of work, and hundreds of runs on one

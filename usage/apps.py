@@ -5,3 +5,12 @@ class UsageConfig(AppConfig):
     name = "usage"
     verbose_name = "Usage, budgets and prices"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # The chat services and the agent meter and check budgets through this; they sit below
+        # usage and never import it.
+        from assistant import hooks
+
+        from .meter import UsageMeter
+
+        hooks.register_meter(UsageMeter())
