@@ -24,10 +24,10 @@ from assistant.models import (
     RunStatus,
     ToolCall,
     ToolCallStatus,
-    UsageRecord,
 )
 from assistant.runner import run_on_worker_loop
 from tests.helpers import sleep_seconds, sleepers, wait_until
+from usage.models import UsageRecord
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
