@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from typing import Any
 
 from django.db.models import Sum
@@ -12,7 +13,7 @@ from assistant.models import Conversation, Message, Run, RunStatus, ToolCall
 from usage.models import UsageRecord
 
 
-def iso(value) -> str | None:
+def iso(value: datetime | date | None) -> str | None:
     return value.isoformat() if value else None
 
 

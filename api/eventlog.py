@@ -73,17 +73,19 @@ class LogState:
 Entry = tuple[EntryId, dict[str, Any]]
 
 
-def _decode_entries(raw) -> list[Entry]:
+def _decode_entries(raw: Any) -> list[Entry]:  # XRANGE/XREAD entries, as redis-py gives them
     entries = []
     for entry_id, fields in raw:
         if isinstance(entry_id, bytes):
             entry_id = entry_id.decode()
         data = fields.get(b"e") or fields.get("e")
-        entries.append((parse_id(entry_id), json.loads(data)))
+        position = parse_id(entry_id)
+        assert position is not None  # ids Redis generated always parse
+        entries.append((position, json.loads(data)))
     return entries
 
 
-def _id(value) -> EntryId | None:
+def _id(value: str | bytes | None) -> EntryId | None:
     if value is None:
         return None
     if isinstance(value, bytes):
@@ -141,7 +143,8 @@ class RedisReader:
 
     async def wait(self, position: EntryId, block_ms: int) -> list[Entry]:
         """Entries after ``position``, waiting up to ``block_ms`` for the first one."""
-        found = await self.client.xread(
+        # Any: redis-py types the reply for RESP3 (a dict) too; this connection speaks RESP2.
+        found: Any = await self.client.xread(
             {self.key: format_id(position)}, count=COUNT, block=max(1, block_ms)
         )
         return _decode_entries(found[0][1]) if found else []
@@ -185,7 +188,7 @@ class MemoryReader:
             await asyncio.sleep(self.POLL_SECONDS)
 
 
-def reader_for(conversation_id: str):
+def reader_for(conversation_id: str) -> RedisReader | MemoryReader:
     if settings.REDIS_URL:
         return RedisReader(conversation_id)
     return MemoryReader(conversation_id)

@@ -9,8 +9,9 @@ import functools
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -85,6 +86,10 @@ class Caller:
             where &= Q(**{f"{prefix}team__slug": team_slug})
         return where
 
+    @overload
+    def membership(self, team_slug: str | None, *, required: Literal[True]) -> Membership: ...
+    @overload
+    def membership(self, team_slug: str | None, *, required: bool) -> Membership | None: ...
     def membership(self, team_slug: str | None, *, required: bool) -> Membership | None:
         """The membership a team-scoped request acts through. Keys act in their own team;
         sessions name the team with ``?team=SLUG``. 404 for a team the caller isn't in."""
@@ -131,7 +136,9 @@ def authenticate(request: HttpRequest) -> Caller:
             UNAUTHORIZED,
         )
     if request.method not in SAFE_METHODS:
-        reason = _CsrfCheck(lambda r: HttpResponse()).process_view(request, None, (), {})
+        # Django reads only the view's csrf_exempt attribute, which None lacks like any view.
+        check = _CsrfCheck(lambda r: HttpResponse())
+        reason = check.process_view(request, None, (), {})  # type: ignore[arg-type]
         if reason is not None:
             raise ApiError(
                 403,
@@ -145,7 +152,8 @@ def authenticate(request: HttpRequest) -> Caller:
 class _CsrfCheck(CsrfViewMiddleware):
     """Django's own CSRF check, run by the view for session requests only."""
 
-    def _reject(self, request, reason):
+    # The reason instead of a 403 page: process_view hands back whatever this returns.
+    def _reject(self, request: HttpRequest, reason: str) -> str:
         return reason
 
 
@@ -184,14 +192,16 @@ def admit(request: HttpRequest) -> tuple[Caller, ratelimit.Verdict]:
     return caller, verdict
 
 
-def endpoint(*methods: str):
+def endpoint(
+    *methods: str,
+) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
     """A JSON endpoint: 405 for other methods, then the caller is admitted (401/429/403) and
     the view gets it; ApiError, Http404 and anything unexpected become JSON errors."""
 
-    def decorate(view):
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         @csrf_exempt  # API keys need no CSRF token; authenticate() checks sessions' writes
         @functools.wraps(view)
-        def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             try:
                 if request.method not in methods:
                     raise ApiError(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django import forms
 from django.contrib import messages
@@ -32,7 +32,7 @@ class KeyForm(forms.Form):
     scope = forms.ChoiceField(choices=Scope.choices, initial=Scope.READ)
     expires_in = forms.ChoiceField(choices=EXPIRY_CHOICES, required=False)
 
-    def expires(self):
+    def expires(self) -> datetime | None:
         days = self.cleaned_data.get("expires_in")
         return timezone.now() + timedelta(days=int(days)) if days else None
 

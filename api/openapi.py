@@ -23,7 +23,9 @@ def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def obj(properties: dict[str, Any], *, required: list[str] | None = None, **extra) -> dict:
+def obj(
+    properties: dict[str, Any], *, required: list[str] | None = None, **extra: Any
+) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": properties,
@@ -226,7 +228,7 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
-def _error(description: str, headers: dict | None = None) -> dict:
+def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     response: dict[str, Any] = {
         "description": description,
         "content": {"application/json": {"schema": ref("Error")}},
@@ -283,11 +285,11 @@ def _responses(ok: dict[str, Any], *errors: str) -> dict[str, Any]:
     return result
 
 
-def _json(description: str, schema: dict) -> dict:
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _body(name: str, *, example: dict, required: bool = True) -> dict:
+def _body(name: str, *, example: dict[str, Any], required: bool = True) -> dict[str, Any]:
     """A JSON request body; the example is what the docs page prefills, so it must be a body
     the endpoint accepts as it is (no repository named "Hello")."""
     return {
@@ -307,7 +309,7 @@ TEAM = {
 }
 
 
-def _path_id(name: str, what: str) -> dict:
+def _path_id(name: str, what: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": UUID, "description": what}
 
 

@@ -14,8 +14,13 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from django.conf import settings
+
+if TYPE_CHECKING:
+    import redis
+    from redis.commands.core import Script
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +95,11 @@ def hit(buckets: list[tuple[str, int]]) -> Verdict:
 
 
 _lock = threading.Lock()
-_client = None
-_registered = None
+_client: redis.Redis | None = None
+_registered: Script | None = None
 
 
-def _script():
+def _script() -> Script:
     global _client, _registered
     with _lock:
         if _registered is None:

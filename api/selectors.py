@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from django.db.models import F, QuerySet
 from django.shortcuts import get_object_or_404
 
@@ -18,5 +20,5 @@ def keys_visible_to(membership: Membership) -> QuerySet[ApiKey]:
     return keys.order_by(F("revoked_at").desc(nulls_first=True), "-created", "-id")
 
 
-def key_for(membership: Membership, key_id) -> ApiKey:
+def key_for(membership: Membership, key_id: UUID) -> ApiKey:
     return get_object_or_404(keys_visible_to(membership), uuid=key_id)

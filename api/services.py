@@ -24,7 +24,11 @@ class NewKey:
 
 
 def apikey_create(
-    *, membership: Membership, name: str = "", scope: str = Scope.READ, expires=None
+    *,
+    membership: Membership,
+    name: str = "",
+    scope: str = Scope.READ,
+    expires: datetime | None = None,
 ) -> NewKey:
     """A key for the member's team. ``expires`` is a datetime or None (never)."""
     name = name.strip()

@@ -25,13 +25,16 @@ import asyncio
 import json
 import logging
 import time
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db.models import Q
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
@@ -60,7 +63,7 @@ class Opened:
     after: eventlog.EntryId | None
 
 
-def _open(request: HttpRequest, conversation_id) -> Opened:
+def _open(request: HttpRequest, conversation_id: uuid.UUID) -> Opened:
     caller, _ = admit(request)
     conversation = (
         Conversation.objects.filter(caller.in_teams("", team_param(request)))
@@ -78,7 +81,7 @@ def _open(request: HttpRequest, conversation_id) -> Opened:
     return Opened(caller, conversation.pk, str(conversation.uuid), conversation.team_id, after)
 
 
-def _snapshot(conversation_pk: int) -> list[dict]:
+def _snapshot(conversation_pk: int) -> list[dict[str, Any]]:
     runs = Run.objects.filter(conversation_id=conversation_pk, status__in=IN_FLIGHT)
     snapshot = []
     for run in runs.order_by("created", "id"):
@@ -112,7 +115,7 @@ _asnapshot = database_sync_to_async(_snapshot, thread_sensitive=False)
 _astill_allowed = database_sync_to_async(_still_allowed, thread_sensitive=False)
 
 
-def frame(event: str, payload: dict, event_id: eventlog.EntryId | None = None) -> bytes:
+def frame(event: str, payload: dict[str, Any], event_id: eventlog.EntryId | None = None) -> bytes:
     # JSON escapes newlines inside strings, so the data is one line whatever the text holds.
     lines = []
     if event_id is not None:
@@ -122,7 +125,7 @@ def frame(event: str, payload: dict, event_id: eventlog.EntryId | None = None) -
     return ("\n".join(lines) + "\n\n").encode()
 
 
-async def _events(opened: Opened):
+async def _events(opened: Opened) -> AsyncIterator[bytes]:
     """The stream, ended at once when the caller's access to the team ends."""
     async with events.AccessWatch(opened.caller.user.pk, opened.team_id) as watch:
         ended = asyncio.ensure_future(watch.ended())
@@ -155,7 +158,9 @@ async def _log_events(opened: Opened, ended: asyncio.Future):
     # Seen in a snapshot: run id -> its last delta number there.
     covered: dict[str, int] = {}
 
-    async def start_over(state: eventlog.LogState, reason: str | None):
+    async def start_over(
+        state: eventlog.LogState, reason: str | None
+    ) -> tuple[eventlog.EntryId, bytes]:
         nonlocal covered
         chunks = [] if reason is None else [frame("reset", {"reason": reason})]
         runs = await _asnapshot(opened.conversation_pk)
@@ -182,7 +187,7 @@ async def _log_events(opened: Opened, ended: asyncio.Future):
             for entry_id, event in pending:
                 position = entry_id
                 kind = event.pop("t", "event")
-                if kind == "delta" and covered.get(event.get("run"), 0) >= event.get("seq", 0):
+                if kind == "delta" and covered.get(event.get("run", ""), 0) >= event.get("seq", 0):
                     continue
                 out.append(frame(kind, event, entry_id))
                 if kind == "conversation.deleted":
@@ -214,7 +219,7 @@ async def _log_events(opened: Opened, ended: asyncio.Future):
 
 
 @csrf_exempt
-async def conversation_events(request: HttpRequest, conversation_id) -> HttpResponse:
+async def conversation_events(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponseBase:
     if request.method != "GET":
         return error_response(
             405, "method_not_allowed", f"{request.method} is not allowed here.", {"Allow": "GET"}

@@ -5,16 +5,18 @@ from __future__ import annotations
 import functools
 import re
 import uuid
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from django.core import signing
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 
-from accounts.models import Membership
+from accounts.models import Membership, Team
 from assistant import repos, services
 from assistant.errors import BudgetExceeded
 from assistant.models import Conversation, Repository, Run, ToolCall
@@ -114,8 +116,8 @@ def conversations(request: HttpRequest, caller: Caller) -> JsonResponse:
     )
 
 
-def _text_field(body: dict, name: str, *, max_chars: int) -> str:
-    value = body.get(name, "")
+def _text_field(body: dict[str, Any], name: str, *, max_chars: int) -> str:
+    value: str = body.get(name, "")
     if "\x00" in value:
         raise ApiError(422, "invalid_field", f"“{name}” contains a NUL character.")
     if len(value) > max_chars:
@@ -123,7 +125,7 @@ def _text_field(body: dict, name: str, *, max_chars: int) -> str:
     return value.strip()
 
 
-def _repository(team, ref: str) -> Repository:
+def _repository(team: Team, ref: str) -> Repository:
     """A repository of the team, by id or by name."""
     found = Repository.objects.filter(team=team)
     try:
@@ -159,13 +161,13 @@ def _conversation_create(request: HttpRequest, caller: Caller) -> JsonResponse:
     return JsonResponse(data.conversation_data(conversation), status=201)
 
 
-def _conversations(caller: Caller, team_slug: str | None):
+def _conversations(caller: Caller, team_slug: str | None) -> QuerySet[Conversation]:
     return Conversation.objects.filter(caller.in_teams("", team_slug)).select_related(
         "team", "created_by", "workspace__repository"
     )
 
 
-def _conversation(request: HttpRequest, caller: Caller, conversation_id) -> Conversation:
+def _conversation(request: HttpRequest, caller: Caller, conversation_id: uuid.UUID) -> Conversation:
     conversation = _conversations(caller, team_param(request)).filter(uuid=conversation_id).first()
     if conversation is None:
         raise not_found("The conversation")
@@ -173,7 +175,7 @@ def _conversation(request: HttpRequest, caller: Caller, conversation_id) -> Conv
 
 
 @endpoint("GET", "DELETE")
-def conversation(request: HttpRequest, caller: Caller, conversation_id) -> HttpResponse:
+def conversation(request: HttpRequest, caller: Caller, conversation_id: uuid.UUID) -> HttpResponse:
     found = _conversation(request, caller, conversation_id)
     if request.method == "DELETE":
         services.conversation_delete(conversation=found)
@@ -190,7 +192,9 @@ def conversation(request: HttpRequest, caller: Caller, conversation_id) -> HttpR
 
 
 @endpoint("GET")
-def conversation_export(request: HttpRequest, caller: Caller, conversation_id) -> HttpResponse:
+def conversation_export(
+    request: HttpRequest, caller: Caller, conversation_id: uuid.UUID
+) -> HttpResponse:
     """The conversation as a Markdown or JSON document (the same as the page's Export), with
     the team's secrets and common token patterns redacted."""
     from sharing import export
@@ -207,7 +211,7 @@ def conversation_export(request: HttpRequest, caller: Caller, conversation_id) -
 
 
 @endpoint("POST")
-def messages(request: HttpRequest, caller: Caller, conversation_id) -> JsonResponse:
+def messages(request: HttpRequest, caller: Caller, conversation_id: uuid.UUID) -> JsonResponse:
     found = _conversation(request, caller, conversation_id)
     body = json_body(request, {"content": str})
     if "content" not in body:
@@ -230,7 +234,7 @@ def messages(request: HttpRequest, caller: Caller, conversation_id) -> JsonRespo
 # --- Runs and tool calls -----------------------------------------------------------------------
 
 
-def _run(request: HttpRequest, caller: Caller, run_id) -> Run:
+def _run(request: HttpRequest, caller: Caller, run_id: uuid.UUID) -> Run:
     run = (
         Run.objects.filter(caller.in_teams("conversation__", team_param(request)))
         .select_related("conversation__team", "user_message", "assistant_message")
@@ -243,12 +247,12 @@ def _run(request: HttpRequest, caller: Caller, run_id) -> Run:
 
 
 @endpoint("GET")
-def run(request: HttpRequest, caller: Caller, run_id) -> JsonResponse:
+def run(request: HttpRequest, caller: Caller, run_id: uuid.UUID) -> JsonResponse:
     return JsonResponse(data.run_detail_data(_run(request, caller, run_id)))
 
 
 @endpoint("POST")
-def run_cancel(request: HttpRequest, caller: Caller, run_id) -> JsonResponse:
+def run_cancel(request: HttpRequest, caller: Caller, run_id: uuid.UUID) -> JsonResponse:
     found = _run(request, caller, run_id)
     json_body(request, {})
     if found.is_finished:
@@ -262,7 +266,7 @@ DECISIONS = (services.Decision.APPROVE, services.Decision.DENY, services.Decisio
 
 
 @endpoint("POST")
-def tool_call_decision(request: HttpRequest, caller: Caller, call_id) -> JsonResponse:
+def tool_call_decision(request: HttpRequest, caller: Caller, call_id: uuid.UUID) -> JsonResponse:
     call = (
         ToolCall.objects.filter(caller.in_teams("run__conversation__", team_param(request)))
         .select_related("run__conversation__team", "decided_by")
@@ -294,13 +298,13 @@ def tool_call_decision(request: HttpRequest, caller: Caller, call_id) -> JsonRes
 # --- Schema, docs, unknown URLs ------------------------------------------------------------------
 
 
-def public(view):
+def public(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     """A page anyone may GET. Other methods get the API's JSON 405, not Django's HTML one;
     CSRF-exempt because it changes nothing (else an unsafe method meets the HTML 403)."""
 
     @csrf_exempt
     @functools.wraps(view)
-    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if request.method not in ("GET", "HEAD"):
             return error_response(
                 405,

@@ -53,6 +53,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from assistant import cgroups
 
@@ -98,7 +99,7 @@ _ETC = (
 )
 _ETC_WATCH = ("ld.so.cache", "alternatives", "ssl/certs")  # change when packages are installed
 # (uid, gid, system root) -> (stamp, dir); the root is "/" or a sandbox image's (``images``)
-_etc_snapshots: dict[tuple[int, int, Path], tuple[tuple, Path]] = {}
+_etc_snapshots: dict[tuple[int, int, Path], tuple[tuple[object, ...], Path]] = {}
 _setup_lock = threading.Lock()  # one /etc copy or worktree grant at a time in this process
 _PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 # POSIX ACLs as extended attributes (root mode, see _grant_worktree).
@@ -197,9 +198,9 @@ async def run(
     if as_root and git_dir is not None and git_dir_writable and not _has_grant(git_dir, uid):
         await asyncio.to_thread(_grant_worktree, git_dir, uid)
 
-    etc = _etc_snapshot(uid, gid, system) or await asyncio.to_thread(
-        _make_etc_snapshot, uid, gid, system
-    )
+    etc = _etc_snapshot(uid, gid, system)
+    if etc is None:
+        etc = await asyncio.to_thread(_make_etc_snapshot, uid, gid, system)
     args = _bwrap_args(
         worktree=worktree,
         git_dir=git_dir,
@@ -339,7 +340,7 @@ async def _run_in(
     )
 
 
-def run_sync(argv: Sequence[str], **kwargs) -> SandboxResult:
+def run_sync(argv: Sequence[str], **kwargs: Any) -> SandboxResult:
     """:func:`run` for code without an event loop (tests, scripts)."""
     return asyncio.run(run(argv, **kwargs))
 
@@ -441,7 +442,7 @@ def _prlimits(limits: SandboxLimits) -> list[str]:
     ]
 
 
-def _drop_root(uid: int, gid: int, *, setpriv: bool = False) -> tuple[list[str], dict]:
+def _drop_root(uid: int, gid: int, *, setpriv: bool = False) -> tuple[list[str], dict[str, Any]]:
     """How bwrap gets started as ``uid`` when the server is root: a command prefix, or kwargs.
     ``setpriv``: always the prefix (something runs as root before it: the cgroup wrapper)."""
     if not setpriv and type(asyncio.get_running_loop()).__module__.startswith("asyncio"):
@@ -470,8 +471,8 @@ def _etc_snapshot(uid: int, gid: int, system: Path = Path("/")) -> Path | None:
     return snap if stamp == _etc_stamp(system) else None
 
 
-def _etc_stamp(system: Path = Path("/")) -> tuple:
-    stamp = []
+def _etc_stamp(system: Path = Path("/")) -> tuple[object, ...]:
+    stamp: list[object] = []
     for name in _ETC_WATCH:
         try:
             st = os.stat(system / "etc" / name)
@@ -756,16 +757,16 @@ async def _end_on_oom(group: cgroups.CallGroup, watch: _Watch) -> None:
     watch.kill("memory")  # bwrap, and with it the PID namespace; the group is emptied at the end
 
 
-async def _settle(body: asyncio.Future) -> None:
+async def _settle(body: asyncio.Future[Any]) -> None:
     """Wait (at most 5 s) for the killed process to be reaped and its pipes to close."""
     # A CancelledError here propagates: the SIGKILL has been sent, reaping goes on without us.
     with contextlib.suppress(Exception):  # timeout or a read error: moot once it is killed
         await asyncio.shield(asyncio.wait_for(body, timeout=5))
 
 
-def _read_status(fd: int) -> dict:
+def _read_status(fd: int) -> dict[str, Any]:
     """bwrap's --json-status-fd: one JSON object per line (child-pid, then exit-code)."""
-    status: dict = {}
+    status: dict[str, Any] = {}
     os.set_blocking(fd, False)
     buf = b""
     try:

@@ -12,9 +12,12 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+
+if TYPE_CHECKING:
+    import redis
 
 TTL_SECONDS = 3600  # a stream's text outlives its run by far; the saved message takes over
 PRESENCE_STALE_SECONDS = 120
@@ -66,7 +69,7 @@ def _async_redis():
     return client
 
 
-def _redis():
+def _redis() -> redis.Redis:
     global _sync_client
     with _lock:
         if _sync_client is None:

@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db.models import F, Sum
@@ -30,6 +31,10 @@ from django.utils import timezone
 
 from assistant.errors import BudgetExceeded
 from config.db import db_sync_to_async
+
+if TYPE_CHECKING:
+    from accounts.models import Team, User
+    from assistant.models import Run
 
 NANO = Decimal(10**9)
 HOLD_TTL_SECONDS = 6 * 3600  # a call never takes this long; a crashed worker's hold expires
@@ -191,9 +196,9 @@ class _MemoryStore:
                 return SEED_TEAM, 0
             if cap >= 0 and used is None:
                 return SEED_MEMBER, 0
-            if budget >= 0 and spent >= budget:
+            if budget >= 0 and spent is not None and spent >= budget:
                 return TEAM_SPENT, spent
-            if cap >= 0 and used >= cap:
+            if cap >= 0 and used is not None and used >= cap:
                 return MEMBER_SPENT, used
             self._release(hold)
             cost = cost if spent is not None else 0
@@ -223,11 +228,11 @@ class _MemoryStore:
             self.values.setdefault(key, value)
 
 
-_store = None
+_store: _RedisStore | _MemoryStore | None = None
 _store_lock = threading.Lock()
 
 
-def store():
+def store() -> _RedisStore | _MemoryStore:
     global _store
     with _store_lock:
         if _store is None:
@@ -327,9 +332,14 @@ class Status:
 
     def refusal(self) -> str:
         """Why nothing more can be sent, in words ('' while something can)."""
-        if self.budget_exhausted:
+        # Exhausted means both figures are known; the checks of None are for the type checker.
+        if self.budget_exhausted and self.budget_usd is not None and self.spent_usd is not None:
             return team_refusal(self.budget_usd, self.spent_usd, self.now)
-        if self.tokens_exhausted:
+        if (
+            self.tokens_exhausted
+            and self.daily_tokens is not None
+            and self.tokens_today is not None
+        ):
             return member_refusal(self.daily_tokens, self.tokens_today)
         return ""
 
@@ -416,7 +426,7 @@ def status(team_id: int, user_id: int | None, now: datetime | None = None) -> St
     )
 
 
-def check(*, team, user) -> None:
+def check(*, team: Team, user: User | None) -> None:
     """Refuse, in words, when the team's budget or the member's tokens for today are used up
     (services.message_send calls this before it accepts a message)."""
     refusal = status(team.pk, getattr(user, "pk", None)).refusal()
@@ -460,9 +470,12 @@ def reserve_for(
         if code in (SEED_TEAM, SEED_MEMBER):
             _seed(limits, code, now)
             continue
+        # The script answers *_SPENT only for a limit it was given (not NO_LIMIT).
         if code == TEAM_SPENT:
+            assert limits.budget_usd is not None
             raise BudgetExceeded(team_refusal(limits.budget_usd, from_nano(total), now))
         if code == MEMBER_SPENT:
+            assert limits.daily_tokens is not None
             raise BudgetExceeded(member_refusal(limits.daily_tokens, total))
         return
     raise RuntimeError("The budget totals could not be seeded")
@@ -478,7 +491,7 @@ def settle_for(
     store().settle(keys, [to_nano(cost_usd), tokens])
 
 
-def reserve(*, run, model: str, messages: list[dict]) -> None:
+def reserve(*, run: Run, model: str, messages: list[dict[str, Any]]) -> None:
     chars = sum(
         len(str(m.get("content") or "")) + len(str(m.get("tool_calls") or "")) for m in messages
     )

@@ -19,13 +19,18 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
 
 from . import direct
+
+if TYPE_CHECKING:
+    from accounts.models import Team
 
 # litellm otherwise fetches its price map over the network at import.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -69,7 +74,14 @@ class ToolCallRequest:
 
 
 class LLMError(Exception):
-    def __init__(self, message: str, *, code: str, retryable: bool = False, retry_after=None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        retryable: bool = False,
+        retry_after: str | float | None = None,  # seconds, as the provider's header gave it
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
@@ -88,7 +100,7 @@ def site_config() -> LLMConfig:
     )
 
 
-def config_for_team(team) -> LLMConfig:
+def config_for_team(team: Team) -> LLMConfig:
     """The team's override where set, the site default otherwise."""
     site = site_config()
     if not team.llm_model:
@@ -103,8 +115,12 @@ def config_for_team(team) -> LLMConfig:
     )
 
 
-async def _call_kwargs(config: LLMConfig) -> dict:
-    kwargs: dict = {"model": config.model, "timeout": settings.LLM_TIMEOUT, "num_retries": 0}
+async def _call_kwargs(config: LLMConfig) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "model": config.model,
+        "timeout": settings.LLM_TIMEOUT,
+        "num_retries": 0,
+    }
     if config.is_demo:
         from .demo import demo_api_base
 
@@ -126,7 +142,7 @@ async def _call_kwargs(config: LLMConfig) -> dict:
 
 
 async def stream_chat(
-    config: LLMConfig, messages: list[dict], tools: list[dict] | None = None
+    config: LLMConfig, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
 ) -> AsyncIterator[str | ToolCallRequest | Usage]:
     """Yield text pieces, then a ToolCallRequest per tool call, then one Usage. Raises LLMError.
 
@@ -152,13 +168,13 @@ async def stream_chat(
             await asyncio.sleep(_backoff(attempt, exc.retry_after))
 
 
-def _backoff(attempt: int, retry_after) -> float:
+def _backoff(attempt: int, retry_after: str | float | None) -> float:
     if retry_after:
         try:
             return min(float(retry_after), MAX_RETRY_AFTER_SECONDS)
         except (TypeError, ValueError):
             pass
-    return 0.5 * 2 ** (attempt - 1)
+    return 0.5 * 2.0 ** (attempt - 1)  # float **: int ** int may be a float, typed Any
 
 
 def warm_up() -> None:
@@ -166,7 +182,7 @@ def warm_up() -> None:
     _litellm()
 
 
-def _litellm():
+def _litellm() -> ModuleType:
     import litellm
 
     litellm.suppress_debug_info = True  # no feedback banner printed on every provider error
@@ -174,7 +190,10 @@ def _litellm():
 
 
 async def _stream_once(
-    config: LLMConfig, messages: list[dict], tools: list[dict] | None, started: float
+    config: LLMConfig,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    started: float,
 ) -> AsyncIterator[str | ToolCallRequest | Usage]:
     usage = Usage()
     finished = False
@@ -255,7 +274,7 @@ class _ToolCalls:
 
 
 async def _pieces(
-    config: LLMConfig, messages: list[dict], tools: list[dict] | None
+    config: LLMConfig, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
 ) -> AsyncIterator[direct.Piece]:
     """The provider's stream as Pieces: the lean client where it speaks the wire format,
     litellm for everything else."""
@@ -282,7 +301,7 @@ async def _pieces(
     return _litellm_pieces(kwargs, _no_blank_text_beside_calls(messages), whole_calls)
 
 
-def _no_blank_text_beside_calls(messages: list[dict]) -> list[dict]:
+def _no_blank_text_beside_calls(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """An assistant tool-call message with content "" as content None: for Anthropic, litellm
     replaces blank text with "[System: Empty message content sanitised to satisfy protocol]",
     words the model would then read as its own; None it leaves out."""
@@ -295,7 +314,7 @@ def _no_blank_text_beside_calls(messages: list[dict]) -> list[dict]:
 
 
 async def _litellm_pieces(
-    kwargs: dict, messages: list[dict], whole_calls: bool
+    kwargs: dict[str, Any], messages: list[dict[str, Any]], whole_calls: bool
 ) -> AsyncIterator[direct.Piece]:
     # The first import of litellm takes seconds; never on the event loop every reply shares.
     litellm = await asyncio.to_thread(_litellm)
@@ -325,7 +344,7 @@ async def _litellm_pieces(
 
 
 def _litellm_fragments(
-    tool_calls: list, first_index: int | None
+    tool_calls: list[Any], first_index: int | None  # litellm's objects
 ) -> tuple[direct.ToolFragment, ...]:
     fragments = []
     for position, call in enumerate(tool_calls):
@@ -505,7 +524,7 @@ def _is_timeout(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__
 
 
-def _in_chain(exc: BaseException, predicate) -> bool:
+def _in_chain(exc: BaseException, predicate: Callable[[BaseException], bool]) -> bool:
     """litellm wraps the real failure (a read timeout, say) in a generic 500; look beneath."""
     seen: BaseException | None = exc
     for _ in range(10):

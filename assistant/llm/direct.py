@@ -17,6 +17,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from django.conf import settings
@@ -93,8 +94,8 @@ async def pieces(
     api_base: str,
     api_key: str,
     temperature: float | None,
-    messages: list[dict],
-    tools: list[dict] | None = None,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
     check_addresses: bool = False,
 ) -> AsyncIterator[Piece]:
     from .bases import checking
@@ -114,7 +115,7 @@ async def pieces(
         yield piece
 
 
-async def _post(url: str, body: dict, headers: dict[str, str]) -> aiohttp.ClientResponse:
+async def _post(url: str, body: dict[str, Any], headers: dict[str, str]) -> aiohttp.ClientResponse:
     response = await _session().post(url, json=body, headers=headers, timeout=_timeout())
     if response.status >= 400:
         text = await response.text(errors="replace")
@@ -146,8 +147,15 @@ async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         response.release()
 
 
-async def _openai(base, name, api_key, temperature, messages, tools) -> AsyncIterator[Piece]:
-    body: dict = {
+async def _openai(
+    base: str,
+    name: str,
+    api_key: str,
+    temperature: float | None,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+) -> AsyncIterator[Piece]:
+    body: dict[str, Any] = {
         "model": name,
         "messages": messages,
         "stream": True,
@@ -182,7 +190,7 @@ async def _openai(base, name, api_key, temperature, messages, tools) -> AsyncIte
         yield piece
 
 
-def _openai_fragments(calls: list) -> tuple[ToolFragment, ...]:
+def _openai_fragments(calls: list[dict[str, Any]]) -> tuple[ToolFragment, ...]:
     fragments = []
     for position, call in enumerate(calls):
         function = call.get("function") or {}
@@ -201,9 +209,16 @@ def _openai_fragments(calls: list) -> tuple[ToolFragment, ...]:
     return tuple(fragments)
 
 
-async def _anthropic(base, name, api_key, temperature, messages, tools) -> AsyncIterator[Piece]:
+async def _anthropic(
+    base: str,
+    name: str,
+    api_key: str,
+    temperature: float | None,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+) -> AsyncIterator[Piece]:
     system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    body: dict = {
+    body: dict[str, Any] = {
         "model": name,
         "max_tokens": ANTHROPIC_MAX_TOKENS,
         "messages": _anthropic_messages(messages),
@@ -253,7 +268,7 @@ async def _anthropic(base, name, api_key, temperature, messages, tools) -> Async
             raise ProviderHTTPError(500, _error_message(json.dumps(event)))
 
 
-def _anthropic_tool(tool: dict) -> dict:
+def _anthropic_tool(tool: dict[str, Any]) -> dict[str, Any]:
     function = tool.get("function") or {}
     converted = {
         "name": function.get("name", ""),
@@ -264,17 +279,22 @@ def _anthropic_tool(tool: dict) -> dict:
     return converted
 
 
-def _anthropic_messages(messages: list[dict]) -> list[dict]:
+def _anthropic_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """OpenAI-shaped history as Anthropic wants it. Messages without tool calls pass unchanged
     (so a request without tools is byte for byte what it was before tools existed)."""
-    converted: list[dict] = []
-    results: list[dict] | None = None  # the tool_result blocks of the user message being built
+    converted: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] | None = (
+        None  # the tool_result blocks of the user message being built
+    )
     for message in messages:
         role = message.get("role")
         if role == "system":
             continue
         if role == "tool":
-            block: dict = {"type": "tool_result", "tool_use_id": message.get("tool_call_id", "")}
+            block: dict[str, Any] = {
+                "type": "tool_result",
+                "tool_use_id": message.get("tool_call_id", ""),
+            }
             if message.get("content"):
                 block["content"] = message["content"]
             if results is None:
@@ -291,9 +311,9 @@ def _anthropic_messages(messages: list[dict]) -> list[dict]:
     return converted
 
 
-def _tool_use_blocks(message: dict) -> list[dict]:
+def _tool_use_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
     content = message.get("content")
-    blocks: list[dict] = []
+    blocks: list[dict[str, Any]] = []
     if isinstance(content, list):
         blocks.extend(content)
     elif isinstance(content, str) and content.strip():
@@ -312,11 +332,13 @@ def _tool_use_blocks(message: dict) -> list[dict]:
     return blocks
 
 
-def _json_object(arguments: object) -> dict:
+def _json_object(arguments: object) -> dict[str, Any]:
     """Arguments as an object, for the formats that want one: a model can emit JSON that does
     not parse, and the provider would reject the whole history over it."""
     if isinstance(arguments, dict):
         return arguments
+    if not isinstance(arguments, str | bytes | bytearray):
+        return {}  # json.loads would refuse it too
     try:
         value = json.loads(arguments or "{}")
     except (TypeError, ValueError):
@@ -324,8 +346,15 @@ def _json_object(arguments: object) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-async def _ollama(base, name, api_key, temperature, messages, tools) -> AsyncIterator[Piece]:
-    body: dict = {"model": name, "messages": _ollama_messages(messages), "stream": True}
+async def _ollama(
+    base: str,
+    name: str,
+    api_key: str,
+    temperature: float | None,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+) -> AsyncIterator[Piece]:
+    body: dict[str, Any] = {"model": name, "messages": _ollama_messages(messages), "stream": True}
     if temperature is not None:
         body["options"] = {"temperature": temperature}
     if tools:
@@ -352,7 +381,7 @@ async def _ollama(base, name, api_key, temperature, messages, tools) -> AsyncIte
             return
 
 
-def _ollama_fragments(calls: list, first_index: int) -> tuple[ToolFragment, ...]:
+def _ollama_fragments(calls: list[dict[str, Any]], first_index: int) -> tuple[ToolFragment, ...]:
     fragments = []
     for offset, call in enumerate(calls):
         function = call.get("function") or {}
@@ -370,11 +399,11 @@ def _ollama_fragments(calls: list, first_index: int) -> tuple[ToolFragment, ...]
     return tuple(fragments)
 
 
-def _ollama_messages(messages: list[dict]) -> list[dict]:
+def _ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """OpenAI-shaped history as Ollama wants it: call arguments as objects, tool results
     without call ids. Messages without tool calls pass unchanged."""
     names: dict[str, str] = {}
-    converted: list[dict] = []
+    converted: list[dict[str, Any]] = []
     for message in messages:
         role = message.get("role")
         if role == "assistant" and message.get("tool_calls"):

@@ -8,12 +8,22 @@ Only the standard library, and Python 3.11 (the system ``python3`` the sandbox m
 server imports :func:`check_rel` from here too, to refuse bad paths before starting anything.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import posixpath
 import re
 import subprocess
 import sys
+
+# No typing import at run time: the helper starts on every tool call (mypy knows the name).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    Args = dict[str, Any]  # a tool call's arguments, as the model sent them
+    Reply = dict[str, Any]  # {"ok": bool, "output": str, "truncated": bool, "changed": [...]}
 
 ROOT = "/workspace"
 MAX_READ_BYTES = 100_000  # read_file: bytes of text returned
@@ -54,7 +64,7 @@ class ToolError(Exception):
     """A readable error for the model."""
 
 
-def check_rel(rel, *, what="path"):
+def check_rel(rel: object, *, what: str = "path") -> str:
     """The path normalised relative to the repository root, or ToolError. No file access."""
     if not isinstance(rel, str) or rel.strip() == "":
         raise ToolError(f"The {what} must be a non-empty string.")
@@ -71,7 +81,7 @@ def check_rel(rel, *, what="path"):
     return norm
 
 
-def resolve(rel, *, what="path"):
+def resolve(rel: object, *, what: str = "path") -> tuple[str, str]:
     """(relative path, absolute path in here) after checking it stays in the repository."""
     norm = check_rel(rel, what=what)
     full = ROOT if norm == "." else posixpath.join(ROOT, norm)
@@ -84,12 +94,12 @@ def resolve(rel, *, what="path"):
     return norm, real
 
 
-def _not_git(norm, rel):
+def _not_git(norm: str, rel: str) -> None:
     if norm == ".git" or norm.startswith(".git/"):
         raise ToolError(f"“{rel}” is inside .git, which tools cannot change.")
 
 
-def _read_text(real, rel):
+def _read_text(real: str, rel: str) -> str:
     if not os.path.exists(real):
         raise ToolError(f"“{rel}” does not exist.")
     if os.path.isdir(real):
@@ -103,7 +113,7 @@ def _read_text(real, rel):
     return data.decode("utf-8", errors="replace")
 
 
-def op_read_file(args):
+def op_read_file(args: Args) -> Reply:
     rel = args["path"]
     _norm, real = resolve(rel)
     text = _read_text(real, rel)
@@ -118,7 +128,8 @@ def op_read_file(args):
     if start > total:
         raise ToolError(f"start_line {start} is past the end: “{rel}” has {total} lines.")
     last = min(end or total, total, start - 1 + (MAX_READ_LINES if end is None else total))
-    out, size, cut_at = [], 0, None
+    out: list[str] = []
+    size, cut_at = 0, None
     for n in range(start, last + 1):
         line = lines[n - 1]
         if len(line) > MAX_LINE_CHARS:
@@ -140,7 +151,7 @@ def op_read_file(args):
     return {"ok": True, "output": "\n".join(out), "truncated": truncated}
 
 
-def op_write_file(args):
+def op_write_file(args: Args) -> Reply:
     rel, content = args["path"], args["content"]
     norm, real = resolve(rel)
     _not_git(norm, rel)
@@ -165,14 +176,14 @@ def op_write_file(args):
     }
 
 
-def _write(real, data):
+def _write(real: str, data: bytes) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
     fd = os.open(real, flags, 0o644)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
 
 
-def op_edit_file(args):
+def op_edit_file(args: Args) -> Reply:
     rel, old, new = args["path"], args["old_text"], args["new_text"]
     norm, real = resolve(rel)
     _not_git(norm, rel)
@@ -210,7 +221,7 @@ def op_edit_file(args):
     }
 
 
-def glob_regex(pattern):
+def glob_regex(pattern: str) -> re.Pattern[str]:
     """A gitignore-style glob as a compiled regex over paths relative to the root.
 
     No slash: matches the file name anywhere ('*.py'). With one: the whole path, where '*' and
@@ -220,7 +231,8 @@ def glob_regex(pattern):
     if pat.startswith("./"):
         pat = pat[2:]
     anywhere = "/" not in pat
-    out, i = [], 0
+    out: list[str] = []
+    i = 0
     while i < len(pat):
         c = pat[i]
         if pat.startswith("**/", i):
@@ -252,7 +264,7 @@ def glob_regex(pattern):
     return re.compile(("(?:.*/)?" if anywhere else "") + body + "(?:/.*)?" + r"\Z", re.DOTALL)
 
 
-def _files(paths, pattern):
+def _files(paths: list[str], pattern: str | None) -> list[str]:
     """Files under paths (all by default) that .gitignore keeps and the glob matches, sorted."""
     argv = [*RG, "--files", "--sort=path", "--", *paths]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, check=False)
@@ -265,7 +277,7 @@ def _files(paths, pattern):
     return files
 
 
-def _search_path(args):
+def _search_path(args: Args) -> list[str]:
     rel = args.get("path")
     if rel in (None, "", "."):
         return []
@@ -275,7 +287,7 @@ def _search_path(args):
     return [norm]
 
 
-def op_list_files(args):
+def op_list_files(args: Args) -> Reply:
     files = _files(_search_path(args), args["pattern"])
     if not files:
         return {"ok": True, "output": "No files match."}
@@ -286,7 +298,7 @@ def op_list_files(args):
     return {"ok": True, "output": "\n".join(out), "truncated": truncated}
 
 
-def _candidates(paths):
+def _candidates(paths: list[str]) -> list[str]:
     """Files git tracks plus new ones .gitignore doesn't exclude; without git, ripgrep's view."""
     try:
         out = _git("ls-files", "--cached", "--others", "--exclude-standard", "-z", "--", *paths)
@@ -299,7 +311,7 @@ def _candidates(paths):
     return [n for n in names if os.path.isfile(posixpath.join(ROOT, n))]
 
 
-def op_glob(args):
+def op_glob(args: Args) -> Reply:
     pattern = args["pattern"]
     if not pattern.strip():
         raise ToolError("The pattern is empty; give one such as '**/*.py'.")
@@ -310,7 +322,7 @@ def op_glob(args):
     if not files:
         return {"ok": True, "output": f"No files match “{pattern}”."}
 
-    def mtime(name):
+    def mtime(name: str) -> int:
         try:
             return os.lstat(posixpath.join(ROOT, name)).st_mtime_ns
         except OSError:
@@ -324,7 +336,7 @@ def op_glob(args):
     return {"ok": True, "output": "\n".join(out), "truncated": truncated}
 
 
-def op_grep(args):
+def op_grep(args: Args) -> Reply:
     paths = _search_path(args)
     argv = [*RG, "--line-number", "--no-heading", "--with-filename", "--sort=path"]
     argv += ["--max-columns=400", "--max-columns-preview"]
@@ -342,7 +354,9 @@ def op_grep(args):
     proc = subprocess.Popen(
         argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
     )
-    lines, truncated = [], False
+    lines: list[str] = []
+    truncated = False
+    assert proc.stdout is not None and proc.stderr is not None  # both are PIPEs
     for raw in proc.stdout:
         if len(lines) >= MAX_GREP_LINES:
             truncated = True
@@ -361,7 +375,7 @@ def op_grep(args):
     return {"ok": True, "output": "\n".join(lines), "truncated": truncated}
 
 
-def _git(*args, ok=(0,)):
+def _git(*args: str, ok: tuple[int, ...] = (0,)) -> bytes:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": "/tmp",
@@ -379,7 +393,7 @@ def _git(*args, ok=(0,)):
     return proc.stdout
 
 
-def op_git_status(args):
+def op_git_status(args: Args) -> Reply:
     out = _git("status", "--porcelain=v1", "--branch", "--untracked-files=all")
     text = out.decode("utf-8", "replace").rstrip("\n")
     lines = text.splitlines()
@@ -388,7 +402,7 @@ def op_git_status(args):
     return {"ok": True, "output": text}
 
 
-def op_git_diff(args):
+def op_git_diff(args: Args) -> Reply:
     paths = _search_path(args)
     flags = ["--no-ext-diff", "--no-textconv", "--no-color"]
     parts = [_git("diff", *flags, "HEAD", "--", *paths).decode("utf-8", "replace")]
@@ -412,7 +426,7 @@ OPS = {
 }
 
 
-def main():
+def main() -> None:
     request = json.loads(sys.stdin.buffer.read())
     try:
         reply = OPS[request["op"]](request["args"])

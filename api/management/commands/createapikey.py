@@ -1,6 +1,7 @@
 from datetime import timedelta
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from accounts.models import Membership, Team, User
@@ -11,7 +12,7 @@ from api.services import ApiKeyError, apikey_create
 class Command(BaseCommand):
     help = "Make an API key for a member of a team. The key is printed alone on the last line."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--team", required=True, help="the team's slug")
         parser.add_argument("--user", required=True, help="the member's email")
         parser.add_argument("--name", default="", help="a name to tell the key by")
@@ -20,7 +21,16 @@ class Command(BaseCommand):
             "--expires-days", type=int, default=None, help="expire after N days (default never)"
         )
 
-    def handle(self, *args, team, user, name, scope, expires_days, **options):
+    def handle(
+        self,
+        *args: Any,
+        team: str,
+        user: str,
+        name: str,
+        scope: str,
+        expires_days: int | None,
+        **options: Any,
+    ) -> None:
         found_team = Team.objects.filter(slug=team).first()
         if found_team is None:
             raise CommandError(f"No team with the slug {team}.")
