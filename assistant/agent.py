@@ -155,6 +155,7 @@ class DeltaPublisher:
             self.batcher.cancel_requested.discard(self.run_id)
             return
         self.queue.put_nowait(None)
+        assert self.sender is not None  # started in __init__ when there is no batcher
         await self.sender
 
 
@@ -604,7 +605,7 @@ async def _until_stopped(turn: Turn, work, *, streaming: bool = False):
 def _parse_arguments(text: str) -> tuple[object, str | None]:
     try:
         return json.loads(text or "{}"), None
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:  # the ValueError json.loads raises for bad JSON
         return None, f"The arguments were not valid JSON ({exc.msg} at character {exc.pos})."
 
 
@@ -637,6 +638,7 @@ async def _run_call(turn: Turn, call: ToolCall) -> None:
                 call, status=ToolCallStatus.CANCELLED, output="Stopped.", finished=timezone.now()
             )
             await _publish_call(turn, "tool.finished", call)
+            assert call.finished is not None and call.started is not None  # both saved above
             ran_ms = int((call.finished - call.started).total_seconds() * 1000)
             await ausage_record_tool(
                 run=turn.run, call=call, duration_ms=ran_ms, outcome="cancelled"

@@ -180,6 +180,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_NOT_FOUND)
 
     async def _send_sync(self) -> None:
+        assert self.conversation is not None  # called once connected to one
         runs = []
         for run_id in await _active_runs(self.conversation.pk):
             snap = await streams.snapshot(run_id)

@@ -183,7 +183,11 @@ def build(*, workspace: Workspace) -> str:
     manifests = [repo.paths[name] for name in _MANIFESTS if name in repo.paths]
     instruction_files = _present(repo, INSTRUCTION_FILES)
     readmes = _present(repo, README_NAMES, any_case=True)
-    small = [e for e in manifests + instruction_files + readmes if e.size <= MAX_BLOB_BYTES]
+    small = [
+        e
+        for e in manifests + instruction_files + readmes
+        if e.size is not None and e.size <= MAX_BLOB_BYTES
+    ]
     blobs = repos.read_blobs(workspace=workspace, ids=[entry.id for entry in small])
     instructions = _first_text(instruction_files, blobs)
     readme = _first_text(readmes, blobs)
@@ -405,7 +409,7 @@ def _pytest_configured(repo: _Repo, blobs: dict[str, bytes]) -> bool:
     if any(path.rpartition("/")[2] == "conftest.py" for path in repo.paths):
         return True
     pyproject = repo.paths.get("pyproject.toml")
-    return bool(pyproject) and b"[tool.pytest" in blobs.get(pyproject.id, b"")
+    return pyproject is not None and b"[tool.pytest" in blobs.get(pyproject.id, b"")
 
 
 def _languages(repo: _Repo) -> str:

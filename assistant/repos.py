@@ -46,6 +46,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -540,7 +541,7 @@ def _fetch(mirror: Path, url: str, remote: dict[str, str]) -> None:
 
 
 def _record_fetch(repo: Repository, *, error: str) -> None:
-    fields = {"last_fetch_error": error}
+    fields: dict[str, Any] = {"last_fetch_error": error}
     if not error:
         fields["last_fetched"] = timezone.now()
     Repository.objects.filter(pk=repo.pk).update(**fields)
@@ -669,7 +670,9 @@ def _rmtree(path: Path) -> None:
         raise RepoError(f"Removing the workspace failed: {exc}")
     if not os.path.lexists(path):
         return
-    handler = {"onexc": unlock} if sys.version_info >= (3, 12) else {"onerror": unlock}
+    handler: dict[str, Any] = (
+        {"onexc": unlock} if sys.version_info >= (3, 12) else {"onerror": unlock}
+    )
     try:
         shutil.rmtree(path, **handler)
     except OSError as exc:
@@ -938,8 +941,8 @@ def tree_entries(*, workspace: Workspace, tree: str) -> list[TreeEntry]:
         if not record:
             continue
         meta, _, path = record.partition(b"\t")  # "<mode> <type> <id> <padded size>\t<path>"
-        mode, _, oid, size = meta.decode().split()
-        size = None if size == "-" else int(size)
+        mode, _, oid, size_text = meta.decode().split()
+        size = None if size_text == "-" else int(size_text)
         entries.append(TreeEntry(mode, oid, size, path.decode("utf-8", "surrogateescape")))
     return entries
 
@@ -1121,7 +1124,8 @@ def remove_orphans(*, older_than: float = 3600) -> int:
         for directory in repos_root().glob(pattern):
             if time.time() - directory.lstat().st_mtime < older_than or not directory.is_dir():
                 continue
-            if not model.objects.filter(uuid=_uuid(directory.name)).exists():
+            # A name that is no UUID is None, which matches no row: such a directory goes too.
+            if not model.objects.filter(uuid=_uuid(directory.name)).exists():  # type: ignore[misc]
                 _rmtree(directory)
                 removed += 1
     return removed

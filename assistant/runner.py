@@ -91,7 +91,7 @@ def worker_loop() -> asyncio.AbstractEventLoop:
             try:
                 import uvloop
 
-                loop = uvloop.new_event_loop()
+                loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
             except ImportError:
                 loop = asyncio.new_event_loop()
             thread = threading.Thread(target=loop.run_forever, name="tandem-run-loop", daemon=True)

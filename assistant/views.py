@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -56,7 +58,7 @@ def _turns(conversation, workspace) -> list[dict]:
     turns: list[dict] = []
     by_message: dict[int, dict] = {}
     for message in selectors.user_messages_of(conversation):
-        turn = {"message": message_context(message), "runs": []}
+        turn: dict[str, Any] = {"message": message_context(message), "runs": []}
         turns.append(turn)
         by_message[message.pk] = turn
     for run in selectors.runs_of(conversation):

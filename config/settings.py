@@ -184,7 +184,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": DATA_DIR / "db.sqlite3",
+            "NAME": str(DATA_DIR / "db.sqlite3"),
             # WAL and a busy timeout: the server's threads and its in-process runs write at once.
             "OPTIONS": {
                 "timeout": 20,

@@ -66,7 +66,7 @@ def turns(conversation: Conversation, lens: Lens, *, changes: bool = True) -> li
     out: list[dict] = []
     by_message: dict[int, dict] = {}
     for message in messages:
-        turn = {"message": message_view(message, lens), "runs": []}
+        turn: dict[str, Any] = {"message": message_view(message, lens), "runs": []}
         out.append(turn)
         by_message[message.pk] = turn
     workspace = workspace_of(conversation) if changes else None

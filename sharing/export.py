@@ -30,7 +30,7 @@ Redact = bool | Callable[[str], str]
 
 def _lens(conversation, until: datetime | None, redact: Redact, public: bool) -> Lens:
     if redact is True:
-        fn = redaction.for_team(conversation.team, hide_member_emails=public)
+        fn: Callable[[str], str] = redaction.for_team(conversation.team, hide_member_emails=public)
     elif redact is False:
         fn = redaction.no_redaction
     else:

@@ -12,6 +12,7 @@ deleted conversation or person must not take the team's history with it.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.core.validators import MinValueValidator
@@ -21,7 +22,7 @@ from django.utils import timezone
 from accounts.models import Team
 from assistant.models import Conversation, Run
 
-COST = {"max_digits": 20, "decimal_places": 10, "default": Decimal(0)}
+COST: dict[str, Any] = {"max_digits": 20, "decimal_places": 10, "default": Decimal(0)}
 
 
 class ModelPrice(models.Model):

@@ -63,7 +63,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 # A word list reads better as text than as fifty one-word lines.
 WORDS = tuple(
@@ -78,7 +80,7 @@ TOOL_RESULT_PREVIEW = 200
 TOOL_ARGUMENT_PIECES = 3
 
 _FLAG = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
-_CONVERTERS = {
+_CONVERTERS: dict[str, Callable[[str], Any]] = {
     "tokens": int,
     "delay_ms": float,
     "first_token_ms": float,
@@ -162,7 +164,7 @@ def tool_argument_pieces(arguments: dict) -> list[str]:
 
 def parse_directives(text: str) -> tuple[Script, str]:
     """Return the script of a message and its text with the directive blocks removed."""
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     spans: list[tuple[int, int]] = []
     for match in _BLOCK.finditer(text):
         pairs = [item.split("=", 1) for item in match.group(1).split()]
@@ -225,8 +227,8 @@ def demo_text(user_text: str) -> str:
     )
 
 
-def _convert(pairs: list[list[str]]) -> dict[str, object]:
-    converted: dict[str, object] = {}
+def _convert(pairs: list[list[str]]) -> dict[str, Any]:
+    converted: dict[str, Any] = {}
     for key, raw in pairs:
         try:
             converted[key] = _CONVERTERS[key](raw.lower())

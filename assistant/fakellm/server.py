@@ -18,7 +18,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from aiohttp import web
 
@@ -31,7 +31,7 @@ RETRY_AFTER_SECONDS = "1"
 _COMPACT = (",", ":")  # JSON separators without spaces, as the real providers send
 
 FAIL_COUNTS = web.AppKey("fail_counts", dict)
-CALL_IDS = web.AppKey("call_ids", itertools.count)
+CALL_IDS = web.AppKey[Iterator[int]]("call_ids")
 
 _MESSAGES = {
     400: "Bad request (scripted by the fake LLM).",

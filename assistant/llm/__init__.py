@@ -344,7 +344,8 @@ async def _litellm_pieces(
 
 
 def _litellm_fragments(
-    tool_calls: list[Any], first_index: int | None  # litellm's objects
+    tool_calls: list[Any],  # litellm's objects
+    first_index: int | None,
 ) -> tuple[direct.ToolFragment, ...]:
     fragments = []
     for position, call in enumerate(tool_calls):
