@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from django.contrib.auth.models import AnonymousUser
 from django.db.models import QuerySet
 from django.http import Http404
 
 from .models import Invitation, Membership, Team, User
 
 
-def membership_for(user: User, slug: str) -> Membership:
+def membership_for(user: User | AnonymousUser, slug: str) -> Membership:
     """The user's membership of the team ``slug``; 404 when there is none (or no such team)."""
     if not user.is_authenticated:
         raise Http404("No such team")
@@ -18,7 +19,7 @@ def membership_for(user: User, slug: str) -> Membership:
         raise Http404("No such team")
 
 
-def admin_membership_for(user: User, slug: str) -> Membership:
+def admin_membership_for(user: User | AnonymousUser, slug: str) -> Membership:
     """As membership_for, but the user must be an owner or admin (404 otherwise, so a member
     learns nothing about admin-only pages beyond what they can already see)."""
     membership = membership_for(user, slug)

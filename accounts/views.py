@@ -8,11 +8,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from . import selectors, services
+from .http import AuthenticatedHttpRequest
 from .models import Role
 
 
 @login_required
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Back to the last team used; a first-time user is asked to create one."""
     teams = list(selectors.teams_of(request.user))
     # A team just joined on sign-in wins: allauth picks its redirect before the invitation is
@@ -37,7 +38,7 @@ class TeamForm(forms.Form):
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def team_create(request: HttpRequest) -> HttpResponse:
+def team_create(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = TeamForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -59,7 +60,7 @@ class InviteForm(forms.Form):
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def members(request: HttpRequest, slug: str) -> HttpResponse:
+def members(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     membership = selectors.membership_for(request.user, slug)
     team = membership.team
     form = InviteForm(request.POST or None)

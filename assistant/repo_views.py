@@ -27,6 +27,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from accounts.http import AuthenticatedHttpRequest
 from accounts.selectors import admin_membership_for, membership_for
 
 from . import diffs, images, repos, runner, selectors, services
@@ -323,7 +324,9 @@ def _safe_filename(name: str) -> str:
 
 @login_required
 @require_POST
-def conversation_push(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
+def conversation_push(
+    request: AuthenticatedHttpRequest, slug: str, conversation_id
+) -> HttpResponse:
     """Commit the conversation's changes (authored by the person pushing) and push them to
     a new branch of the remote. Never forced: an existing branch of that name is refused."""
     conversation, workspace = _workspace(request, slug, conversation_id)

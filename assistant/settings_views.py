@@ -104,7 +104,7 @@ def team_settings_test(request: HttpRequest, slug: str) -> HttpResponse:
     if request.POST and form.is_valid():
         _apply_llm_settings(team, form.cleaned_data)  # on this copy only: nothing is saved
     elif request.POST:
-        errors = " ".join(" ".join(errs) for errs in form.errors.values())
+        errors = " ".join(" ".join(map(str, errs)) for errs in form.errors.values())
         return render(request, "assistant/_test_result.html", {"ok": False, "text": errors})
     try:
         result = async_to_sync(check_connection)(config_for_team(team))

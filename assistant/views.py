@@ -10,6 +10,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
+from accounts.http import AuthenticatedHttpRequest
 from accounts.selectors import membership_for
 
 from . import selectors, services, streams
@@ -19,7 +20,7 @@ from .rendering import message_context, run_context, tool_call_context
 
 @login_required
 @require_GET
-def conversation_list(request: HttpRequest, slug: str) -> HttpResponse:
+def conversation_list(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     membership = membership_for(request.user, slug)
     request.session["last_team"] = slug
     query = request.GET.get("q", "").strip()[:200]
@@ -40,7 +41,7 @@ SIDEBAR_LENGTH = 40
 
 @login_required
 @require_POST
-def conversation_create(request: HttpRequest, slug: str) -> HttpResponse:
+def conversation_create(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     membership = membership_for(request.user, slug)
     title = request.POST.get("title", "").strip()
     conversation = (
@@ -62,10 +63,10 @@ def _turns(conversation, workspace) -> list[dict]:
         turns.append(turn)
         by_message[message.pk] = turn
     for run in selectors.runs_of(conversation):
-        turn = by_message.get(run.user_message_id)
-        if turn is None:
+        answered = by_message.get(run.user_message_id)
+        if answered is None:
             continue
-        turn["runs"].append(_run_context(run, workspace))
+        answered["runs"].append(_run_context(run, workspace))
     return turns
 
 
@@ -108,7 +109,9 @@ _STREAMING = ("queued", "running")
 
 @login_required
 @require_GET
-def conversation_detail(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
+def conversation_detail(
+    request: AuthenticatedHttpRequest, slug: str, conversation_id
+) -> HttpResponse:
     membership = membership_for(request.user, slug)
     conversation = selectors.conversation_for(membership, conversation_id)
     workspace = selectors.workspace_of(conversation)  # once: the turns, header and form need it
@@ -130,7 +133,7 @@ def conversation_detail(request: HttpRequest, slug: str, conversation_id) -> Htt
 
 @login_required
 @require_POST
-def message_send(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
+def message_send(request: AuthenticatedHttpRequest, slug: str, conversation_id) -> HttpResponse:
     membership = membership_for(request.user, slug)
     conversation = selectors.conversation_for(membership, conversation_id)
     content = request.POST.get("content", "")
@@ -150,7 +153,9 @@ def message_send(request: HttpRequest, slug: str, conversation_id) -> HttpRespon
 
 @login_required
 @require_POST
-def conversation_rename(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
+def conversation_rename(
+    request: AuthenticatedHttpRequest, slug: str, conversation_id
+) -> HttpResponse:
     membership = membership_for(request.user, slug)
     conversation = selectors.conversation_for(membership, conversation_id)
     error = ""
@@ -169,7 +174,9 @@ def conversation_rename(request: HttpRequest, slug: str, conversation_id) -> Htt
 
 @login_required
 @require_POST
-def conversation_delete(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
+def conversation_delete(
+    request: AuthenticatedHttpRequest, slug: str, conversation_id
+) -> HttpResponse:
     membership = membership_for(request.user, slug)
     conversation = selectors.conversation_for(membership, conversation_id)
     title = conversation.display_title
@@ -190,7 +197,7 @@ def run_cancel(request: HttpRequest, run_id) -> HttpResponse:
 
 @login_required
 @require_POST
-def run_retry(request: HttpRequest, run_id) -> HttpResponse:
+def run_retry(request: AuthenticatedHttpRequest, run_id) -> HttpResponse:
     run = selectors.run_for_user(request.user, run_id)
     try:
         new_run = services.run_retry(run=run, author=request.user)
@@ -211,7 +218,7 @@ def run_detail(request: HttpRequest, run_id) -> HttpResponse:
 
 @login_required
 @require_POST
-def run_undo(request: HttpRequest, run_id) -> HttpResponse:
+def run_undo(request: AuthenticatedHttpRequest, run_id) -> HttpResponse:
     """Revert the files one turn changed; the bubble comes back saying so (or why not)."""
     run = selectors.run_for_user(request.user, run_id)
     error = ""
@@ -226,7 +233,7 @@ def run_undo(request: HttpRequest, run_id) -> HttpResponse:
 
 @login_required
 @require_POST
-def tool_call_decide(request: HttpRequest, call_id) -> HttpResponse:
+def tool_call_decide(request: AuthenticatedHttpRequest, call_id) -> HttpResponse:
     """Approve or deny a command awaiting approval; the card comes back as it is now (with
     who decided, if someone was quicker)."""
     call, membership = selectors.tool_call_for_user(request.user, call_id)

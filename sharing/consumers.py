@@ -50,6 +50,7 @@ def _open(token: str, ip: str | None, user) -> tuple[str, ShareLink | None, cont
     if found.outcome != services.FOUND:
         return found.outcome, None, None
     link = found.link
+    assert link is not None  # FOUND comes with its link
     if not link.is_live or not services.may_view(link, user):
         return services.NOT_FOUND, None, None
     return services.FOUND, link, content.lens_for_link(link)
@@ -161,8 +162,9 @@ class ShareConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.link is None:
             return
-        if getattr(self, "expiry", None) is not None:
-            self.expiry.cancel()
+        expiry = getattr(self, "expiry", None)
+        if expiry is not None:
+            expiry.cancel()
         for group in self.groups_joined:
             await self.channel_layer.group_discard(group, self.channel_name)
 

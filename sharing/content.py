@@ -71,9 +71,9 @@ def turns(conversation: Conversation, lens: Lens, *, changes: bool = True) -> li
         by_message[message.pk] = turn
     workspace = workspace_of(conversation) if changes else None
     for run in runs:
-        turn = by_message.get(run.user_message_id)
-        if turn is not None:
-            turn["runs"].append(run_view(run, lens, workspace=workspace))
+        answered = by_message.get(run.user_message_id)
+        if answered is not None:
+            answered["runs"].append(run_view(run, lens, workspace=workspace))
     return out
 
 

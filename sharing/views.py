@@ -15,6 +15,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from accounts.http import AuthenticatedHttpRequest, HtmxHttpRequest
 from accounts.selectors import admin_membership_for, membership_for, teams_of
 from assistant import selectors as assistant_selectors
 from config import clientip
@@ -62,7 +63,7 @@ def share_list(request: HttpRequest, slug: str, conversation_id) -> HttpResponse
 
 @login_required
 @require_POST
-def share_create(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
+def share_create(request: AuthenticatedHttpRequest, slug: str, conversation_id) -> HttpResponse:
     membership = membership_for(request.user, slug)
     conversation = assistant_selectors.conversation_for(membership, conversation_id)
     form = {
@@ -88,7 +89,7 @@ def share_create(request: HttpRequest, slug: str, conversation_id) -> HttpRespon
 
 @login_required
 @require_POST
-def share_revoke(request: HttpRequest, slug: str, link_id) -> HttpResponse:
+def share_revoke(request: AuthenticatedHttpRequest, slug: str, link_id) -> HttpResponse:
     membership = membership_for(request.user, slug)
     link = get_object_or_404(
         ShareLink.objects.select_related("conversation", "created_by", "revoked_by"),
@@ -129,7 +130,7 @@ def team_shares(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def sharing_policy(request: HttpRequest, slug: str) -> HttpResponse:
+def sharing_policy(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     membership = admin_membership_for(request.user, slug)
     services.set_policy(
         team=membership.team,
@@ -223,6 +224,7 @@ def _resolve_and_call(view, request, token, *args, **kwargs) -> HttpResponse:
             "Ask them for a new one.",
         )
     link = found.link
+    assert link is not None  # FOUND comes with its link
     if not services.may_view(link, request.user):
         if not request.user.is_authenticated:
             # Back to the page after signing in (a POST's URL would answer 405 to the GET).
@@ -247,7 +249,7 @@ def _title(link: ShareLink, lens) -> str:
 
 @require_GET
 @shared
-def share_view(request: HttpRequest, link: ShareLink, token: str) -> HttpResponse:
+def share_view(request: HtmxHttpRequest, link: ShareLink, token: str) -> HttpResponse:
     lens = content.lens_for_link(link)
     context = {
         "link": link,

@@ -129,7 +129,8 @@ def post_all(connection: SlackConnection, posts: list[Post], *, attempt: int = 0
         except Failure as exc:
             if exc.revoked:
                 raise
-            if exc.retry_in is not None and (retry is None or exc.retry_in > retry.retry_in):
+            # A kept failure always has a retry_in (the "or 0" is for the type checker).
+            if exc.retry_in is not None and (retry is None or exc.retry_in > (retry.retry_in or 0)):
                 retry = exc
     if retry is not None:
         raise retry

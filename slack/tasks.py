@@ -61,7 +61,7 @@ def notify_run(self, run_id: str) -> None:
     run = (
         Run.objects.select_related("conversation__team", "requested_by").filter(uuid=run_id).first()
     )
-    connection = run and services.active_connection(team_id=run.conversation.team_id)
+    connection = services.active_connection(team_id=run.conversation.team_id) if run else None
     if connection is None:  # no Slack, or the conversation was deleted meanwhile
         return
     try:
@@ -257,7 +257,8 @@ def handle_action(self, payload: dict) -> None:
             continue
         call_obj = (
             ToolCall.objects.select_related("run__conversation__team", "decided_by")
-            .filter(uuid=_uuid(action.get("value")), run__conversation__team=connection.team)
+            # Not a UUID: None, which matches no call.
+            .filter(uuid=_uuid(action.get("value")), run__conversation__team=connection.team)  # type: ignore[misc]
             .first()
         )
         if call_obj is None:

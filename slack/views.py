@@ -8,6 +8,7 @@ import hmac
 import json
 import logging
 import secrets
+from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -22,6 +23,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts import selectors
+from accounts.http import AuthenticatedHttpRequest
 from accounts.models import Membership
 from assistant.selectors import conversation_for
 
@@ -191,7 +193,7 @@ def connect(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def oauth_callback(request: HttpRequest) -> HttpResponse:
+def oauth_callback(request: AuthenticatedHttpRequest) -> HttpResponse:
     saved = request.session.pop("slack_oauth", None) or {}
     state = request.GET.get("state", "")
     if not saved.get("state") or not hmac.compare_digest(saved["state"], state):
@@ -252,7 +254,7 @@ def oauth_callback(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def link(request: HttpRequest, token: str) -> HttpResponse:
+def link(request: AuthenticatedHttpRequest, token: str) -> HttpResponse:
     pending = LinkRequest.objects.filter(token_hash=hash_token(token)).first()
     connection = (
         services.active_connection(slack_team_id=pending.slack_team_id) if pending else None
@@ -314,7 +316,8 @@ def settings_page(request: HttpRequest, slug: str) -> HttpResponse:
     membership = selectors.admin_membership_for(request.user, slug)
     team = membership.team
     connection = _connection(team)
-    channels, channels_error = [], ""
+    channels: list[dict[str, Any]] = []
+    channels_error = ""
     if connection and connection.has_bot and connection.is_active:
         channels, channels_error = _channels(connection)
         connection.refresh_from_db()
@@ -344,7 +347,7 @@ def settings_page(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def webhook(request: HttpRequest, slug: str) -> HttpResponse:
+def webhook(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     membership = selectors.admin_membership_for(request.user, slug)
     url = request.POST.get("url", "").strip()
     if not webhook_allowed(url) or len(url) > 500:
@@ -403,13 +406,14 @@ def kinds(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def test_message(request: HttpRequest, slug: str) -> HttpResponse:
+def test_message(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     membership = selectors.admin_membership_for(request.user, slug)
     connection = _connection(membership.team)
     target = services._team_target(connection) if connection and connection.is_active else None
     if target is None:
         messages.error(request, "Nothing to send to yet: connect Slack and pick a channel.")
         return redirect("slack_settings", slug=slug)
+    assert connection is not None  # a target comes from a connection
     text = f":wave: A test message from Tandem, sent by {blocks.escape(request.user.name)}."
     try:
         services._send(connection, target, blocks.plain(text), 0)
@@ -443,7 +447,7 @@ def disconnect(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def follow(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
+def follow(request: AuthenticatedHttpRequest, slug: str, conversation_id) -> HttpResponse:
     membership = selectors.membership_for(request.user, slug)
     conversation = conversation_for(membership, conversation_id)
     existing = ConversationFollow.objects.filter(user=request.user, conversation=conversation)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
+from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import F, Q, QuerySet, Sum
@@ -121,7 +122,7 @@ def parse_range(params, today: date | None = None) -> DateRange:
 class Row:
     """Sums over some slice of the range."""
 
-    key: object = None
+    key: Any = None  # what the row sums over: a day, a team's or member's id, (model, kind)…
     label: str = ""
     calls: int = 0  # LLM calls
     errors: int = 0

@@ -192,7 +192,7 @@ def team_budget_save(request: HttpRequest, slug: str) -> HttpResponse:
     team = admin_membership_for(request.user, slug).team
     form = BudgetForm(request.POST)
     if not form.is_valid():
-        errors = " ".join(" ".join(e) for e in form.errors.values())
+        errors = " ".join(" ".join(map(str, e)) for e in form.errors.values())
         messages.error(request, f"The limits were not saved. {errors}")
         return redirect("usage_dashboard", slug=slug)
     team.monthly_budget_usd = form.cleaned_data["monthly_budget_usd"]
@@ -222,7 +222,7 @@ def team_prices_save(request: HttpRequest, slug: str) -> HttpResponse:
         return redirect("usage_dashboard", slug=slug)
     form = PriceForm(request.POST)
     if not form.is_valid():
-        errors = " ".join(" ".join(e) for e in form.errors.values())
+        errors = " ".join(" ".join(map(str, e)) for e in form.errors.values())
         messages.error(request, f"The price was not saved. {errors}")
         return redirect("usage_dashboard", slug=slug)
     data = form.cleaned_data

@@ -211,7 +211,8 @@ def _text_of(units: list[tuple[int | None, str]], call: int | None = None) -> st
 
 
 def _call_id(request: web.Request) -> str:
-    return f"call_{next(request.app[CALL_IDS])}"
+    ids = request.app[CALL_IDS]
+    return f"call_{next(ids)}"
 
 
 def content_text(content: object) -> str:
