@@ -50,9 +50,13 @@ bench: $(STAMP)
 	@$(PY) scripts/check_services.py
 	$(PY) bench/stream.py
 
+## ruff, mypy (django-stubs; strict where pyproject.toml says) and the import layers.
+## mypy imports config.test_settings (the django-stubs plugin needs them); nothing connects.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
