@@ -26,9 +26,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -139,7 +139,10 @@ async def _events(opened: Opened) -> AsyncIterator[bytes]:
             ended.cancel()
 
 
-async def _until_ended(awaitable, ended: asyncio.Future):
+_T = TypeVar("_T")
+
+
+async def _until_ended(awaitable: Awaitable[_T], ended: asyncio.Future[Any]) -> _T | None:
     """``awaitable``'s result, or None once ``ended`` is done (the caller's access ended)."""
     task = asyncio.ensure_future(awaitable)
     try:
@@ -152,7 +155,7 @@ async def _until_ended(awaitable, ended: asyncio.Future):
     return task.result()
 
 
-async def _log_events(opened: Opened, ended: asyncio.Future):
+async def _log_events(opened: Opened, ended: asyncio.Future[Any]) -> AsyncIterator[bytes]:
     reader = eventlog.reader_for(opened.conversation_id)
     heartbeat = settings.API_SSE_HEARTBEAT_SECONDS
     # Seen in a snapshot: run id -> its last delta number there.
@@ -206,9 +209,10 @@ async def _log_events(opened: Opened, ended: asyncio.Future):
                     pending = []
                     yield chunk
             else:
-                pending = await _until_ended(reader.wait(position, int(heartbeat * 1000)), ended)
-                if pending is None:
+                waited = await _until_ended(reader.wait(position, int(heartbeat * 1000)), ended)
+                if waited is None:
                     return
+                pending = waited
                 if not pending:
                     yield b": keepalive\n\n"
             read_at = time.monotonic()

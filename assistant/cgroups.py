@@ -37,6 +37,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
 _lock = threading.Lock()
-_state: dict[str, object] = {}  # "parents": list[Path] | None, "why": str, "version": int
+_state: dict[str, Any] = {}  # "parents": list[Path] | None, "why": str, "version": int
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def status() -> tuple[int, str]:
 def _parents() -> list[Path] | None:
     """The parent directories (one on v2; memory, pids, cpu on v1), set up once per process."""
     if "parents" in _state:
-        return _state["parents"]  # type: ignore[return-value]
+        return _state["parents"]
     with _lock:
         if "parents" not in _state:
             try:
@@ -80,7 +81,7 @@ def _parents() -> list[Path] | None:
                 _state.update(parents=parents, version=version, why="")
             except _Unavailable as exc:
                 _state.update(parents=None, version=0, why=str(exc))
-    return _state["parents"]  # type: ignore[return-value]
+    return _state["parents"]
 
 
 class _Unavailable(Exception):

@@ -52,7 +52,7 @@ def announce_limits() -> None:
 
 @checks.register()
 def sandbox_limits(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
-    found = []
+    found: list[checks.CheckMessage] = []
     if why := _cgroup_problem():
         found.append(
             checks.Warning(

@@ -176,6 +176,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
 
     async def access_ended(self, message: dict[str, Any]) -> None:
         # Removed from the team, deactivated or deleted: nothing more, from this moment.
+        assert self.conversation is not None  # its group is joined once connected to one
         if events.ends_access(message, self.conversation.team_id):
             await self.close(code=CLOSE_NOT_FOUND)
 

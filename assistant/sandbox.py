@@ -53,7 +53,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from assistant import cgroups
 
@@ -111,7 +111,10 @@ GRANT_MAX_ENTRIES = 500_000
 GRANT_MAX_SECONDS = 120.0
 
 
-def _setting(name: str, default):
+_Number = TypeVar("_Number", int, float)
+
+
+def _setting(name: str, default: _Number) -> _Number:
     """A number from Django's settings (0 means no limit), or ``default`` outside Django."""
     try:
         from django.conf import settings
