@@ -75,7 +75,8 @@ def _listing(workspace: Workspace, old: str, new: str) -> tuple[list[FileChange]
     # --raw first: ":<old mode> <new mode> <old id> <new id> <status>", then one name (two for
     # a rename or copy) per file; then --numstat in the same order: "<added>\t<deleted>\t<name>"
     # or, for a rename, "<added>\t<deleted>\t", old name, new name.
-    at, changes, ids = 0, [], {}
+    at, ids = 0, {}
+    changes: list[FileChange] = []
     while at < len(fields) and fields[at].startswith(b":"):
         meta = fields[at].split(b" ")
         letter = meta[-1][:1].decode()

@@ -125,6 +125,7 @@ def undo(run_id: str) -> None:
             undo_requested_by=None,
             undo_error="",
         )
+        assert workspace is not None  # no workspace is an error above
         try:
             Workspace.objects.filter(pk=workspace.pk).update(
                 tree=repos.snapshot(workspace=workspace)

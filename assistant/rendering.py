@@ -229,10 +229,11 @@ def _human_size(size: int | None) -> str:
         return ""
     if size < 1000:
         return f"{size} bytes"
+    scaled = float(size)
     for unit in ("kB", "MB", "GB"):
-        size /= 1000
-        if size < 1000 or unit == "GB":
-            return f"{size:.1f} {unit}"
+        scaled /= 1000
+        if scaled < 1000 or unit == "GB":
+            return f"{scaled:.1f} {unit}"
     return ""
 
 

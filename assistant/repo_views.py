@@ -21,6 +21,7 @@ from django.http import (
     HttpRequest,
     HttpResponse,
     HttpResponseBadRequest,
+    HttpResponseBase,
     StreamingHttpResponse,
 )
 from django.shortcuts import get_object_or_404, redirect, render
@@ -270,7 +271,7 @@ def _in_flight(conversation) -> bool:
 
 @login_required
 @require_GET
-def conversation_patch(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
+def conversation_patch(request: HttpRequest, slug: str, conversation_id) -> HttpResponseBase:
     """Everything the conversation changed up to its last finished turn, as a patch for
     `git apply` on its base commit: streamed from git as it comes, never held whole, and cut
     at PATCH_MAX_BYTES with a last line that says so."""
@@ -288,11 +289,12 @@ def conversation_patch(request: HttpRequest, slug: str, conversation_id) -> Http
     if not first:
         text = "This conversation has not changed any files yet."
         return _refused(request, conversation, heading, text)
-    body = _prepended(first, chunks)
+    sync_body = _prepended(first, chunks)
+    body: Iterator[bytes] | AsyncIterator[bytes] = sync_body
     if isinstance(request, ASGIRequest):
         # Under ASGI Django would first read a sync iterator whole (into a list), the very
         # thing this avoids: hand it an async one that reads git a chunk at a time.
-        body = _async_chunks(body)
+        body = _async_chunks(sync_body)
     response = StreamingHttpResponse(body, content_type="text/x-diff; charset=utf-8")
     name = f"tandem-{workspace.repository.name}-{conversation.uuid.hex[:8]}.patch"
     response["Content-Disposition"] = f'attachment; filename="{_safe_filename(name)}"'
@@ -308,10 +310,9 @@ def _prepended(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
 
 
 async def _async_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-    done = object()
-    step = sync_to_async(lambda: next(chunks, done), thread_sensitive=False)
+    step = sync_to_async(lambda: next(chunks, None), thread_sensitive=False)  # None: the end
     try:
-        while (chunk := await step()) is not done:
+        while (chunk := await step()) is not None:
             yield chunk
     finally:
         # A download stopped half-way: stop git too (closing the generator kills it).

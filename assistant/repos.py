@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import io
 import logging
 import os
 import re
@@ -42,11 +43,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -291,7 +292,7 @@ class GitStream:
         self.timed_out = False
         self.read = 0
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Generator[bytes, None, None]:
         import threading
 
         command = ["git", *_HARDENING, *map(str, self.args)]
@@ -323,21 +324,23 @@ class GitStream:
             timer.start()
             if self.input is not None:
                 threading.Thread(target=_feed, args=(proc, self.input), daemon=True).start()
+            # stdout=PIPE with the default buffering: a BufferedReader, which has read1.
+            stdout = cast(io.BufferedReader, proc.stdout)
             try:
                 while self.read < self.limit:
-                    chunk = proc.stdout.read1(min(self.CHUNK, self.limit - self.read))
+                    chunk = stdout.read1(min(self.CHUNK, self.limit - self.read))
                     if not chunk:
                         break
                     self.read += len(chunk)
                     yield chunk
                 else:
                     # Exactly at the limit: cut only if git had more to say.
-                    self.cut = bool(proc.stdout.read1(1))
+                    self.cut = bool(stdout.read1(1))
             finally:
                 timer.cancel()
                 if self.cut or proc.poll() is None:
                     kill()
-                proc.stdout.close()
+                stdout.close()
                 code = proc.wait()
             if self.timed_out:
                 raise RepoError(
@@ -353,6 +356,7 @@ class GitStream:
 
 def _feed(proc: subprocess.Popen, data: bytes) -> None:
     try:
+        assert proc.stdin is not None  # stdin=PIPE
         proc.stdin.write(data)
         proc.stdin.close()
     except (BrokenPipeError, ValueError, OSError):

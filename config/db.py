@@ -15,9 +15,17 @@ answered 503 with a sentence (``pool_exhausted_response``), never a hang or a tr
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from channels.db import database_sync_to_async
 from django.db import connections
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest, HttpResponse
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 MESSAGE = (
     "Tandem is too busy to answer right now: every database connection is in use. "
@@ -26,17 +34,17 @@ MESSAGE = (
 RETRY_AFTER_SECONDS = 5
 
 
-def db_sync_to_async(func):
+def db_sync_to_async(func: Callable[_P, _R]) -> Callable[_P, Any]:  # awaitable, untyped channels
     """``sync_to_async`` on a pool thread that returns its database connection after the call
     (and drops a broken one before it). For ORM work from async code."""
     return database_sync_to_async(func, thread_sensitive=False)
 
 
-def release(func):
+def release(func: Callable[_P, _R]) -> Callable[_P, _R]:
     """Run ``func`` and give the calling thread's connection back to the pool afterwards (for
     sync code called from an async view that then goes on without the database)."""
 
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return func(*args, **kwargs)
         finally:
@@ -68,9 +76,10 @@ def is_pool_exhausted(exc: BaseException | None) -> bool:
     return False
 
 
-def pool_exhausted_response(request):
+def pool_exhausted_response(request: HttpRequest) -> HttpResponse:
     from django.http import HttpResponse, JsonResponse
 
+    response: HttpResponse
     if request.path.startswith("/api/"):
         response = JsonResponse({"error": {"code": "unavailable", "message": MESSAGE}}, status=503)
     else:
@@ -79,7 +88,7 @@ def pool_exhausted_response(request):
     return response
 
 
-def server_error(request, *args, **kwargs):
+def server_error(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
     """handler500: a pool timeout becomes a 503 that says so; anything else is Django's 500.
     Must not touch the database (it may be what failed)."""
     if is_pool_exhausted(sys.exc_info()[1]):

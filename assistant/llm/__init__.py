@@ -537,7 +537,7 @@ def _in_chain(exc: BaseException, predicate: Callable[[BaseException], bool]) ->
     return False
 
 
-def _found_in_chain(exc: BaseException, kind: type) -> BaseException | None:
+def _found_in_chain(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
     seen: BaseException | None = exc
     for _ in range(10):
         if seen is None or isinstance(seen, kind):

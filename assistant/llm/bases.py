@@ -29,6 +29,7 @@ import asyncio
 import contextvars
 import ipaddress
 import socket
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -148,17 +149,29 @@ async def check_before_call(url: str) -> None:
 checking: contextvars.ContextVar[bool] = contextvars.ContextVar("llm_base_checking", default=False)
 
 
-def _resolver_base():
+def _resolver_base() -> type[Any]:
     from aiohttp.resolver import DefaultResolver
 
     return DefaultResolver
 
 
-class CheckingResolver(_resolver_base()):
+if TYPE_CHECKING:
+    from aiohttp.abc import ResolveResult
+
+    # DefaultResolver is an alias (ThreadedResolver, or AsyncResolver with aiodns) mypy cannot
+    # subclass; the threaded one stands for both.
+    from aiohttp.resolver import ThreadedResolver as _ResolverBase
+else:
+    _ResolverBase = _resolver_base()
+
+
+class CheckingResolver(_ResolverBase):
     """aiohttp's resolver, refusing addresses a team's base must not reach (when ``checking``
     is set for the call): the check and the connection use the same lookup."""
 
-    async def resolve(self, host, port=0, family=socket.AF_INET):
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         infos = await super().resolve(host, port, family)
         if checking.get():
             for info in infos:
