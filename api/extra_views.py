@@ -9,14 +9,22 @@ is done by the services the web pages use.
 from __future__ import annotations
 
 import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from django.core.handlers.asgi import ASGIRequest
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import (
+    HttpRequest,
+    HttpResponseBase,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.urls import reverse
 from django.utils import timezone
 
 from assistant import repos, services
-from assistant.models import ToolCall, ToolCallStatus
+from assistant.models import Conversation, ToolCall, ToolCallStatus, Workspace
 
 from . import data
 from .http import ApiError, Caller, endpoint, json_body, team_param
@@ -43,7 +51,7 @@ def approvals(request: HttpRequest, caller: Caller) -> JsonResponse:
     return JsonResponse({"data": [approval_data(call) for call in calls]})
 
 
-def approval_data(call: ToolCall) -> dict:
+def approval_data(call: ToolCall) -> dict[str, Any]:
     conversation = call.run.conversation
     return {
         **data.tool_call_data(call),
@@ -57,7 +65,7 @@ def approval_data(call: ToolCall) -> dict:
 
 
 @endpoint("POST")
-def shares(request: HttpRequest, caller: Caller, conversation_id) -> JsonResponse:
+def shares(request: HttpRequest, caller: Caller, conversation_id: uuid.UUID) -> JsonResponse:
     from sharing import services as sharing
 
     found = _conversation(request, caller, conversation_id)
@@ -89,15 +97,17 @@ def shares(request: HttpRequest, caller: Caller, conversation_id) -> JsonRespons
 # --- The workspace: diff, patch, undo ------------------------------------------------------------
 
 
-def _workspace(conversation):
-    workspace = getattr(conversation, "workspace", None)
+def _workspace(conversation: Conversation) -> Workspace:
+    workspace: Workspace | None = getattr(conversation, "workspace", None)
     if workspace is None:
         raise ApiError(409, "no_repository", "This conversation has no repository.")
     return workspace
 
 
 @endpoint("GET")
-def conversation_diff(request: HttpRequest, caller: Caller, conversation_id) -> JsonResponse:
+def conversation_diff(
+    request: HttpRequest, caller: Caller, conversation_id: uuid.UUID
+) -> JsonResponse:
     """Each finished turn's changes, as the conversation page shows them: the diffs the worker
     stored (assistant/diffs.py), bounded; no git runs here. A turn whose diff isn't stored
     yet is asked for (``pending``)."""
@@ -138,7 +148,9 @@ def conversation_diff(request: HttpRequest, caller: Caller, conversation_id) -> 
 
 
 @endpoint("GET")
-def conversation_patch(request: HttpRequest, caller: Caller, conversation_id) -> HttpResponse:
+def conversation_patch(
+    request: HttpRequest, caller: Caller, conversation_id: uuid.UUID
+) -> HttpResponseBase:
     """Everything the conversation changed, for `git apply` on its base commit — the page's
     Download patch: streamed from git, cut (saying so) at PATCH_MAX_BYTES."""
     from assistant import diffs
@@ -153,9 +165,10 @@ def conversation_patch(request: HttpRequest, caller: Caller, conversation_id) ->
         raise ApiError(409, "repository_error", str(exc))
     if not first:
         raise ApiError(409, "no_changes", "This conversation has not changed any files yet.")
-    body = _prepended(first, chunks)
+    sync_body = _prepended(first, chunks)
+    body: Iterator[bytes] | AsyncIterator[bytes] = sync_body
     if isinstance(request, ASGIRequest):
-        body = _async_chunks(body)  # read git a chunk at a time, never the whole patch
+        body = _async_chunks(sync_body)  # read git a chunk at a time, never the whole patch
     response = StreamingHttpResponse(body, content_type="text/x-diff; charset=utf-8")
     name = re.sub(
         r"[^A-Za-z0-9._-]", "_", f"tandem-{workspace.repository.name}-{found.uuid.hex[:8]}.patch"
@@ -165,7 +178,7 @@ def conversation_patch(request: HttpRequest, caller: Caller, conversation_id) ->
 
 
 @endpoint("POST")
-def run_undo(request: HttpRequest, caller: Caller, run_id) -> JsonResponse:
+def run_undo(request: HttpRequest, caller: Caller, run_id: uuid.UUID) -> JsonResponse:
     """Ask the worker to revert the files one turn changed (the page's Undo); the event
     stream says run.updated when it is done."""
     found = _run(request, caller, run_id)

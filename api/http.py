@@ -16,7 +16,7 @@ from typing import Any, Literal, overload
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db.models import Q
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
@@ -194,14 +194,14 @@ def admit(request: HttpRequest) -> tuple[Caller, ratelimit.Verdict]:
 
 def endpoint(
     *methods: str,
-) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+) -> Callable[[Callable[..., HttpResponseBase]], Callable[..., HttpResponseBase]]:
     """A JSON endpoint: 405 for other methods, then the caller is admitted (401/429/403) and
     the view gets it; ApiError, Http404 and anything unexpected become JSON errors."""
 
-    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    def decorate(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
         @csrf_exempt  # API keys need no CSRF token; authenticate() checks sessions' writes
         @functools.wraps(view)
-        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             try:
                 if request.method not in methods:
                     raise ApiError(

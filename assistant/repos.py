@@ -796,8 +796,8 @@ def _snapshot_then(
     their .git is never read nor recorded. One sandbox, two when there are nested ones."""
     code, out, err = _ws_sh(workspace, _SNAPSHOT, uuid.uuid4().hex, *then, doing=doing)
     if code == 0:
-        tree, _, rest = out.partition(b"\n")
-        return tree.decode().strip(), rest
+        first, _, rest = out.partition(b"\n")
+        return first.decode().strip(), rest
     if code not in (3, 4):  # 3: git add failed, perhaps over a nested repository; 4: nested
         raise RepoError(f"{doing} failed: {_explain(err, None)}")
     argv = ["python3", "-I", "-S", "-c", _NESTED, uuid.uuid4().hex, "git", *_HARDENING]
