@@ -118,6 +118,7 @@ def get(name: str, base: Path | None = None) -> Image:
     if name == HOST:
         return Image(HOST, None)
     root = root_of(name, base)
+    assert root is not None  # only the host has none, answered above
     try:
         manifest = json.loads((root.parent / "manifest.json").read_text())
     except (OSError, ValueError):

@@ -457,7 +457,7 @@ def _drop_root(uid: int, gid: int, *, setpriv: bool = False) -> tuple[list[str],
 
 def _system_root(image: str | None) -> Path:
     """Where the command's /usr and /etc come from: "/" (the host's) or the image's root."""
-    if image in (None, "host"):
+    if image is None or image == "host":
         return Path("/")
     from assistant import images
 

@@ -103,9 +103,9 @@ class JsonFormatter(logging.Formatter):
         ids = current()
         # Django logs a 4xx/5xx (django.request) after the middleware is done: the request it
         # passes along still has its id.
-        request = getattr(record, "request", None)
-        if "request_id" not in ids and getattr(request, "request_id", None):
-            ids["request_id"] = request.request_id
+        request_id = getattr(getattr(record, "request", None), "request_id", None)
+        if "request_id" not in ids and request_id:
+            ids["request_id"] = request_id
         for key in FIELDS:
             value = getattr(record, key, None) or ids.get(key)
             if value:
