@@ -164,8 +164,8 @@ def repository_list(request: HttpRequest, slug: str) -> HttpResponse:
     recent = timezone.now() - timedelta(minutes=10)
     for repo in repositories:
         # Just added, and its first fetch (in the background) not done yet.
-        repo.fetch_pending = not repo.last_fetched and not repo.last_fetch_error
-        repo.fetch_pending = repo.fetch_pending and repo.created > recent
+        pending = not repo.last_fetched and not repo.last_fetch_error and repo.created > recent
+        repo.fetch_pending = pending  # type: ignore[attr-defined]  # a flag for the template only
     context = {
         "team": team,
         "membership": membership,

@@ -115,7 +115,7 @@ def conversation_detail(
     membership = membership_for(request.user, slug)
     conversation = selectors.conversation_for(membership, conversation_id)
     workspace = selectors.workspace_of(conversation)  # once: the turns, header and form need it
-    context = {
+    context: dict[str, Any] = {
         "team": membership.team,
         "membership": membership,
         "conversation": conversation,

@@ -512,7 +512,8 @@ def _host_port(config: LLMConfig, exc: BaseException) -> str:
 
 
 def _chain_text(exc: BaseException) -> str:
-    texts, seen = [], exc
+    texts: list[str] = []
+    seen: BaseException | None = exc
     for _ in range(10):
         if seen is None:
             break
