@@ -76,13 +76,13 @@ class Image:
 def images_dir() -> Path:
     from django.conf import settings
 
-    return Path(getattr(settings, "SANDBOX_IMAGES_DIR", None) or settings.DATA_DIR / "images")
+    return Path(settings.SANDBOX_IMAGES_DIR)
 
 
 def default_image() -> str:
     from django.conf import settings
 
-    return getattr(settings, "SANDBOX_DEFAULT_IMAGE", HOST) or HOST
+    return settings.SANDBOX_DEFAULT_IMAGE or HOST
 
 
 def check_name(name: str) -> str:

@@ -23,7 +23,7 @@ class RepoError(Exception):
 
 
 def repos_root() -> Path:
-    return Path(getattr(settings, "REPOS_ROOT", settings.DATA_DIR / "repos")).absolute()
+    return Path(settings.REPOS_ROOT).absolute()
 
 
 def validate_url(url: str, *, team=None) -> str:

@@ -33,7 +33,7 @@ def _networks(raw: tuple[str, ...]) -> tuple[Network, ...]:
 
 
 def trusted_networks() -> tuple[Network, ...]:
-    return _networks(tuple(getattr(settings, "TRUSTED_PROXIES", ()) or ()))
+    return _networks(tuple(settings.TRUSTED_PROXIES or ()))
 
 
 def parse_address(value: str | None) -> Address | None:

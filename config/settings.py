@@ -453,6 +453,8 @@ SANDBOX_CGROUP_PARENT = env("SANDBOX_CGROUP_PARENT", "")
 # The sandbox image new repositories run their commands in (assistant/images.py; built with
 # `manage.py sandboximage build NAME`); "host": the server's own /usr, for development only.
 SANDBOX_DEFAULT_IMAGE = env("SANDBOX_DEFAULT_IMAGE", "host")
+# Where built images live (one folder each, with its manifest); every worker needs its own copy.
+SANDBOX_IMAGES_DIR = Path(env("SANDBOX_IMAGES_DIR", str(DATA_DIR / "images")))
 # Each workspace on a file system of its own (a file-backed ext4 on a loop device,
 # assistant/quota.py): at most this many MB and files. 0 MB: no quota (the server's disk).
 WORKSPACE_QUOTA_MB = envint("WORKSPACE_QUOTA_MB", 2048)

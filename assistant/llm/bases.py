@@ -60,7 +60,7 @@ class BaseRefused(ValueError):
 
 
 def allow_private() -> bool:
-    return bool(getattr(settings, "LLM_ALLOW_PRIVATE_BASES", False))
+    return bool(settings.LLM_ALLOW_PRIVATE_BASES)
 
 
 def _normalise(address: Address) -> Address:
