@@ -422,8 +422,11 @@ SHARE_FAILED_LOOKUPS_PER_MINUTE = envint("SHARE_FAILED_LOOKUPS_PER_MINUTE", 30)
 
 # --- Chat limits -------------------------------------------------------------------------------
 MAX_MESSAGE_CHARS = envint("MAX_MESSAGE_CHARS", 32000)
-# Deltas are coalesced for this long before being published.
+# Up to STREAM_COALESCE_ABOVE replies streaming at once on a worker's loop, every piece of text
+# is published as it comes; past that, pieces are joined for STREAM_COALESCE_MS before being
+# published (each event costs the web processes CPU; see assistant/agent.py's DeltaPublisher).
 STREAM_COALESCE_MS = envint("STREAM_COALESCE_MS", 30)
+STREAM_COALESCE_ABOVE = envint("STREAM_COALESCE_ABOVE", 10)
 INVITATION_DAYS = envint("INVITATION_DAYS", 7)
 
 # --- Sharing (sharing/) ------------------------------------------------------------------------

@@ -39,8 +39,6 @@ def test_it_streams_a_reply_to_every_viewer(stack, conversation, alice, bob):
         assert seqs == list(range(1, len(seqs) + 1))
         assert "".join(d["x"] for d in result["deltas"]) == expected
         assert result["end"]["t"] == "run.completed"
-        # Coalesced: fewer deltas than tokens.
-        assert len(seqs) < 60
     run = Run.objects.get(conversation=conversation)
     assert run.status == RunStatus.SUCCEEDED
     assert Message.objects.get(run=run).content == expected

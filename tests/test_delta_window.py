@@ -1,0 +1,40 @@
+"""Deltas are coalesced only when many replies stream at once on a worker's loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from assistant.agent import DeltaPublisher
+
+
+async def _deltas_for(pieces: int, *, others: int) -> int:
+    """How many deltas one reply's pieces become, sent 1 ms apart, with `others` replies
+    streaming beside it on the same loop."""
+    beside = [DeltaPublisher("c", f"other-{n}", 30) for n in range(others)]
+    publisher = DeltaPublisher("c", "r", 30)
+    for n in range(pieces):
+        publisher.add(f"w{n} ")
+        await asyncio.sleep(0.001)
+    await publisher.close()
+    for other in beside:
+        await other.close()
+    return publisher.seq
+
+
+@pytest.fixture
+def in_memory(settings):
+    # The embedded path (no Redis batcher) publishes through the in-memory layer: this is
+    # about the publisher's window only.
+    settings.REDIS_URL = ""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    settings.STREAM_COALESCE_ABOVE = 2
+
+
+def test_a_lone_reply_sends_every_piece_at_once(in_memory):
+    assert asyncio.run(_deltas_for(20, others=0)) == 20
+
+
+def test_many_replies_at_once_are_coalesced(in_memory):
+    assert asyncio.run(_deltas_for(20, others=2)) < 20
