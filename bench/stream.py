@@ -492,9 +492,14 @@ async def app_round(
 
         def send(watch: Watch) -> None:
             watch.sent_at = time.time()
-            sent = message_send(
-                conversation=watch.conversation, author=ctx.user, content=f"Go {directives}"
-            )
+            from django.db import connection
+
+            try:
+                sent = message_send(
+                    conversation=watch.conversation, author=ctx.user, content=f"Go {directives}"
+                )
+            finally:
+                connection.close()  # back to the process's pool (16 senders, a pool of 10)
             watch.run_id = str(sent.run.uuid)
 
         loop = asyncio.get_running_loop()
