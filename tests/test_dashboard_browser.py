@@ -99,7 +99,7 @@ def test_the_chart_and_the_table_agree_for_the_range_picked(
     assert chart["labels"][0] == str(today - timedelta(days=25))
     assert sum(chart["tokens"]) == 4950 + 88 + 11_000
     assert round(sum(chart["cost"]), 4) == 1.7
-    expect(page.get_by_test_id("total-cost")).to_have_text("$1.7000")
+    expect(page.get_by_test_id("total-cost")).to_have_text("$1.70")
     page.screenshot(path=str(artifacts / "usage-dashboard.png"), full_page=True)
 
 

@@ -171,8 +171,10 @@ def test_a_name_resolving_to_loopback_is_refused_at_call_time(settings, rebindin
 
 @pytest.mark.django_db(transaction=True)
 def test_a_run_against_a_refused_base_fails_with_a_sentence(
-    team, alice, conversation, settings, rebinding, listener
+    team, alice, conversation, settings, rebinding, listener, no_runs
 ):
+    # no_runs: the run is executed here, not queued to a stack's worker that a test before
+    # this one may have left running on the same broker (it claimed the run first).
     settings.LLM_ALLOW_PRIVATE_BASES = False
     team.llm_model = "openai/fake-model"
     team.llm_api_base = f"http://llm.rebind.example:{listener.port}/v1"
