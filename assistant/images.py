@@ -144,9 +144,10 @@ def available(base: Path | None = None) -> list[Image]:
     return found
 
 
-def choices(current: str = "") -> list[tuple[str, str]]:
-    """(value, label) for a form: the images on disk, and ``current`` even when it is not."""
-    found = [(image.name, image.label) for image in available()]
+def choices(current: str = "", on_disk: list[Image] | None = None) -> list[tuple[str, str]]:
+    """(value, label) for a form: the images on disk, and ``current`` even when it is not.
+    A page with many repositories passes ``on_disk`` (``available()``) read once."""
+    found = [(image.name, image.label) for image in (on_disk or available())]
     if current and current not in {name for name, _ in found}:
         found.append((current, f"{current} (not built on this machine)"))
     return found

@@ -161,6 +161,7 @@ def repository_list(request: HttpRequest, slug: str) -> HttpResponse:
         messages.success(request, f"Added “{repo.name}”. It is being fetched now.")
         return redirect("repositories", slug=slug)
     repositories = list(team.repositories.all())
+    built = images.available()  # the images folder and its manifests, read once for every row
     recent = timezone.now() - timedelta(minutes=10)
     for repo in repositories:
         # Just added, and its first fetch (in the background) not done yet.
@@ -170,7 +171,7 @@ def repository_list(request: HttpRequest, slug: str) -> HttpResponse:
         "team": team,
         "membership": membership,
         "form": form,
-        "repositories": [(repo, images.choices(repo.sandbox_image)) for repo in repositories],
+        "repositories": [(r, images.choices(r.sandbox_image, built)) for r in repositories],
     }
     status = 422 if form.is_bound else 200
     return render(request, "assistant/repositories.html", context, status=status)
