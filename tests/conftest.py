@@ -5,9 +5,11 @@ database and Redis — for tests that exercise what a person or a client sees.""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -458,3 +460,16 @@ def _searchable_tmp_path(request, tmp_path_factory) -> None:
         mode = path.stat().st_mode
         if mode & 0o111 != 0o111:
             path.chmod(mode | 0o111)  # search only: nothing becomes listable or writable
+
+
+@pytest.fixture
+def worktree() -> Iterator[Path]:
+    """A small tree for sandbox tests. Not under pytest's tmp_path: as root, the sandbox runs
+    as nobody, which must be able to reach the worktree (/tmp/pytest-of-root is 0700)."""
+    parent = Path(tempfile.mkdtemp(prefix="tandem-sandbox-test-"))
+    parent.chmod(0o711)
+    wt = parent / "wt"
+    wt.mkdir()
+    (wt / "README.md").write_text("hello from the repo\n")
+    yield wt
+    shutil.rmtree(parent)

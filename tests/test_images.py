@@ -33,18 +33,6 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def worktree() -> Path:
-    # Not under pytest's tmp_path: as root the sandbox runs as nobody (see test_sandbox).
-    parent = Path(tempfile.mkdtemp(prefix="tandem-images-test-"))
-    parent.chmod(0o711)
-    wt = parent / "wt"
-    wt.mkdir()
-    (wt / "README.md").write_text("hello from the repo\n")
-    yield wt
-    shutil.rmtree(parent)
-
-
-@pytest.fixture
 def image(sandbox_image, settings) -> str:
     """The small image, found where images are looked up."""
     base, name = sandbox_image

@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,19 +27,6 @@ FAST = SandboxLimits(wall_seconds=10)
 pytestmark = pytest.mark.skipif(
     not Path(sandbox.BWRAP).exists(), reason="bubblewrap is not installed"
 )
-
-
-@pytest.fixture
-def worktree() -> Path:
-    # Not under pytest's tmp_path: as root, the sandbox runs as nobody, which must be able to
-    # reach the worktree (/tmp/pytest-of-root is 0700).
-    parent = Path(tempfile.mkdtemp(prefix="tandem-sandbox-test-"))
-    parent.chmod(0o711)
-    wt = parent / "wt"
-    wt.mkdir()
-    (wt / "README.md").write_text("hello from the repo\n")
-    yield wt
-    shutil.rmtree(parent)
 
 
 def sh(script: str, wt: Path, limits: SandboxLimits = FAST, **kw) -> sandbox.SandboxResult:
