@@ -234,13 +234,24 @@ def test_a_live_viewer_never_sees_a_piece_of_a_secret_cut_across_deltas(secret, 
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 def test_no_secret_reaches_a_public_share_or_its_exports(alice, team, secret, b):
+    team.llm_api_key = secret.team[0] if secret.team else ""
+    team.save()
+    # The oracle's scaffold is the same exchange shared without the secret: every word the page
+    # and the exports hold of their own ("duration", "truncated", class names) is ordinary, and
+    # only a window of the secret that the baseline lacks counts as a leak.
+    baseline = shared_outputs(alice, team, f"{b} ")
+    scaffold = "\n".join(text for outputs in baseline.values() for text in outputs)
+    for path, outputs in shared_outputs(alice, team, f"{b}{secret.text} ").items():
+        assert not leaked(secret, scaffold, *outputs), (path, secret)
+
+
+def shared_outputs(alice, team, text: str) -> dict[str, list[str]]:
+    """The public page, export.md and export.json of a conversation holding ``text`` in a
+    message, a reply, a .env written by write_file and a command's output."""
     from assistant.models import ToolCallStatus
     from assistant.services import conversation_create
 
-    team.llm_api_key = secret.team[0] if secret.team else ""
-    team.save()
     conversation = conversation_create(team=team, author=alice, title="Secrets")
-    text = f"{b}{secret.text} "
     dotenv = f"DEBUG=0\n{text}\nPORT=80\n"
     exchange(
         conversation,
@@ -263,8 +274,8 @@ def test_no_secret_reaches_a_public_share_or_its_exports(alice, team, secret, b)
         ],
     )
     token = share(conversation, alice, audience="public")
-    scaffold = f"{b} DEBUG=0 PORT=80 Here it is: I wrote to .env wrote .env cat .env echo"
     client = Client()
+    found = {}
     for path in ("", "export.md", "export.json"):
         response = client.get(f"/s/{token}/{path}")
         assert response.status_code == 200
@@ -272,7 +283,8 @@ def test_no_secret_reaches_a_public_share_or_its_exports(alice, team, secret, b)
         outputs = [page, html.unescape(page)]
         if path == "export.json":
             outputs.append(json.dumps(json.loads(page), ensure_ascii=False))
-        assert not leaked(secret, scaffold, *outputs), (path, secret)
+        found[path] = outputs
+    return found
 
 
 @pytest.mark.django_db
