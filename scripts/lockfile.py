@@ -68,7 +68,7 @@ def lock(uv: str) -> int:
         shutil.copyfile(LOCK, scratch)
     command = [
         uv, "pip", "compile", str(PYPROJECT.relative_to(ROOT)),
-        "--extra", "test",
+        "--all-extras",              # test, and the optional plugins' (devops)
         "--universal",               # one lock for every platform and Python the project accepts
         "--python-version", "3.11",  # the oldest Python in requires-python
         "--generate-hashes",
