@@ -20,6 +20,7 @@ import logging
 import time
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from django.conf import settings
@@ -50,6 +51,7 @@ from .services import (
     ausage_record,
     ausage_record_tool,
 )
+from .tools import toolbox as toolboxes
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +251,11 @@ def _size(entry: list[dict]) -> int:
 
 
 def _build_prompt(
-    run: Run, text_so_far: str, workspace: Workspace | None, context: str | None = None
+    run: Run,
+    text_so_far: str,
+    workspace: Workspace | None,
+    context: str | None = None,
+    tools_text: str = "",
 ) -> list[dict]:
     """The conversation up to the run's user message (newest kept when it is too long), then
     what this run has done so far."""
@@ -302,6 +308,8 @@ def _build_prompt(
         if context is None:
             context = repo_context.build_safe(workspace=workspace)
         system = f"{SYSTEM_PROMPT}\n\n{AGENT_PROMPT}" + (f"\n\n{context}" if context else "")
+    if tools_text:  # the team's own tools: when to use them, and any that are missing
+        system = f"{system}\n\n{tools_text}"
     prompt = [{"role": "system", "content": system}]
     for entry in selected:
         prompt += entry
@@ -344,6 +352,9 @@ class Turn:
     # and a system prompt that stays the same keeps the provider's prompt cache warm.
     context: str | None = None
     last_beat: float = field(default_factory=time.monotonic)
+    # This execution's tools: built-ins and the team's own (plugins, MCP servers), closed at
+    # the end of the execution so what they started for it stops.
+    toolbox: toolboxes.Toolbox = field(default_factory=lambda: toolboxes.Toolbox([]))
 
     @property
     def run_id(self) -> str:
@@ -358,13 +369,12 @@ class Turn:
         return "".join(self.parts)
 
 
-def _changed_in_run(run: Run) -> bool:
+def _changed_in_run(run: Run, box: toolboxes.Toolbox) -> bool:
     """Whether a tool call of this run that ran may have changed files (see policy.py)."""
     ran = (ToolCallStatus.RUNNING, ToolCallStatus.SUCCEEDED, ToolCallStatus.FAILED)
     for name, arguments in run.tool_calls.filter(status__in=ran).values_list("name", "arguments"):
-        tool = tools.get(name)
         args, _ = _parse_arguments(arguments)
-        if policy.changes_files(name, args, tool.read_only if tool else False):
+        if policy.changes_files(name, args, box.read_only(name)):
             return True
     return False
 
@@ -425,14 +435,27 @@ async def execute_run(run_id: str) -> None:
     )
     status, error = RunStatus.SUCCEEDED, ""
     try:
-        turn.workspace = await db_sync_to_async(_workspace_of)(run)
-        turn.tokens = await db_sync_to_async(_tokens_used)(run)
-        if turn.guarded:  # a resumed run: what its calls so far did
-            turn.changed = await db_sync_to_async(_changed_in_run)(run)
-        if turn.workspace is not None and not run.tree_before:
-            tree = await _asnapshot(turn.workspace)
-            await _asave(run, tree_before=tree)
-        await _agent_loop(turn)
+        try:
+            turn.workspace = await db_sync_to_async(_workspace_of)(run)
+            turn.toolbox = await toolboxes.build(
+                toolboxes.ToolboxRequest(
+                    team=run.conversation.team,
+                    conversation=run.conversation,
+                    run=run,
+                    workspace=turn.workspace,
+                )
+            )
+            turn.tokens = await db_sync_to_async(_tokens_used)(run)
+            if turn.guarded:  # a resumed run: what its calls so far did
+                turn.changed = await db_sync_to_async(_changed_in_run)(run, turn.toolbox)
+            if turn.workspace is not None and not run.tree_before:
+                tree = await _asnapshot(turn.workspace)
+                await _asave(run, tree_before=tree)
+            await _agent_loop(turn)
+        finally:
+            # What the team's tools started for this execution (an MCP server's process)
+            # stops here, before the tree is read and whether the run parks, ends or dies.
+            await turn.toolbox.aclose()
     except Parked:
         await publisher.close()
         await _park(turn)
@@ -491,7 +514,7 @@ _arecord_changes = db_sync_to_async(_record_changes)
 
 
 async def _agent_loop(turn: Turn) -> None:
-    tool_schemas = tools.schemas() if turn.workspace is not None else None
+    tool_schemas = turn.toolbox.schemas(workspace=turn.workspace is not None)
     while True:
         for call in await _aopen_calls(turn.run):
             await _run_call(turn, call)
@@ -551,7 +574,9 @@ async def _model_step(turn: Turn, tool_schemas: list[dict] | None) -> list[llm.T
     """One call of the model: its text streams out; the tool calls it asks for come back."""
     if turn.workspace is not None and turn.context is None:
         turn.context = await db_sync_to_async(repo_context.build_safe)(workspace=turn.workspace)
-    messages = await _abuild_prompt(turn.run, turn.text, turn.workspace, turn.context)
+    messages = await _abuild_prompt(
+        turn.run, turn.text, turn.workspace, turn.context, turn.toolbox.prompt_text()
+    )
     await _reserve_budget(turn, messages)
     requests: list[llm.ToolCallRequest] = []
     usage = llm.Usage()
@@ -631,10 +656,16 @@ def _parse_arguments(text: str) -> tuple[object, str | None]:
 async def _run_call(turn: Turn, call: ToolCall) -> None:
     call.run = turn.run  # events and receivers read it: no query for each
     args, error = _parse_arguments(call.arguments)
-    if call.status == ToolCallStatus.PENDING and error is None:
-        approval = policy.approval_for(
-            call.name, args, turn.allowlist, guarded=turn.guarded, changed=turn.changed
+    entry = turn.toolbox.get(call.name)
+    if entry is not None and entry.policy == toolboxes.NEVER and error is None:
+        # Switched off by the team's admins (after the model was offered it, or asked anyway):
+        # never run, whatever was decided before.
+        error = (
+            f"The {call.name} tool is switched off for this team (policy: never), so it was "
+            "not run. Do without it, or ask a team admin to change its policy."
         )
+    if call.status == ToolCallStatus.PENDING and error is None:
+        approval = _approval_for(turn, entry, call.name, args)
         if approval == Approval.ASKED:
             await _asave(call, status=ToolCallStatus.AWAITING, approval=approval)
             await turn.publisher.drain()
@@ -648,10 +679,9 @@ async def _run_call(turn: Turn, call: ToolCall) -> None:
     if error is not None:
         result = tools.ToolResult(ok=False, output=error)
     else:
-        assert turn.workspace is not None  # tools are only offered with a repository
         ctx = _tool_context(turn.workspace)
         try:
-            result = await _until_stopped(turn, tools.execute(call.name, args, ctx))
+            result = await _until_stopped(turn, turn.toolbox.execute(call.name, args, ctx))
         except Stopped:
             await _asave(
                 call, status=ToolCallStatus.CANCELLED, output="Stopped.", finished=timezone.now()
@@ -674,15 +704,27 @@ async def _run_call(turn: Turn, call: ToolCall) -> None:
     )
     await _publish_call(turn, "tool.finished", call)
     if error is None:  # arguments that don't parse never reach the sandbox
-        tool = tools.get(call.name)
         turn.changed = turn.changed or policy.changes_files(
-            call.name, args, tool.read_only if tool else False
+            call.name, args, turn.toolbox.read_only(call.name)
         )
         await ausage_record_tool(run=turn.run, call=call, duration_ms=result.duration_ms)
 
 
-def _tool_context(workspace: Workspace) -> tools.ToolContext:
+def _approval_for(turn: Turn, entry: toolboxes.Entry | None, name: str, args: object) -> str:
+    """Whether a call may run now: its tool's policy; run_command's is the allowlist's."""
+    if entry is not None and entry.policy == toolboxes.ASK:
+        return Approval.ASKED
+    if entry is not None and entry.policy == toolboxes.AUTO:
+        return Approval.NOT_NEEDED
+    return policy.approval_for(
+        name, args, turn.allowlist, guarded=turn.guarded, changed=turn.changed
+    )
+
+
+def _tool_context(workspace: Workspace | None) -> tools.ToolContext:
     limits = dataclasses.replace(SandboxLimits(), wall_seconds=settings.AGENT_COMMAND_SECONDS)
+    if workspace is None:  # only tools that need no workspace are offered then
+        return tools.ToolContext(tree=Path("/nonexistent"), limits=limits, has_workspace=False)
     return tools.ToolContext(
         tree=repos.workspace_path(workspace=workspace),
         git_dir=repos.git_dir(workspace=workspace),

@@ -22,6 +22,9 @@ class ToolContext:
     git_dir: Path | None = None  # its git directory, mounted read-only at /workspace/.git
     limits: SandboxLimits = field(default_factory=SandboxLimits)
     image: str | None = None  # the repository's sandbox image (``images``); None: the host's
+    # False for a conversation without a repository: ``tree`` names nothing then, and only
+    # tools that need no workspace (a web fetch, a remote MCP server) are offered.
+    has_workspace: bool = True
 
 
 @dataclass

@@ -1,0 +1,204 @@
+"""The tools of one run: the built-in ones plus what the team's extensions add.
+
+The agent used to offer one fixed registry. Teams add their own tools (entry-point plugins, MCP
+servers), each under a policy their admins choose, so the set is built per run execution:
+providers registered by apps (``register_provider``, from their ``AppConfig.ready``) are asked
+for their entries concurrently, and whatever they start for the run (an MCP server's process, a
+session) is stopped by :meth:`Toolbox.aclose` when the execution ends — parked, finished,
+stopped or crashed.
+
+A provider that fails adds nothing: the run goes on with the rest, and the model is told in a
+note why a tool it may expect is missing. Only cancellation propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import TOOLS, Tool, ToolContext, ToolResult, execute, validate
+
+log = logging.getLogger(__name__)
+
+# What happens before a call runs:
+AUTO = "auto"  # it runs
+ASK = "ask"  # every call waits for a member's approval, like a command off the allowlist
+NEVER = "never"  # refused in words, never run
+COMMANDS = "commands"  # run_command's rules: the team's allowlist, guarded entries
+POLICIES = (AUTO, ASK, NEVER, COMMANDS)
+BUILTIN = "builtin"
+PROVIDER_SECONDS = 30.0  # a provider that takes longer is left out of this run, said in a note
+
+
+@dataclass(frozen=True)
+class Entry:
+    tool: Tool
+    source: str = BUILTIN  # "builtin", "plugin:<name>", "mcp:<server>"
+    policy: str = AUTO
+    needs_workspace: bool = True  # offered only when the conversation has a repository
+
+    @property
+    def name(self) -> str:
+        return self.tool.name
+
+
+@dataclass
+class ToolboxRequest:
+    """What a provider may read to decide its entries. ``workspace`` is None when the
+    conversation has no repository."""
+
+    team: Any
+    conversation: Any = None
+    run: Any = None
+    workspace: Any = None
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Have ``closer`` awaited when the run's execution ends (its resources stop)."""
+        self.closers.append(closer)
+
+    def add_prompt(self, section: str) -> None:
+        """A section for the system prompt: when to use the provider's tools."""
+        self.prompts.append(section.strip())
+
+
+Provider = Callable[[ToolboxRequest], Awaitable[list[Entry]]]
+_providers: list[Provider] = []
+
+
+def register_provider(provider: Provider) -> Provider:
+    """Add a source of tools (idempotent); usable as a decorator."""
+    if provider not in _providers:
+        _providers.append(provider)
+    return provider
+
+
+def unregister_provider(provider: Provider) -> None:
+    if provider in _providers:
+        _providers.remove(provider)
+
+
+def builtin_entries() -> list[Entry]:
+    return [
+        Entry(tool, BUILTIN, COMMANDS if tool.name == "run_command" else AUTO)
+        for tool in TOOLS.values()
+    ]
+
+
+class Toolbox:
+    def __init__(
+        self,
+        entries: list[Entry],
+        *,
+        notes: list[str] | None = None,
+        closers: list[Callable[[], Awaitable[None]]] | None = None,
+        prompts: list[str] | None = None,
+    ) -> None:
+        self.entries: dict[str, Entry] = {}
+        self.notes = list(notes or [])
+        self.prompts = [p for p in prompts or [] if p]
+        for entry in entries:
+            if entry.policy not in POLICIES:
+                raise ValueError(f"unknown tool policy {entry.policy!r} for {entry.name}")
+            if entry.name in self.entries:
+                # The first one stays: a plugin can't shadow a built-in tool or another's.
+                self.notes.append(
+                    f"The tool {entry.name} of {entry.source} was left out: "
+                    f"{self.entries[entry.name].source} has a tool of that name."
+                )
+                continue
+            self.entries[entry.name] = entry
+        self._closers = list(closers or [])
+
+    def get(self, name: str) -> Entry | None:
+        return self.entries.get(name)
+
+    def prompt_text(self) -> str:
+        """What the system prompt adds for these tools: providers' sections, then notes."""
+        return "\n\n".join([*self.prompts, *self.notes])
+
+    def offered(self, *, workspace: bool) -> list[Entry]:
+        """The entries the model may call; "never" tools are not offered at all."""
+        return [
+            e
+            for e in self.entries.values()
+            if e.policy != NEVER and (workspace or not e.needs_workspace)
+        ]
+
+    def schemas(self, *, workspace: bool) -> list[dict[str, Any]] | None:
+        """Function-calling schemas, or None when there is nothing to offer."""
+        return [e.tool.schema() for e in self.offered(workspace=workspace)] or None
+
+    def read_only(self, name: str) -> bool:
+        entry = self.entries.get(name)
+        return bool(entry and entry.tool.read_only)
+
+    async def execute(self, name: str, args: Any, ctx: ToolContext) -> ToolResult:
+        """Run a call; a result in every case but cancellation (policy is the agent's)."""
+        entry = self.entries.get(name)
+        if entry is None:
+            known = ", ".join(self.entries) or "none"
+            return ToolResult(ok=False, output=f"Unknown tool “{name}”. Available tools: {known}.")
+        if entry.needs_workspace and not ctx.has_workspace:
+            return ToolResult(
+                ok=False,
+                output=f"The {name} tool works on a repository, and this conversation has none.",
+            )
+        if entry.source == BUILTIN:
+            return await execute(name, args, ctx)
+        if error := validate(entry.tool, args):
+            return ToolResult(ok=False, output=error)
+        args = {key: value for key, value in args.items() if value is not None}
+        started = time.monotonic()
+        try:
+            result = await entry.tool.run(ctx, args)
+        except Exception as exc:
+            log.exception("tool %s (%s) failed", name, entry.source)
+            result = ToolResult(ok=False, output=f"The {name} tool failed: {exc}"[:2_000])
+        if not result.duration_ms:
+            result.duration_ms = int((time.monotonic() - started) * 1000)
+        return result
+
+    async def aclose(self) -> None:
+        """Stop what the providers started for this run; errors are logged, never raised."""
+        closers, self._closers = self._closers, []
+        for closer in reversed(closers):
+            try:
+                await closer()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("Stopping a tool provider's resources failed")
+
+
+async def _ask(provider: Provider, request: ToolboxRequest) -> list[Entry] | str:
+    try:
+        return await asyncio.wait_for(provider(request), PROVIDER_SECONDS)
+    except asyncio.CancelledError:
+        raise
+    except TimeoutError:
+        return (
+            f"{getattr(provider, '__qualname__', provider)} took longer than {PROVIDER_SECONDS:g} s"
+        )
+    except Exception as exc:
+        log.exception("Tool provider %r failed", provider)
+        return str(exc) or type(exc).__name__
+
+
+async def build(request: ToolboxRequest) -> Toolbox:
+    """The built-in tools and every registered provider's, asked concurrently."""
+    providers = list(_providers)
+    answers = await asyncio.gather(*(_ask(p, request) for p in providers))
+    entries = builtin_entries()
+    notes: list[str] = []
+    for answer in answers:
+        if isinstance(answer, str):
+            notes.append(f"Some of the team's tools are unavailable in this reply: {answer}.")
+        else:
+            entries.extend(answer)
+    return Toolbox(entries, notes=notes, closers=request.closers, prompts=request.prompts)
