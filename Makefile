@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
+## pytest-xdist workers for `make test`: each gets its own test database, Redis db and data folder
+## (config/test_settings.py); a module's tests stay on one worker (--dist loadfile).
+PYTEST_WORKERS ?= 2
 
 .PHONY: run test prod bench lint format check-services migrate clean lock lockcheck
 
@@ -37,7 +40,7 @@ test: lockcheck $(STAMP)
 	@$(PY) scripts/install_test_deps.py
 	@$(PY) scripts/check_services.py
 	@rm -rf .coverage-data
-	$(PY) -m coverage run -m pytest $(PYTEST_ARGS)
+	$(PY) -m coverage run -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	@$(PY) scripts/coverage_gate.py $(if $(PYTEST_ARGS),--no-gate,)
 
 ## Production topology on one machine (Daphne + Celery worker) against local PostgreSQL and

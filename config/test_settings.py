@@ -22,6 +22,19 @@ os.environ.setdefault("DATABASE_POOL_SIZE", "0")
 os.environ.setdefault("LLM_ALLOW_PRIVATE_BASES", "true")
 # DJANGO_ALLOW_ASYNC_UNSAFE is set only while a Playwright browser is open (tests/conftest.py).
 
+# `make test` runs the suite in several pytest-xdist workers. pytest-django gives each its own
+# test database (…_gw1); Redis and the data folder are split here, before the settings read
+# them, so one worker's Celery stack never claims another's runs and no flush crosses over.
+_xdist = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _xdist.startswith("gw") and _xdist[2:].isdigit() and int(_xdist[2:]) > 0:
+    from urllib.parse import urlsplit, urlunsplit
+
+    _n = int(_xdist[2:])
+    _redis = urlsplit(os.environ["REDIS_URL"])
+    _db = int(_redis.path.strip("/") or 0)
+    os.environ["REDIS_URL"] = urlunsplit(_redis._replace(path=f"/{(_db + _n) % 16}"))
+    os.environ["TANDEM_DATA_DIR"] = f"{os.environ['TANDEM_DATA_DIR']}-{_xdist}"
+
 from .settings import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests

@@ -450,13 +450,17 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture(autouse=True)
-def _searchable_tmp_path(request, tmp_path_factory) -> None:
+def _searchable_tmp_path(request) -> None:
     """Server-side git on a workspace runs in the sandbox, which a server running as root starts
     as nobody: every directory above a worktree must be searchable (pytest makes them 0700)."""
     if "tmp_path" not in request.fixturenames or os.geteuid() != 0:
         return
-    base = tmp_path_factory.getbasetemp()
-    for path in (base.parent, base, request.getfixturevalue("tmp_path")):
+    tmp_path = request.getfixturevalue("tmp_path")
+    top = Path(tempfile.gettempdir())
+    # Every level up to the temp folder: pytest-of-root, pytest-N and, under xdist, popen-gwN.
+    for path in [tmp_path, *tmp_path.parents]:
+        if path == top or top not in path.parents:
+            break
         mode = path.stat().st_mode
         if mode & 0o111 != 0o111:
             path.chmod(mode | 0o111)  # search only: nothing becomes listable or writable
