@@ -92,6 +92,10 @@ class Run(models.Model):
     started = models.DateTimeField(null=True, blank=True)
     # Refreshed while the run executes; a running run whose heartbeat stops was cut off.
     heartbeat = models.DateTimeField(null=True, blank=True)
+    # The Celery worker executing it (host:pid), while running: when that worker's alive key in
+    # Redis expires the run is failed at once (services.fail_orphaned_runs). Blank when it ran
+    # elsewhere (embedded server); then only the heartbeat above tells.
+    worker = models.CharField(max_length=200, blank=True, default="")
     finished = models.DateTimeField(null=True, blank=True)
     # While parked (waiting): the text streamed so far and its last delta number, so the run
     # resumes where it stopped, on whichever worker picks it up.

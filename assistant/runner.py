@@ -107,6 +107,11 @@ def run_on_worker_loop(run_id: str) -> Future:
 
 
 # --- Sweeping runs whose worker died --------------------------------------------------------------
+# Every ORPHAN_SWEEP_SECONDS: runs of a worker whose alive key expired (killed -9, machine
+# gone) are failed with their partial text, so a run is settled within about
+# readiness.WORKER_ALIVE_SECONDS + ORPHAN_SWEEP_SECONDS of its worker's death (measured by
+# bench/cluster.py). Every SWEEP_SECONDS: runs whose own heartbeat stopped (any executor).
+ORPHAN_SWEEP_SECONDS = 2
 SWEEP_SECONDS = 60
 
 
@@ -118,14 +123,24 @@ def start_sweeper() -> None:
 async def _sweep_forever() -> None:
     from config.db import db_sync_to_async
 
-    from .services import fail_stale_runs
+    from .services import fail_orphaned_runs, fail_stale_runs
 
-    sweep = db_sync_to_async(fail_stale_runs)
+    sweeps = [
+        (db_sync_to_async(fail_orphaned_runs), ORPHAN_SWEEP_SECONDS, "whose worker is gone"),
+        (db_sync_to_async(fail_stale_runs), SWEEP_SECONDS, "whose heartbeat stopped"),
+    ]
+    loop = asyncio.get_running_loop()
+    due = [0.0] * len(sweeps)
     while True:
-        try:
-            count = await sweep()
-            if count:
-                log.warning("Failed %d run(s) whose worker stopped", count)
-        except Exception:
-            log.exception("Sweeping stale runs failed")
-        await asyncio.sleep(SWEEP_SECONDS)
+        for i, (sweep, every, what) in enumerate(sweeps):
+            if loop.time() < due[i]:
+                continue
+            due[i] = loop.time() + every
+            try:
+                count = await sweep()
+                if count:
+                    log.warning("Failed %d run(s) %s", count, what)
+            except Exception as exc:
+                # The database or Redis is away (a restart): next time.
+                log.warning("Sweeping runs %s failed: %r", what, exc)
+        await asyncio.sleep(ORPHAN_SWEEP_SECONDS)

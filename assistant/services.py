@@ -335,9 +335,14 @@ def run_undo(*, run: Run, user: User) -> Run:
 
 def run_claim(run_id: str) -> Run | None:
     """queued -> running, once: a task delivered twice finds nothing to claim."""
+    from config.readiness import executing_worker
+
     now = timezone.now()
     claimed = Run.objects.filter(uuid=run_id, status=RunStatus.QUEUED).update(
-        status=RunStatus.RUNNING, started=Coalesce("started", Value(now)), heartbeat=now
+        status=RunStatus.RUNNING,
+        started=Coalesce("started", Value(now)),
+        heartbeat=now,
+        worker=executing_worker(),
     )
     if not claimed:
         return None
@@ -448,24 +453,48 @@ def fail_stale_runs(*, older_than: timedelta = STALE_AFTER) -> int:
     stale = Run.objects.filter(status=RunStatus.RUNNING, heartbeat__lt=cutoff).select_related(
         "conversation"
     )
-    count = 0
-    for run in stale:
-        text = streams.snapshot_sync(str(run.uuid)).text
-        finished, message = _finish(
-            run, status=RunStatus.FAILED, text=text, error=INTERRUPTED, heartbeat__lt=cutoff
-        )
-        if not finished:
-            continue  # it finished, or another sweeper got there first
-        count += 1
-        run.refresh_from_db()
-        hooks.send(hooks.run_ended, run=run)
-        events.publish_sync(
-            str(run.conversation.uuid),
-            {
-                "t": "run.failed",
-                "run": str(run.uuid),
-                "error": INTERRUPTED,
-                "message": events.message_data(message) if message else None,
-            },
-        )
-    return count
+    return sum(_fail_cut_off(run, heartbeat__lt=cutoff) for run in stale)
+
+
+def fail_orphaned_runs() -> int:
+    """Fail at once the running runs of a Celery worker that is gone: its alive key in Redis
+    expired (config/readiness.py), so nothing will finish them. Runs every few seconds on every
+    worker; the stale-heartbeat sweep above stays as the net for runs that name no worker."""
+    from config.readiness import dead_workers
+
+    names = set(
+        Run.objects.filter(status=RunStatus.RUNNING)
+        .exclude(worker="")
+        .values_list("worker", flat=True)
+        .distinct()
+    )
+    dead = dead_workers(names)
+    if not dead:
+        return 0
+    orphans = Run.objects.filter(status=RunStatus.RUNNING, worker__in=dead).select_related(
+        "conversation"
+    )
+    return sum(_fail_cut_off(run, worker=run.worker) for run in orphans)
+
+
+def _fail_cut_off(run: Run, **only_if) -> bool:
+    """Finish a run whose executor is gone as failed, with the text its viewers saw (the
+    stream's snapshot) as the partial reply, and tell them; Retry starts it again."""
+    text = streams.snapshot_sync(str(run.uuid)).text
+    finished, message = _finish(
+        run, status=RunStatus.FAILED, text=text, error=INTERRUPTED, **only_if
+    )
+    if not finished:
+        return False  # it finished, or another sweeper got there first
+    run.refresh_from_db()
+    hooks.send(hooks.run_ended, run=run)
+    events.publish_sync(
+        str(run.conversation.uuid),
+        {
+            "t": "run.failed",
+            "run": str(run.uuid),
+            "error": INTERRUPTED,
+            "message": events.message_data(message) if message else None,
+        },
+    )
+    return True

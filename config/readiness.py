@@ -6,6 +6,12 @@ alive within the last ``WORKER_STALE_SECONDS``. Each worker process says so ever
 ``WORKER_BEAT_SECONDS`` by scoring its name in a Redis sorted set with Redis's own clock (so
 the machines' clocks don't matter). ``python -m config.readiness --worker`` is the worker
 containers' health check: it succeeds when a worker on this host beat recently.
+
+The same beat also renews a key of the worker's own that expires after
+``WORKER_ALIVE_SECONDS``: a run names the worker executing it (Run.worker), and the other
+workers fail the runs of a worker whose key has expired (killed, or its machine gone) within
+seconds instead of waiting for the run's own heartbeat to go stale
+(assistant.services.fail_orphaned_runs).
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ from django.http import HttpRequest, JsonResponse
 log = logging.getLogger(__name__)
 
 WORKERS_KEY = "tandem:workers"
-WORKER_BEAT_SECONDS = 10
+WORKER_BEAT_SECONDS = 2
 WORKER_STALE_SECONDS = 30
+# A worker that has not renewed its key for this long is gone: its runs are failed. Five beats,
+# so a worker whose heartbeat thread waits behind a busy interpreter is not taken for dead.
+WORKER_ALIVE_SECONDS = 10
 # A check that takes longer than this counts as failed (a probe has a timeout of its own).
 CHECK_TIMEOUT_SECONDS = 2
 # What a probe may leave out: a web instance's load-balancer probe need not depend on the
@@ -135,10 +144,15 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def alive_key(name: str) -> str:
+    return f"tandem:worker:{name}:alive"
+
+
 def beat_once(client, name: str) -> None:
     now = _redis_now(client)
     pipe = client.pipeline()
     pipe.zadd(WORKERS_KEY, {name: now})
+    pipe.set(alive_key(name), "1", ex=WORKER_ALIVE_SECONDS)
     # Workers that stopped without saying goodbye (killed) drop out after a while.
     pipe.zremrangebyscore(WORKERS_KEY, "-inf", now - 10 * WORKER_STALE_SECONDS)
     pipe.execute()
@@ -146,11 +160,37 @@ def beat_once(client, name: str) -> None:
 
 _stop = threading.Event()
 _beating: list[threading.Thread] = []
+_this_worker = ""
+
+
+def executing_worker() -> str:
+    """This process's worker name when it is a Celery worker that beats (runs it claims are
+    watched through its key); "" elsewhere (embedded server, tests, management commands)."""
+    return _this_worker
+
+
+def dead_workers(names: set[str]) -> set[str]:
+    """Those of ``names`` whose alive key has expired. Nothing while Redis started less than
+    WORKER_ALIVE_SECONDS + a beat ago: a restarted Redis (which keeps nothing here) has no key
+    of anyone until each live worker's next beat."""
+    if not names:
+        return set()
+    client = _redis()
+    try:
+        uptime = int(client.info("server").get("uptime_in_seconds", 0))
+        if uptime < WORKER_ALIVE_SECONDS + WORKER_BEAT_SECONDS:
+            return set()
+        ordered = sorted(names)
+        found = client.mget([alive_key(name) for name in ordered])
+    finally:
+        client.close()
+    return {name for name, value in zip(ordered, found, strict=True) if value is None}
 
 
 def start_worker_heartbeat() -> threading.Thread:
     """Called when a Celery worker is ready: beat now and every WORKER_BEAT_SECONDS."""
-    name = worker_name()
+    global _this_worker
+    name = _this_worker = worker_name()
     _stop.clear()
 
     def beat_forever() -> None:
@@ -164,6 +204,7 @@ def start_worker_heartbeat() -> threading.Thread:
                 break
         try:
             client.zrem(WORKERS_KEY, name)
+            client.delete(alive_key(name))
         finally:
             client.close()
 
@@ -176,6 +217,8 @@ def start_worker_heartbeat() -> threading.Thread:
 def stop_worker_heartbeat() -> None:
     """Called when the worker shuts down: the heartbeat thread says goodbye (ZREM) and ends,
     before the process does (it is a daemon thread)."""
+    global _this_worker
+    _this_worker = ""
     _stop.set()
     while _beating:
         _beating.pop().join(5)
