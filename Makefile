@@ -9,7 +9,7 @@ PORT ?= 8000
 ## (config/test_settings.py); a module's tests stay on one worker (--dist loadfile).
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test prod bench lint format check-services migrate clean lock lockcheck
+.PHONY: run test prod cluster bench lint format check-services migrate clean lock lockcheck
 
 ## Installs come from requirements.lock only (exact versions and hashes); `make lock` is the one
 ## way it changes. A pyproject.toml that disagrees with the lock stops here with one line.
@@ -48,6 +48,12 @@ test: lockcheck $(STAMP)
 prod: $(STAMP)
 	@$(PY) scripts/check_services.py
 	scripts/prod_local.sh
+
+## Scale-out on one machine: nginx in front of two Daphnes, two Celery workers and beat
+## (deploy/cluster.py; CLUSTER_PORT, default 8500). bench/cluster.py measures faults on it.
+cluster: $(STAMP)
+	@$(PY) scripts/check_services.py
+	$(PY) deploy/cluster.py --port $(or $(CLUSTER_PORT),8500)
 
 bench: $(STAMP)
 	@$(PY) scripts/check_services.py
