@@ -10,6 +10,9 @@ the entries after P. What the log can't give back is reported, never skipped sil
   happened if the new log's first entry (or, with no log, now) is at least the TTL after P,
   since the old log lived at least that long after its last entry, which is at least P.
 
+- Redis restarted after P (it keeps nothing here): the log P belongs to is gone, whatever the
+  new one holds. Redis's uptime says when it started.
+
 Redis says how many entries a stream lost to trimming (entries-added minus length) but not
 which, so a reader before the first entry of a trimmed log is told it lost events even in
 the rare case that exactly the ones it had were trimmed: a needless resync, never a hole.
@@ -46,6 +49,9 @@ class LogState:
     first: EntryId | None  # None: no log (never written, or expired)
     last: EntryId | None
     trimmed: bool  # whether this log has dropped entries from its front
+    # When Redis started, as far as its uptime (whole seconds) tells: at most a second late.
+    # None where the log is in memory (embedded mode).
+    store_started_ms: int | None = None
 
     @property
     def tail(self) -> EntryId:
@@ -57,6 +63,10 @@ class LogState:
 
     def has_everything_after(self, position: EntryId) -> bool:
         ttl_ms = settings.API_EVENT_LOG_TTL * 1000
+        if self.store_started_ms is not None and position[0] < self.store_started_ms:
+            # Redis restarted since: without persistence the log went with it (with it, the
+            # reader is told to start over needlessly, never left with a hole).
+            return False
         if self.last is None:
             return position[0] <= self.now_ms and self.now_ms - position[0] < ttl_ms
         if position > self.last:
@@ -122,13 +132,15 @@ class RedisReader:
     async def _read(self, position: EntryId | None) -> tuple[LogState, list[Entry]]:
         pipe = self.client.pipeline(transaction=True)
         pipe.time()
+        pipe.info("server")
         pipe.xinfo_stream(self.key)
         if position is not None:
             pipe.xread({self.key: format_id(position)}, count=COUNT)
-        (seconds, micros), info, *found = await pipe.execute(raise_on_error=False)
+        (seconds, micros), server, info, *found = await pipe.execute(raise_on_error=False)
         now_ms = int(seconds) * 1000 + int(micros) // 1000
+        started_ms = now_ms - int(server.get("uptime_in_seconds", 0)) * 1000
         if isinstance(info, Exception):  # no such key: no log
-            return LogState(now_ms, None, None, False), []
+            return LogState(now_ms, None, None, False, started_ms), []
         for result in found:
             if isinstance(result, Exception):
                 raise result
@@ -138,6 +150,7 @@ class RedisReader:
             _id(info.get("last-generated-id")),
             # Entries only leave our logs by trimming, from the front.
             int(info.get("entries-added", 0)) > int(info.get("length", 0)),
+            started_ms,
         )
         return state, _decode_entries(found[0][0][1]) if found and found[0] else []
 

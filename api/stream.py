@@ -37,6 +37,7 @@ from django.db.models import Q
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
+from redis.exceptions import RedisError
 
 from assistant import events
 from assistant.models import Conversation, Run
@@ -216,6 +217,11 @@ async def _log_events(opened: Opened, ended: asyncio.Future[Any]) -> AsyncIterat
                 if not pending:
                     yield b": keepalive\n\n"
             read_at = time.monotonic()
+    except (RedisError, OSError) as exc:
+        # Redis went away (restarting, say): end the stream instead of hanging on it. The
+        # client comes back with its Last-Event-ID after the retry delay, and resumes or is
+        # told to reset (a restarted Redis kept no log: api/eventlog.py).
+        log.warning("Event stream of %s ended, Redis unavailable: %r", opened.conversation_id, exc)
     finally:
         # Also on a client that went away: Django cancels the stream, and the blocked read
         # ends with its connection.

@@ -91,13 +91,23 @@ class DeltaPublisher:
     _streaming: ClassVar[dict[int, weakref.WeakSet[DeltaPublisher]]] = {}
 
     def __init__(
-        self, conversation_id: str, run_id: str, window_ms: int, start_seq: int = 0
+        self,
+        conversation_id: str,
+        run_id: str,
+        window_ms: int,
+        start_seq: int = 0,
+        start_text: str = "",
     ) -> None:
         self.conversation_id = conversation_id
         self.run_id = run_id
         self.window = window_ms / 1000
         self.loop = asyncio.get_running_loop()
         self.seq = start_seq  # a resumed run goes on numbering where it stopped
+        self.start_seq = start_seq
+        # What has been flushed, as deltas (the text a resumed run had first): Redis's copy is
+        # checked against its length, and written again from it when Redis lost it.
+        self.flushed = [start_text]  # then delta start_seq + 1, + 2…
+        self.flushed_bytes = [len(start_text.encode())]  # the length through each of them
         self.pending: list[str] = []
         self.last_flush = -1e9
         self.timer: asyncio.TimerHandle | None = None
@@ -134,9 +144,18 @@ class DeltaPublisher:
         self.pending.clear()
         self.last_flush = self.loop.time()
         if self.batcher:
-            self.last_sent = self.batcher.add(self.conversation_id, self.run_id, self.seq, text)
+            self.flushed.append(text)
+            self.flushed_bytes.append(self.flushed_bytes[-1] + len(text.encode()))
+            self.last_sent = self.batcher.add(
+                self.conversation_id, self.run_id, self.seq, text, self.whole
+            )
         else:
             self.queue.put_nowait((self.seq, text))
+
+    def whole(self, seq: int) -> tuple[int, str]:
+        """(length in bytes, text) of the stream from its start through delta ``seq``."""
+        count = seq - self.start_seq
+        return self.flushed_bytes[count], "".join(self.flushed[: count + 1])
 
     def sent_within(self, seconds: float) -> bool:
         return bool(self.batcher) and self.loop.time() - self.last_flush < seconds
@@ -423,7 +442,9 @@ async def execute_run(run_id: str) -> None:
     )
     if run.seq:
         await streams.seed(run_id, run.seq, run.text)
-    publisher = DeltaPublisher(conversation_id, run_id, settings.STREAM_COALESCE_MS, run.seq)
+    publisher = DeltaPublisher(
+        conversation_id, run_id, settings.STREAM_COALESCE_MS, run.seq, run.text
+    )
     turn = Turn(
         run=run,
         config=config,
@@ -493,7 +514,10 @@ async def execute_run(run_id: str) -> None:
     )  # fmt: skip
     await _announce_end(turn, status, error, message)
     await _ahook_run_ended(run)
-    await streams.discard(run_id)
+    try:
+        await streams.discard(run_id)
+    except Exception as exc:  # Redis restarting: the keys expire by themselves
+        log.warning("Could not discard the stream of run %s: %r", run_id, exc)
     log.info("Run ended: %s", status)
 
 
@@ -634,16 +658,29 @@ async def _until_stopped(turn: Turn, work, *, streaming: bool = False):
             return task.result()
         if time.monotonic() - turn.last_beat >= HEARTBEAT_SECONDS:
             turn.last_beat = time.monotonic()
-            await arun_heartbeat(turn.run)
+            try:
+                await arun_heartbeat(turn.run)
+            except Exception as exc:  # the database restarting: the reply goes on regardless
+                log.warning("Could not record the run's heartbeat: %r", exc)
         # While deltas flow, each batch already looks at the cancel flag: poll only when quiet.
         if (streaming and publisher.cancel_seen()) or (
             not (streaming and publisher.sent_within(CANCEL_POLL_SECONDS))
-            and await streams.is_cancel_requested(turn.run_id)
+            and await _cancel_requested(turn.run_id)
         ):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             raise Stopped
+
+
+async def _cancel_requested(run_id: str) -> bool:
+    """The shared cancel flag; unreadable (Redis restarting) counts as not set: the reply
+    goes on, and a Stop pressed meanwhile is seen at the next poll once Redis is back."""
+    try:
+        return await streams.is_cancel_requested(run_id)
+    except Exception as exc:
+        log.warning("Could not read the cancel flag of run %s: %r", run_id, exc)
+        return False
 
 
 def _parse_arguments(text: str) -> tuple[object, str | None]:

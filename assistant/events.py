@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -118,7 +119,13 @@ def tool_call_data(call: ToolCall) -> dict[str, Any]:
 
 async def publish(conversation_id: str, event: dict[str, Any]) -> None:
     await log_event(conversation_id, event)
-    await _group_send(conversation_id, event)
+    try:
+        await _group_send(conversation_id, event)
+    except Exception:
+        # Redis away (restarting): live viewers miss this event. What it says is in the
+        # database; a viewer whose socket stays up resyncs on the next gap, one that
+        # reconnects reloads (static/js/conversation.js).
+        log.exception("Could not publish %s to conversation %s", event.get("t"), conversation_id)
 
 
 async def _group_send(conversation_id: str, event: dict[str, Any]) -> None:
@@ -158,15 +165,24 @@ class DeltaBatcher:
 
     def __init__(self) -> None:
         self.layer = get_channel_layer()
-        self.pending: list[tuple[str, str, int, str, asyncio.Future]] = []
+        self.pending: list[tuple[str, str, int, str, asyncio.Future, Any]] = []
         self.wakeup = asyncio.Event()
         self.cancel_requested: set[str] = set()
         self.task = asyncio.create_task(self._run())
 
-    def add(self, conversation_id: str, run_id: str, seq: int, text: str) -> asyncio.Future:
-        """Queue a delta; the future resolves once it is in Redis and published."""
+    def add(
+        self,
+        conversation_id: str,
+        run_id: str,
+        seq: int,
+        text: str,
+        whole: Callable[[int], tuple[int, str]] | None = None,
+    ) -> asyncio.Future:
+        """Queue a delta; the future resolves once it is in Redis and published. ``whole``
+        (seq -> (its text's length in bytes, the text) from the start through delta seq) lets
+        the batch write the run's text again when Redis lost it (see _rewrite_lost)."""
         done = asyncio.get_running_loop().create_future()
-        self.pending.append((conversation_id, run_id, seq, text, done))
+        self.pending.append((conversation_id, run_id, seq, text, done, whole))
         self.wakeup.set()
         return done
 
@@ -184,7 +200,10 @@ class DeltaBatcher:
         pipe = streams.async_redis().pipeline(transaction=True)
         runs: list[str] = []
         conversations: set[str] = set()
-        for conversation_id, run_id, seq, text, _ in batch:
+        appends: list[tuple[int, str, int, Callable[[int], tuple[int, str]]]] = []
+        for conversation_id, run_id, seq, text, _, whole in batch:
+            if whole is not None:
+                appends.append((len(pipe), run_id, seq, whole))  # APPEND's place in the reply
             streams.queue_append(pipe, run_id, seq, text)
             # In the same MULTI: the log entry, the snapshot and the PUBLISH agree at any instant.
             queue_log(pipe, conversation_id, delta_event(run_id, seq, text))
@@ -208,9 +227,31 @@ class DeltaBatcher:
             for run_id, flagged in zip(runs, results[-len(runs) :], strict=True):
                 if flagged:
                     self.cancel_requested.add(run_id)
-        for *_, done in batch:
+            await self._rewrite_lost(appends, results)
+        for *_, done, _ in batch:
             if not done.done():
                 done.set_result(error)
+
+    async def _rewrite_lost(self, appends, results) -> None:
+        """APPEND answers the text's new length: when it is not what the run has streamed, the
+        text in Redis was lost (Redis restarted, keeping nothing) and a snapshot would now hand
+        a viewer who resyncs only the deltas since. Write the whole text again."""
+        from . import streams
+
+        lost: dict[str, tuple[int, Callable[[int], tuple[int, str]]]] = {}
+        for index, run_id, seq, whole in appends:
+            if results[index] != whole(seq)[0]:
+                lost[run_id] = (seq, whole)  # the batch's last delta of the run wins
+        if not lost:
+            return
+        pipe = streams.async_redis().pipeline(transaction=True)
+        for run_id, (seq, whole) in lost.items():
+            log.warning("The stream of run %s was lost from Redis: written again whole", run_id)
+            streams.queue_rewrite(pipe, run_id, seq, whole(seq)[1])
+        try:
+            await pipe.execute()
+        except Exception:
+            log.exception("Could not write the lost streams of %d run(s) again", len(lost))
 
 
 def publish_sync(conversation_id: str, event: dict[str, Any]) -> None:

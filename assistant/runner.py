@@ -13,6 +13,7 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import Future
+from typing import Any
 
 from django.conf import settings
 
@@ -110,7 +111,8 @@ def run_on_worker_loop(run_id: str) -> Future:
 # Every ORPHAN_SWEEP_SECONDS: runs of a worker whose alive key expired (killed -9, machine
 # gone) are failed with their partial text, so a run is settled within about
 # readiness.WORKER_ALIVE_SECONDS + ORPHAN_SWEEP_SECONDS of its worker's death (measured by
-# bench/cluster.py). Every SWEEP_SECONDS: runs whose own heartbeat stopped (any executor).
+# bench/cluster.py), and queued runs whose task went with a restarted Redis are queued again.
+# Every SWEEP_SECONDS: runs whose own heartbeat stopped (any executor).
 ORPHAN_SWEEP_SECONDS = 2
 SWEEP_SECONDS = 60
 
@@ -123,10 +125,11 @@ def start_sweeper() -> None:
 async def _sweep_forever() -> None:
     from config.db import db_sync_to_async
 
-    from .services import fail_orphaned_runs, fail_stale_runs
+    from .services import fail_orphaned_runs, fail_stale_runs, requeue_lost_runs
 
-    sweeps = [
+    sweeps: list[tuple[Any, int, str]] = [
         (db_sync_to_async(fail_orphaned_runs), ORPHAN_SWEEP_SECONDS, "whose worker is gone"),
+        (db_sync_to_async(requeue_lost_runs), ORPHAN_SWEEP_SECONDS, "queued in a lost Redis"),
         (db_sync_to_async(fail_stale_runs), SWEEP_SECONDS, "whose heartbeat stopped"),
     ]
     loop = asyncio.get_running_loop()
@@ -139,7 +142,7 @@ async def _sweep_forever() -> None:
             try:
                 count = await sweep()
                 if count:
-                    log.warning("Failed %d run(s) %s", count, what)
+                    log.warning("Settled %d run(s) %s", count, what)
             except Exception as exc:
                 # The database or Redis is away (a restart): next time.
                 log.warning("Sweeping runs %s failed: %r", what, exc)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -26,6 +27,8 @@ from .models import (
     ToolCall,
     ToolCallStatus,
 )
+
+log = logging.getLogger(__name__)
 
 TITLE_CHARS = 80
 IN_FLIGHT = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING)
@@ -475,6 +478,27 @@ def fail_orphaned_runs() -> int:
         "conversation"
     )
     return sum(_fail_cut_off(run, worker=run.worker) for run in orphans)
+
+
+def requeue_lost_runs() -> int:
+    """Queue again the queued runs older than Redis: their tasks were in a Redis that restarted
+    and kept nothing (the broker's queue with them), so no worker would ever claim them. Each
+    once per Redis lifetime; a duplicate (a Redis that did keep its queue) is harmless, a run is
+    claimed once."""
+    from config.readiness import mark_once, redis_started
+
+    from .runner import enqueue_run
+
+    started = datetime.fromtimestamp(redis_started(), tz=UTC)
+    count = 0
+    for run_id in Run.objects.filter(status=RunStatus.QUEUED, created__lt=started).values_list(
+        "uuid", flat=True
+    ):
+        if mark_once(f"tandem:run:{run_id}:requeued", 24 * 3600):
+            log.warning("Run %s was queued in a Redis that restarted: queued again", run_id)
+            enqueue_run(str(run_id))
+            count += 1
+    return count
 
 
 def _fail_cut_off(run: Run, **only_if) -> bool:

@@ -133,6 +133,12 @@ def queue_append(pipe, run_id: str, seq: int, text: str) -> None:
         pipe.expire(_text_key(run_id), TTL_SECONDS)
 
 
+def queue_rewrite(pipe, run_id: str, seq: int, text: str) -> None:
+    """The whole text through delta ``seq`` again (Redis lost it: see events.DeltaBatcher)."""
+    pipe.set(_text_key(run_id), text, ex=TTL_SECONDS)
+    pipe.set(_seq_key(run_id), seq, ex=TTL_SECONDS)
+
+
 def queue_cancel_check(pipe, run_id: str) -> None:
     pipe.exists(_cancel_key(run_id))
 

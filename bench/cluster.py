@@ -71,7 +71,8 @@ END_EVENTS = ("run.completed", "run.failed", "run.cancelled")
 
 def load_deploy_cluster():
     """deploy/cluster.py, by path (this file is "cluster" too when run as a script)."""
-    spec = importlib.util.spec_from_file_location("tandem_deploy_cluster", ROOT / "deploy/cluster.py")
+    path = ROOT / "deploy" / "cluster.py"
+    spec = importlib.util.spec_from_file_location("tandem_deploy_cluster", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -119,8 +120,19 @@ class OwnRedis:
         if port_open(self.port):
             raise RuntimeError(f"Port {self.port} is taken: Redis for the cluster needs it.")
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--maxclients", "10000"],  # fmt: skip
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxclients",
+                "10000",
+            ],  # fmt: skip
             stdout=self.log.open("a"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -185,8 +197,15 @@ class OwnPostgres:
 
     def start(self) -> None:
         result = self._as_postgres(
-            [self._bin("pg_ctl"), "-D", str(self.data), "-l", str(self.base / "pg.log"), "-w",
-             "start"],  # fmt: skip
+            [
+                self._bin("pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.base / "pg.log"),
+                "-w",
+                "start",
+            ],  # fmt: skip
             timeout=60,
         )
         if result.returncode:
@@ -592,7 +611,11 @@ async def run_phase(
     deadline = time.monotonic() + timeout
     outcome: dict[str, dict] = {}
     while time.monotonic() < deadline:
-        outcome = await call(_outcome, run_ids)
+        try:
+            outcome = await call(_outcome, run_ids)
+        except Exception:  # the database is what is restarting
+            await asyncio.sleep(0.5)
+            continue
         viewers_done = all(v.runs.get(by_conv[v.conversation], RunView()).ended for v in viewers)
         if viewers_done and all(o["status"] in finished for o in outcome.values()):
             break
@@ -621,9 +644,8 @@ async def run_phase(
                 missing += 1
             elif texts[0] != full:
                 saved_wrong += 1
-        elif o["status"] == "failed":
-            if texts and not full.startswith(texts[0]):
-                saved_wrong += 1
+        elif o["status"] == "failed" and texts and not full.startswith(texts[0]):
+            saved_wrong += 1
     # Each viewer's text when its run ended against the saved message.
     lost = dup = hung = ok = 0
     wire_dups = gaps = 0
@@ -675,8 +697,7 @@ async def run_phase(
         info["recovery_s"] = round(max(ends) - fault_at, 2) if ends else None
     elif fault == "web":
         back = [
-            min((t for t, _ in v.connects if t > fault_at), default=None)
-            for v in affected_viewers
+            min((t for t, _ in v.connects if t > fault_at), default=None) for v in affected_viewers
         ]
         info["reconnected"] = sum(t is not None for t in back)
         info["recovery_s"] = (

@@ -140,6 +140,29 @@ def _redis_now(client) -> float:
     return seconds + micros / 1_000_000
 
 
+def redis_started() -> float:
+    """When Redis started (epoch seconds, by its own clock; at most a second late)."""
+    client = _redis()
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.time()
+        pipe.info("server")
+        (seconds, micros), server = pipe.execute()
+    finally:
+        client.close()
+    return seconds + micros / 1_000_000 - int(server.get("uptime_in_seconds", 0))
+
+
+def mark_once(key: str, seconds: int) -> bool:
+    """Whether this call is the first to set ``key`` (in this Redis's lifetime, at most
+    ``seconds`` ago)."""
+    client = _redis()
+    try:
+        return bool(client.set(key, "1", nx=True, ex=seconds))
+    finally:
+        client.close()
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -163,16 +186,28 @@ _beating: list[threading.Thread] = []
 _this_worker = ""
 
 
+def redis_tag() -> str:
+    """Which Redis this process beats in (a digest of REDIS_URL): a worker's liveness is
+    judged only by workers of the same Redis, where its alive key would be."""
+    import hashlib
+
+    return hashlib.sha256(settings.REDIS_URL.encode()).hexdigest()[:8]
+
+
 def executing_worker() -> str:
-    """This process's worker name when it is a Celery worker that beats (runs it claims are
-    watched through its key); "" elsewhere (embedded server, tests, management commands)."""
-    return _this_worker
+    """What a run claimed here records as its worker: ``host:pid@redis-tag`` when this process
+    is a Celery worker that beats (its alive key tells whether it still lives); "" elsewhere
+    (embedded server, tests, management commands)."""
+    return f"{_this_worker}@{redis_tag()}" if _this_worker else ""
 
 
 def dead_workers(names: set[str]) -> set[str]:
-    """Those of ``names`` whose alive key has expired. Nothing while Redis started less than
+    """Those of ``names`` (executing_worker() values) whose alive key has expired. Only
+    workers of this process's Redis are judged. Nothing while Redis started less than
     WORKER_ALIVE_SECONDS + a beat ago: a restarted Redis (which keeps nothing here) has no key
     of anyone until each live worker's next beat."""
+    suffix = f"@{redis_tag()}"
+    names = {name.removesuffix(suffix) for name in names if name.endswith(suffix)}
     if not names:
         return set()
     client = _redis()
@@ -184,7 +219,7 @@ def dead_workers(names: set[str]) -> set[str]:
         found = client.mget([alive_key(name) for name in ordered])
     finally:
         client.close()
-    return {name for name, value in zip(ordered, found, strict=True) if value is None}
+    return {name + suffix for name, value in zip(ordered, found, strict=True) if value is None}
 
 
 def start_worker_heartbeat() -> threading.Thread:

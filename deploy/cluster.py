@@ -184,17 +184,41 @@ class Cluster:
             self.procs[f"worker{i}"] = Proc(
                 f"worker{i}",
                 [
-                    py, "-m", "celery", "-A", "config", "worker", "-n", f"worker{i}@%h",
-                    "--pool", "threads", "--concurrency", str(self.concurrency),
-                    "--prefetch-multiplier", "1", "--loglevel", "INFO",
-                    "--without-gossip", "--without-mingle",
+                    py,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "config",
+                    "worker",
+                    "-n",
+                    f"worker{i}@%h",
+                    "--pool",
+                    "threads",
+                    "--concurrency",
+                    str(self.concurrency),
+                    "--prefetch-multiplier",
+                    "1",
+                    "--loglevel",
+                    "INFO",
+                    "--without-gossip",
+                    "--without-mingle",
                 ],  # fmt: skip
                 ready_word="ready.",
             )
         self.procs["beat"] = Proc(
             "beat",
-            [py, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO",
-             "--schedule", str(self.dir / "celerybeat-schedule")],  # fmt: skip
+            [
+                py,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(self.dir / "celerybeat-schedule"),
+            ],  # fmt: skip
             ready_word="beat: Starting",
         )
 
@@ -239,7 +263,9 @@ class Cluster:
                 if proc.ready_word in text[proc.log_offset :]:
                     return
             time.sleep(0.1)
-        raise RuntimeError(f"{proc.name} not ready within {timeout:.0f} s:\n{self.log_tail(proc.name)}")
+        raise RuntimeError(
+            f"{proc.name} not ready within {timeout:.0f} s:\n{self.log_tail(proc.name)}"
+        )
 
     def start(self, *, migrate: bool = True) -> None:
         self.prepare(migrate=migrate)

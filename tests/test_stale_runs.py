@@ -70,11 +70,16 @@ def test_a_run_whose_worker_is_gone_is_failed_at_once_with_its_partial_text(
     conversation, alice, team, no_runs
 ):
     suffix = uuid.uuid4().hex[:8]
+    tag = readiness.redis_tag()
     client = redis.Redis.from_url(settings.REDIS_URL)
-    alive = f"alive-{suffix}:1"
-    client.set(readiness.alive_key(alive), "1", ex=60)
+    client.set(readiness.alive_key(f"alive-{suffix}:1"), "1", ex=60)
+    alive = f"alive-{suffix}:1@{tag}"
     try:
-        gone_run = _claimed_by(conversation, alice, f"gone-{suffix}:2")
+        gone_run = _claimed_by(conversation, alice, f"gone-{suffix}:2@{tag}")
+        # A worker of another Redis is not judged here: its key would be over there.
+        elsewhere = _claimed_by(
+            conversation_create(team=team, author=alice), alice, f"gone-{suffix}:3@0ther000"
+        )
         asyncio.run(streams.append(str(gone_run.uuid), 1, "Streamed before the kill"))
         other = conversation_create(team=team, author=alice)
         live_run = _claimed_by(other, alice, alive)
@@ -84,8 +89,10 @@ def test_a_run_whose_worker_is_gone_is_failed_at_once_with_its_partial_text(
         assert fail_orphaned_runs() == 0  # once; the live worker's run is left alone
         live_run.refresh_from_db()
         assert live_run.status == RunStatus.RUNNING
+        elsewhere.refresh_from_db()
+        assert elsewhere.status == RunStatus.RUNNING
     finally:
-        client.delete(readiness.alive_key(alive))
+        client.delete(readiness.alive_key(f"alive-{suffix}:1"))
         client.close()
 
     gone_run.refresh_from_db()
@@ -109,4 +116,4 @@ def test_a_claim_names_the_worker_only_on_a_worker(conversation, alice, no_runs,
         content="hi",
     )
     monkeypatch.setattr(readiness, "_this_worker", "host-a:42")
-    assert run_claim(str(other.run.uuid)).worker == "host-a:42"
+    assert run_claim(str(other.run.uuid)).worker == f"host-a:42@{readiness.redis_tag()}"
