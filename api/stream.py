@@ -128,16 +128,23 @@ def frame(event: str, payload: dict[str, Any], event_id: eventlog.EntryId | None
 
 async def _events(opened: Opened) -> AsyncIterator[bytes]:
     """The stream, ended at once when the caller's access to the team ends."""
-    async with events.AccessWatch(opened.caller.user.pk, opened.team_id) as watch:
-        ended = asyncio.ensure_future(watch.ended())
-        try:
-            # Listening, then checked again: access that ended in between is not missed.
-            if not await _astill_allowed(opened):
-                return
-            async for chunk in _log_events(opened, ended):
-                yield chunk
-        finally:
-            ended.cancel()
+    try:
+        async with events.AccessWatch(opened.caller.user.pk, opened.team_id) as watch:
+            ended = asyncio.ensure_future(watch.ended())
+            try:
+                # Listening, then checked again: access that ended in between is not missed.
+                if not await _astill_allowed(opened):
+                    return
+                async for chunk in _log_events(opened, ended):
+                    yield chunk
+            finally:
+                ended.cancel()
+    except (RedisError, OSError) as exc:
+        # Redis went away (restarting, say). The response has begun, so an error can't be
+        # answered any more, and one raised here would leave the connection hanging: end the
+        # stream. The client comes back with its Last-Event-ID after the retry delay, and
+        # resumes or is told to reset (a restarted Redis kept no log: api/eventlog.py).
+        log.warning("Event stream of %s ended, Redis unavailable: %r", opened.conversation_id, exc)
 
 
 _T = TypeVar("_T")
@@ -217,11 +224,6 @@ async def _log_events(opened: Opened, ended: asyncio.Future[Any]) -> AsyncIterat
                 if not pending:
                     yield b": keepalive\n\n"
             read_at = time.monotonic()
-    except (RedisError, OSError) as exc:
-        # Redis went away (restarting, say): end the stream instead of hanging on it. The
-        # client comes back with its Last-Event-ID after the retry delay, and resumes or is
-        # told to reset (a restarted Redis kept no log: api/eventlog.py).
-        log.warning("Event stream of %s ended, Redis unavailable: %r", opened.conversation_id, exc)
     finally:
         # Also on a client that went away: Django cancels the stream, and the blocked read
         # ends with its connection.

@@ -13,8 +13,9 @@ worker), scripted with ``[[tokens=T delay_ms=D]]`` so the whole reply is known i
 
 Each fault is one phase: --streams fresh conversations, each watched by two WebSocket viewers,
 one connected straight to each Daphne (so both Daphnes serve viewers of every conversation),
-and one conversation also read through the API's event stream (SSE, via nginx). All runs start
-at once; once every viewer has text, the fault is injected:
+and one conversation also read through the API's event stream (SSE, via nginx). All messages
+are sent at once through the API (via nginx); once every viewer has text, the fault is
+injected:
 
 - ``worker``: kill -9 of the worker executing the most runs. Its runs must end (failed, with
   the text already streamed saved, and Retry offered) within a bounded time; the other
@@ -429,7 +430,7 @@ class Harness:
 
 
 def make_member():
-    """A member, their team, a session cookie and a read API key (ORM, sync)."""
+    """A member, their team, a session cookie and an API key (ORM, sync)."""
     from django.conf import settings
     from django.test import Client
 
@@ -445,31 +446,37 @@ def make_member():
     client.force_login(user)
     cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
     membership = Membership.objects.get(team=team, user=user)
-    key = apikey_create(membership=membership, name="bench", scope=Scope.READ).raw
+    key = apikey_create(membership=membership, name="bench", scope=Scope.WRITE).raw
     return user, team, cookie, key
 
 
 def _make_conversations(team, user, count: int, label: str) -> list[str]:
+    from django.db import connection
+
     from assistant.models import Conversation
 
     objs = [
         Conversation(team=team, created_by=user, title=f"{label} #{i}", title_is_custom=True)
         for i in range(count)
     ]
-    return [str(c.uuid) for c in Conversation.objects.bulk_create(objs)]
-
-
-def _send(conversation_id: str, user, content: str) -> str:
-    from django.db import connection
-
-    from assistant.models import Conversation
-    from assistant.services import message_send
-
     try:
-        conversation = Conversation.objects.get(uuid=conversation_id)
-        return str(message_send(conversation=conversation, author=user, content=content).run.uuid)
+        return [str(c.uuid) for c in Conversation.objects.bulk_create(objs)]
     finally:
         connection.close()
+
+
+async def _send(session, origin: str, key: str, conversation_id: str, content: str) -> str:
+    """Send the message as a client does (the API, through nginx): the Daphne that takes it
+    queues the run on the cluster's broker."""
+    async with session.post(
+        f"{origin}/api/v1/conversations/{conversation_id}/messages",
+        json={"content": content},
+        headers={"Authorization": f"Bearer {key}"},
+    ) as resp:
+        body = await resp.json()
+        if resp.status != 202:
+            raise RuntimeError(f"sending a message: HTTP {resp.status} {body}")
+        return body["run"]["id"]
 
 
 def _outcome(run_ids: list[str]) -> dict[str, dict]:
@@ -562,10 +569,15 @@ async def run_phase(
     tasks.append(asyncio.ensure_future(sse.run(stop)))
     await asyncio_wait_until(lambda: all(v.connects for v in viewers), 60, "viewers connected")
     content = f"[[tokens={tokens} delay_ms={delay_ms}]] Stream for the {fault} fault."
+    import aiohttp
+
     sent_at = time.time()
-    run_ids: list[str] = list(
-        await asyncio.gather(*(call(_send, conv, h.user, content) for conv in conversations))
-    )
+    async with aiohttp.ClientSession() as session:
+        run_ids: list[str] = list(
+            await asyncio.gather(
+                *(_send(session, origin, h.api_key, conv, content) for conv in conversations)
+            )
+        )
     by_conv = dict(zip(conversations, run_ids, strict=True))
 
     def streaming() -> bool:
@@ -581,7 +593,7 @@ async def run_phase(
     if fault == "worker":
         by_worker = await call(_runs_by_worker, run_ids)
         victim = max((w for w in by_worker if w), key=lambda w: len(by_worker[w]))
-        pid = int(victim.rsplit(":", 1)[1])
+        pid = int(victim.split("@")[0].rsplit(":", 1)[1])  # host:pid@redis-tag
         name = next(n for n, p in h.cluster.procs.items() if p.popen and p.popen.pid == pid)
         fault_at = time.time()
         os.kill(pid, signal.SIGKILL)
@@ -649,6 +661,7 @@ async def run_phase(
     # Each viewer's text when its run ended against the saved message.
     lost = dup = hung = ok = 0
     wire_dups = gaps = 0
+    untold = []
     for v in viewers:
         rid = by_conv[v.conversation]
         view = v.runs.get(rid, RunView())
@@ -657,6 +670,11 @@ async def run_phase(
         saved = (outcome.get(rid, {}).get("messages") or [""])[0]
         if not view.ended:
             hung += 1
+            untold.append(
+                f"viewer on :{v.port} of run {rid[:8]} ({outcome.get(rid, {}).get('status')}): "
+                f"seq {view.seq}, last delta {view.last_delta_at - fault_at:+.1f} s, "
+                f"{len(v.connects)} sync(s), {len(v.closes)} close(s) {v.error}"
+            )
         elif view.text_at_end == saved:
             ok += 1
         elif saved.startswith(view.text_at_end):
@@ -674,6 +692,7 @@ async def run_phase(
             "viewer_text_lost": lost,
             "viewer_text_dup": dup,
             "viewer_not_told": hung,
+            **({"not_told": untold} if untold else {}),
             "wire_dups_dropped": wire_dups,
             "gaps_resynced": gaps,
             "sse": {
@@ -787,6 +806,9 @@ def main() -> int:
                 "SITE_URL": f"http://127.0.0.1:{args.port}",
                 "DJANGO_SETTINGS_MODULE": "config.settings",
                 "DATABASE_POOL_SIZE": "20",
+                # The bench sends and probes far more than a person does.
+                "API_RATE_PER_MINUTE": "0",
+                "API_KEY_RATE_PER_MINUTE": "0",
             }
         )
         for name in ("LLM_MODEL", "LLM_API_BASE", "LLM_API_KEY"):
