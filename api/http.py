@@ -21,6 +21,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.models import Membership, User
+from config.db import is_unavailable, unavailable_response
 
 from . import keys, ratelimit
 from .models import ApiKey, Scope
@@ -219,7 +220,10 @@ def endpoint(
                 return exc.response()
             except Http404:
                 return not_found().response()
-            except Exception:
+            except Exception as exc:
+                if is_unavailable(exc):  # the database busy or restarting: 503, try again
+                    log.warning("API request refused, database unavailable: %r", exc)
+                    return unavailable_response(request, exc)
                 log.exception("API request failed: %s %s", request.method, request.path)
                 return error_response(500, "internal_error", "Tandem had an internal error.")
 

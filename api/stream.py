@@ -42,7 +42,7 @@ from redis.exceptions import RedisError
 from assistant import events
 from assistant.models import Conversation, Run
 from assistant.services import IN_FLIGHT
-from config.db import is_pool_exhausted, pool_exhausted_response, release
+from config.db import is_unavailable, release, unavailable_response
 
 from . import data, eventlog
 from .http import ApiError, Caller, admit, error_response, not_found, team_param
@@ -241,8 +241,8 @@ async def conversation_events(request: HttpRequest, conversation_id: uuid.UUID) 
     except ApiError as exc:
         return exc.response()
     except Exception as exc:
-        if is_pool_exhausted(exc):
-            return pool_exhausted_response(request)
+        if is_unavailable(exc):
+            return unavailable_response(request, exc)
         log.exception("Could not open the event stream of %s", conversation_id)
         return error_response(500, "internal_error", "Tandem had an internal error.")
     response = StreamingHttpResponse(_events(opened), content_type="text/event-stream")

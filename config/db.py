@@ -9,7 +9,9 @@ never closes its connection keeps it out of the pool for good, so async code mus
 the ORM through a bare ``sync_to_async``.
 
 When every connection is lent out for longer than DATABASE_POOL_TIMEOUT, the request is
-answered 503 with a sentence (``pool_exhausted_response``), never a hang or a traceback.
+answered 503 with a sentence (``pool_exhausted_response``), never a hang or a traceback; so is
+a request that finds PostgreSQL down or restarting (``is_database_down``): the pool reconnects
+by itself once it is back.
 """
 
 from __future__ import annotations
@@ -76,23 +78,62 @@ def is_pool_exhausted(exc: BaseException | None) -> bool:
     return False
 
 
-def pool_exhausted_response(request: HttpRequest) -> HttpResponse:
+DOWN_MESSAGE = (
+    "Tandem cannot reach its database right now (it may be restarting). Try again in a few seconds."
+)
+
+
+def is_database_down(exc: BaseException | None) -> bool:
+    """Whether this exception (or one it was raised from) is PostgreSQL refusing or dropping
+    connections: down, restarting, shutting down. Not a conflict between transactions (an
+    OperationalError too, but the database answered)."""
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    seen = 0
+    while exc is not None and seen < 10:
+        # No SQLSTATE: the connection itself failed (refused, closed under us). Class 08: a
+        # connection exception; 57P: the server shutting down or not yet accepting.
+        if isinstance(exc, psycopg.OperationalError) and (
+            exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P"))
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def is_unavailable(exc: BaseException | None) -> bool:
+    """The pool's timeout or a database that is down: a 503 that says so, not a 500."""
+    return is_pool_exhausted(exc) or is_database_down(exc)
+
+
+def unavailable_response(request: HttpRequest, exc: BaseException | None) -> HttpResponse:
+    """503 with a sentence and Retry-After, for is_unavailable(exc)."""
+    if is_pool_exhausted(exc):
+        return pool_exhausted_response(request)
+    return pool_exhausted_response(request, DOWN_MESSAGE)
+
+
+def pool_exhausted_response(request: HttpRequest, message: str = MESSAGE) -> HttpResponse:
     from django.http import HttpResponse, JsonResponse
 
     response: HttpResponse
     if request.path.startswith("/api/"):
-        response = JsonResponse({"error": {"code": "unavailable", "message": MESSAGE}}, status=503)
+        response = JsonResponse({"error": {"code": "unavailable", "message": message}}, status=503)
     else:
-        response = HttpResponse(MESSAGE, status=503, content_type="text/plain; charset=utf-8")
+        response = HttpResponse(message, status=503, content_type="text/plain; charset=utf-8")
     response["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
 
 
 def server_error(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-    """handler500: a pool timeout becomes a 503 that says so; anything else is Django's 500.
-    Must not touch the database (it may be what failed)."""
-    if is_pool_exhausted(sys.exc_info()[1]):
-        return pool_exhausted_response(request)
+    """handler500: a pool timeout or a database that is down becomes a 503 that says so;
+    anything else is Django's 500. Must not touch the database (it may be what failed)."""
+    exc = sys.exc_info()[1]
+    if is_unavailable(exc):
+        return unavailable_response(request, exc)
     from django.views.defaults import server_error as default
 
     return default(request, *args, **kwargs)

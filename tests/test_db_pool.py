@@ -237,3 +237,57 @@ def test_settings_give_postgresql_a_bounded_pool(monkeypatch):
     finally:
         monkeypatch.undo()
         importlib.reload(live)
+
+
+# --- A database that is down or restarting: 503 with words, for pages and the API ----------------
+
+
+def _down(request):
+    import psycopg
+
+    try:
+        raise psycopg.OperationalError("connection failed: Connection refused")
+    except psycopg.OperationalError as exc:
+        raise OperationalError("connection failed") from exc
+
+
+def _conflict(request):
+    from psycopg.errors import SerializationFailure
+
+    try:
+        raise SerializationFailure("could not serialize access")
+    except SerializationFailure as exc:
+        raise OperationalError("could not serialize access") from exc
+
+
+urlpatterns += [path("down", _down), path("conflict", _conflict)]
+
+
+@pytest.mark.urls("tests.test_db_pool")
+def test_a_database_that_is_down_answers_503_in_words(client):
+    client.raise_request_exception = False
+    page = client.get("/down")
+    assert page.status_code == 503
+    assert page["Retry-After"] == "5"
+    assert "cannot reach its database" in page.content.decode()
+    assert client.get("/conflict").status_code == 500  # the database answered: not "down"
+
+
+@pytest.mark.django_db
+def test_the_api_answers_503_while_the_database_is_down(client, monkeypatch):
+    import psycopg
+
+    from api import http
+
+    def refuse(request):
+        try:
+            raise psycopg.OperationalError("connection failed: Connection refused")
+        except psycopg.OperationalError as exc:
+            raise OperationalError("connection failed") from exc
+
+    monkeypatch.setattr(http, "admit", refuse)
+    response = client.get("/api/v1/me")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert response.json()["error"]["code"] == "unavailable"
+    assert "cannot reach its database" in response.json()["error"]["message"]
