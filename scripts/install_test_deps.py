@@ -1,5 +1,6 @@
 """Install what the browser and sandbox tests need: Debian's chromium, bubblewrap, ripgrep and
-mmdebstrap (which builds the sandbox image the image tests run in).
+mmdebstrap (which builds the sandbox image the image tests run in), and nginx (the cluster
+test puts it in front of two Daphnes: tests/test_cluster.py).
 
 As root on Debian they are installed with apt-get when missing; anywhere else one line says
 what to install.
@@ -18,6 +19,7 @@ NEEDED = {
     "rg": "ripgrep",
     "tmux": "tmux",
     "mmdebstrap": "mmdebstrap",
+    "nginx": "nginx",
 }
 
 
