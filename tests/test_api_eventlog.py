@@ -75,6 +75,13 @@ def test_the_resume_rules(settings):
     assert trimmed.has_everything_after((5000, 0))
     assert not trimmed.has_everything_after((4999, 9))
 
+    # Redis restarted at 8000 (keeping nothing): a position from before is reset, even where
+    # the new log would otherwise seem to vouch for it; one from after is not.
+    restarted = LogState(now, (8500, 0), (9000, 3), False, store_started_ms=8000)
+    assert not restarted.has_everything_after((7999, 5))
+    assert restarted.has_everything_after((8600, 0))
+    assert not LogState(now, None, None, False, 8000).has_everything_after((7000, 0))
+
 
 def test_only_well_formed_ids_parse():
     assert parse_id("1700000000000-12") == (1700000000000, 12)

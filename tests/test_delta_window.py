@@ -38,3 +38,29 @@ def test_a_lone_reply_sends_every_piece_at_once(in_memory):
 
 def test_many_replies_at_once_are_coalesced(in_memory):
     assert asyncio.run(_deltas_for(20, others=2)) < 20
+
+
+def test_a_stream_lost_from_redis_is_written_again_whole(settings):
+    """A restarted Redis keeps no stream text: the next delta finds APPEND answering a length
+    that is not what the run streamed, and the whole text is written again, so a viewer who
+    resyncs gets all of it, not the deltas since the restart."""
+    import uuid
+
+    from assistant import streams
+
+    run_id = f"lost-{uuid.uuid4().hex}"
+
+    async def stream() -> streams.Snapshot:
+        publisher = DeltaPublisher("c", run_id, 0, start_seq=2, start_text="Parked text. ")
+        await streams.seed(run_id, 2, "Parked text. ")
+        publisher.add("One ")
+        await publisher.drain()
+        await streams.async_redis().delete(f"tandem:run:{run_id}:text")  # Redis "restarted"
+        publisher.add("two ")
+        publisher.flush()
+        publisher.add("three.")
+        await publisher.close()
+        return await streams.snapshot(run_id)
+
+    snap = asyncio.run(stream())
+    assert snap == streams.Snapshot(5, "Parked text. One two three.")
