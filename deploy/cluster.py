@@ -77,7 +77,11 @@ http {{
             # Replies stream for minutes; SSE must not sit in nginx's buffer.
             proxy_read_timeout 3600s;
             proxy_buffering off;
-            # A Daphne that is down (killed, restarting) is skipped at once for the other.
+            # A Daphne that is down (killed, restarting) is skipped for the other within the
+            # same request: its refused connection costs nothing. Never marked down for a while
+            # (max_fails=0 above): with one marked, the 50 viewers reconnecting at once reset a
+            # few handshakes of the other, nginx marked that one down too, and answered 502
+            # ("no live upstreams") to everyone for seconds at a time (bench/cluster.py).
             proxy_connect_timeout 2s;
             proxy_next_upstream error timeout http_502;
         }}
@@ -156,7 +160,7 @@ class Cluster:
         if busy:
             raise RuntimeError(f"Port(s) {', '.join(map(str, busy))} already in use.")
         servers = "\n".join(
-            f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;" for p in self.web_ports()
+            f"        server 127.0.0.1:{p} max_fails=0;" for p in self.web_ports()
         )
         # As root, nginx's worker would drop to "nobody", who may not write under --dir.
         user = "user root;" if os.geteuid() == 0 else ""
