@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import DatabaseError
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.utils import timezone
@@ -139,12 +140,15 @@ async def _events(opened: Opened) -> AsyncIterator[bytes]:
                     yield chunk
             finally:
                 ended.cancel()
-    except (RedisError, OSError) as exc:
-        # Redis went away (restarting, say). The response has begun, so an error can't be
-        # answered any more, and one raised here would leave the connection hanging: end the
-        # stream. The client comes back with its Last-Event-ID after the retry delay, and
-        # resumes or is told to reset (a restarted Redis kept no log: api/eventlog.py).
-        log.warning("Event stream of %s ended, Redis unavailable: %r", opened.conversation_id, exc)
+    except (RedisError, OSError, DatabaseError) as exc:
+        # Redis or the database went away (restarting, say). The response has begun, so an
+        # error can't be answered any more, and one raised here would leave the connection
+        # hanging: end the stream. The client comes back with its Last-Event-ID after the
+        # retry delay, and resumes or is told to reset (a restarted Redis kept no log:
+        # api/eventlog.py).
+        log.warning(
+            "Event stream of %s ended, a service unavailable: %r", opened.conversation_id, exc
+        )
 
 
 _T = TypeVar("_T")

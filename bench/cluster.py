@@ -639,6 +639,12 @@ async def run_phase(
         await asyncio.sleep(0.5)
     ended_at = time.time()
     if fault == "postgres":
+        # Probing on until the first 200 after the restart (the streams may end before).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+            p[0] >= fault_at and p[1] == 200 for p in probes
+        ):
+            await asyncio.sleep(0.2)
         await asyncio.sleep(1.0)
         probe_stop.set()
         await prober

@@ -17,6 +17,8 @@ by itself once it is back.
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -95,8 +97,10 @@ def is_database_down(exc: BaseException | None) -> bool:
     while exc is not None and seen < 10:
         # No SQLSTATE: the connection itself failed (refused, closed under us). Class 08: a
         # connection exception; 57P: the server shutting down or not yet accepting.
-        if isinstance(exc, psycopg.OperationalError) and (
-            exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P"))
+        if (
+            isinstance(exc, psycopg.OperationalError)
+            and not is_pool_exhausted(exc)  # the pool's timeout is one too, with no SQLSTATE
+            and (exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P")))
         ):
             return True
         exc = exc.__cause__ or exc.__context__
@@ -110,10 +114,82 @@ def is_unavailable(exc: BaseException | None) -> bool:
 
 
 def unavailable_response(request: HttpRequest, exc: BaseException | None) -> HttpResponse:
-    """503 with a sentence and Retry-After, for is_unavailable(exc)."""
-    if is_pool_exhausted(exc):
-        return pool_exhausted_response(request)
-    return pool_exhausted_response(request, DOWN_MESSAGE)
+    """503 with a sentence and Retry-After, for is_unavailable(exc). A database found down
+    (or a pool timeout behind which the database does not answer) is remembered, so that the
+    requests after this one are answered at once (DatabaseDownMiddleware)."""
+    if is_database_down(exc) or (is_pool_exhausted(exc) and not _database_answers()):
+        _note_down()
+        return pool_exhausted_response(request, DOWN_MESSAGE)
+    return pool_exhausted_response(request)
+
+
+# --- While PostgreSQL is down: fail fast ------------------------------------------------------
+# Without this every request would wait DATABASE_POOL_TIMEOUT for a connection the pool can't
+# make. Once one request found the database down, the others are answered 503 at once; every
+# DOWN_RECHECK_SECONDS one of them tries a connection of its own (1 s timeout), and the first
+# that gets one lets everybody through again (the pool reconnects by itself).
+DOWN_RECHECK_SECONDS = 1.0
+_down_until = 0.0
+_down_lock = threading.Lock()
+
+
+def _note_down() -> None:
+    global _down_until
+    _down_until = time.monotonic() + DOWN_RECHECK_SECONDS
+
+
+def _database_answers() -> bool:
+    from django.conf import settings
+
+    try:
+        import psycopg
+    except ImportError:  # SQLite (embedded mode): nothing to be down
+        return True
+    db = settings.DATABASES["default"]
+    if not db["ENGINE"].endswith("postgresql"):
+        return True
+    try:
+        psycopg.connect(
+            dbname=db["NAME"],
+            user=db.get("USER") or None,
+            password=db.get("PASSWORD") or None,
+            host=db.get("HOST") or None,
+            port=db.get("PORT") or None,
+            connect_timeout=1,
+        ).close()
+    except Exception:
+        return False
+    return True
+
+
+def database_known_down() -> bool:
+    """Whether a recent request found PostgreSQL down and it still is (see above)."""
+    global _down_until
+    if not _down_until:
+        return False
+    if time.monotonic() < _down_until or not _down_lock.acquire(blocking=False):
+        return True  # found down a moment ago, or another request is looking right now
+    try:
+        if _database_answers():
+            _down_until = 0.0
+            return False
+        _note_down()
+        return True
+    finally:
+        _down_lock.release()
+
+
+class DatabaseDownMiddleware:
+    """Answer 503 at once while the database is known to be down (probes excepted: /readyz
+    says why itself)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path not in ("/healthz", "/readyz") and database_known_down():
+            return pool_exhausted_response(request, DOWN_MESSAGE)
+        return self.get_response(request)
 
 
 def pool_exhausted_response(request: HttpRequest, message: str = MESSAGE) -> HttpResponse:

@@ -112,6 +112,7 @@ MIDDLEWARE = [
     "config.logs.RequestContextMiddleware",  # a request id for every log line and response
     "config.middleware.ContentSecurityPolicyMiddleware",  # on every response, /healthz too
     "config.middleware.HealthCheckMiddleware",
+    "config.db.DatabaseDownMiddleware",  # 503 at once while PostgreSQL is known to be down
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -159,9 +159,7 @@ class Cluster:
         busy = [p for p in [self.port, *self.web_ports()] if port_open(p)]
         if busy:
             raise RuntimeError(f"Port(s) {', '.join(map(str, busy))} already in use.")
-        servers = "\n".join(
-            f"        server 127.0.0.1:{p} max_fails=0;" for p in self.web_ports()
-        )
+        servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=0;" for p in self.web_ports())
         # As root, nginx's worker would drop to "nobody", who may not write under --dir.
         user = "user root;" if os.geteuid() == 0 else ""
         (self.dir / "nginx.conf").write_text(

@@ -19,6 +19,7 @@ import pytest
 from django.conf import settings
 from django.db import OperationalError
 from django.http import HttpResponse
+from django.test import override_settings
 from django.urls import path
 
 from tests.api_client import make_key
@@ -205,8 +206,20 @@ urlpatterns = [
 handler500 = "config.db.server_error"
 
 
+@pytest.fixture
+def database_up(monkeypatch):
+    """What the middleware's own connection finds (the test database may not exist yet, and
+    a database found down is remembered: config.db, "While PostgreSQL is down")."""
+    from config import db as dbmod
+
+    monkeypatch.setattr(dbmod, "_down_until", 0.0)
+    answers = {"up": True}
+    monkeypatch.setattr(dbmod, "_database_answers", lambda: answers["up"])
+    return answers
+
+
 @pytest.mark.urls("tests.test_db_pool")
-def test_an_exhausted_pool_answers_503_in_words(client):
+def test_an_exhausted_pool_answers_503_in_words(client, database_up):
     client.raise_request_exception = False
     page = client.get("/exhausted")
     assert page.status_code == 503
@@ -264,17 +277,23 @@ urlpatterns += [path("down", _down), path("conflict", _conflict)]
 
 
 @pytest.mark.urls("tests.test_db_pool")
-def test_a_database_that_is_down_answers_503_in_words(client):
+def test_a_database_that_is_down_answers_503_in_words(client, database_up, monkeypatch):
+    from config import db as dbmod
+
     client.raise_request_exception = False
+    assert client.get("/conflict").status_code == 500  # the database answered: not "down"
     page = client.get("/down")
     assert page.status_code == 503
     assert page["Retry-After"] == "5"
     assert "cannot reach its database" in page.content.decode()
-    assert client.get("/conflict").status_code == 500  # the database answered: not "down"
+    # A pool timeout behind which the database does not answer is "down" too.
+    monkeypatch.setattr(dbmod, "_down_until", 0.0)
+    database_up["up"] = False
+    assert "cannot reach its database" in client.get("/exhausted").content.decode()
 
 
 @pytest.mark.django_db
-def test_the_api_answers_503_while_the_database_is_down(client, monkeypatch):
+def test_the_api_answers_503_while_the_database_is_down(client, monkeypatch, database_up):
     import psycopg
 
     from api import http
@@ -291,3 +310,29 @@ def test_the_api_answers_503_while_the_database_is_down(client, monkeypatch):
     assert response["Retry-After"] == "5"
     assert response.json()["error"]["code"] == "unavailable"
     assert "cannot reach its database" in response.json()["error"]["message"]
+
+
+@pytest.mark.django_db
+def test_once_the_database_is_found_down_requests_are_refused_at_once(
+    client, monkeypatch, database_up
+):
+    """The first request that finds PostgreSQL down says so; the next ones don't wait for the
+    pool: 503 at once until a connection of the middleware's own succeeds again."""
+    from config import db as dbmod
+
+    answers = database_up
+    answers["up"] = False
+    monkeypatch.setattr(dbmod, "DOWN_RECHECK_SECONDS", 0.0)  # look again on every request
+    client.raise_request_exception = False
+    with override_settings(ROOT_URLCONF="tests.test_db_pool"):
+        assert client.get("/down").status_code == 503  # found down: remembered
+    assert dbmod.database_known_down()
+    started = time.monotonic()
+    refused = client.get("/api/v1/me")
+    assert refused.status_code == 503 and refused["Retry-After"] == "5"
+    assert "cannot reach its database" in refused.json()["error"]["message"]
+    assert time.monotonic() - started < 1
+    assert client.get("/healthz").status_code == 200  # liveness is not the database's
+    answers["up"] = True  # back: the next request goes through and clears it
+    assert client.get("/api/v1/me").status_code == 401
+    assert not dbmod.database_known_down()
