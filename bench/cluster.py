@@ -670,7 +670,7 @@ async def run_phase(
         elif o["status"] == "failed" and texts and not full.startswith(texts[0]):
             saved_wrong += 1
     # Each viewer's text when its run ended against the saved message.
-    lost = dup = hung = ok = 0
+    lost = dup = hung = ok = away = 0
     wire_dups = gaps = 0
     untold = []
     for v in viewers:
@@ -686,6 +686,10 @@ async def run_phase(
                 f"seq {view.seq}, last delta {view.last_delta_at - fault_at:+.1f} s, "
                 f"{len(v.connects)} sync(s), {len(v.closes)} close(s) {v.error}"
             )
+        elif view.ended == "away":
+            # Ended while it reconnected: the browser re-fetches such a run (refreshRun), so
+            # it shows the saved message; counted apart, since no streamed text is compared.
+            away += 1
         elif view.text_at_end == saved:
             ok += 1
         elif saved.startswith(view.text_at_end):
@@ -700,6 +704,7 @@ async def run_phase(
             "messages_doubled": doubled,
             "viewer_runs": len(viewers),
             "viewer_text_ok": ok,
+            "viewer_ended_while_away": away,
             "viewer_text_lost": lost,
             "viewer_text_dup": dup,
             "viewer_not_told": hung,
@@ -750,6 +755,12 @@ async def run_phase(
         during = [p for p in probes if fault_at - info["outage_s"] <= p[0] < fault_at]
         after = [p for p in probes if p[0] >= fault_at]
         first_ok = next((p[0] + p[2] for p in after if p[1] == 200), None)
+        # (sent at, status, seconds) relative to the restart: what waited, what failed fast.
+        info["probes"] = [
+            (round(p[0] - fault_at, 1), p[1], round(p[2], 2))
+            for p in probes
+            if fault_at - info["outage_s"] - 6 <= p[0] <= (first_ok or p[0])
+        ]
         statuses_during: dict[str, int] = {}
         for p in during:
             statuses_during[str(p[1])] = statuses_during.get(str(p[1]), 0) + 1
