@@ -218,6 +218,15 @@ class ToolCall(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["run", "step", "index"], name="toolcall_run_step_index")
         ]
+        # The approvals page and its badge look up the few calls awaiting a decision among
+        # all a team ever made: a partial index holds only those.
+        indexes = [
+            models.Index(
+                fields=["run"],
+                condition=models.Q(status="awaiting"),
+                name="toolcall_awaiting",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.status})"

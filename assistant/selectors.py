@@ -7,7 +7,7 @@ from django.shortcuts import get_object_or_404
 
 from accounts.models import Membership, Team
 
-from .models import Conversation, Message, Role, Run, ToolCall, Workspace
+from .models import Conversation, Message, Role, Run, ToolCall, ToolCallStatus, Workspace
 
 
 def conversations_of(team: Team, *, query: str = "") -> QuerySet[Conversation]:
@@ -67,3 +67,21 @@ def untouched_conversation_of(team, author) -> Conversation | None:
         .order_by("-created")
         .first()
     )
+
+
+def awaiting_calls_of(team: Team) -> QuerySet[ToolCall]:
+    """Every command in the team's conversations waiting for a member's decision, oldest first
+    (the one waiting longest is answered first)."""
+    return (
+        ToolCall.objects.filter(status=ToolCallStatus.AWAITING, run__conversation__team=team)
+        .select_related("run__conversation", "run__requested_by", "decided_by")
+        .order_by("created", "id")
+    )
+
+
+def awaiting_count_of(team: Team) -> int:
+    """How many commands wait for approval in the team: the nav's badge (a partial index on
+    ToolCall.status keeps this a small lookup however many calls the team has made)."""
+    return ToolCall.objects.filter(
+        status=ToolCallStatus.AWAITING, run__conversation__team=team
+    ).count()

@@ -9,6 +9,8 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/messages/", views.message_send, name="message_send"),
     path("c/<uuid:conversation_id>/rename/", views.conversation_rename, name="conversation_rename"),
     path("c/<uuid:conversation_id>/delete/", views.conversation_delete, name="conversation_delete"),
+    path("approvals/", views.approvals, name="approvals"),
+    path("approvals/badge/", views.approvals_badge, name="approvals_badge"),
 ]
 
 # Runs are addressed without the team: fragments rendered for the WebSocket don't know it, and

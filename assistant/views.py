@@ -8,7 +8,7 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 
 from accounts.http import AuthenticatedHttpRequest
 from accounts.selectors import membership_for
@@ -249,4 +249,43 @@ def tool_call_decide(request: AuthenticatedHttpRequest, call_id) -> HttpResponse
         error = str(exc)
         call.refresh_from_db()
     context = {"call": {**tool_call_context(call), "error": error}}
-    return render(request, "assistant/_tool_call.html", context)
+    response = render(request, "assistant/_tool_call.html", context)
+    # The nav's approvals badge counts again now rather than at its next poll.
+    return trigger_client_event(response, "approvals-changed")
+
+
+@login_required
+@require_GET
+def approvals(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
+    """Every command waiting for a decision in the team's conversations, each with who asked
+    and where, approved or denied in place through tool_call_decide (same rules, same record)."""
+    membership = membership_for(request.user, slug)
+    calls = selectors.awaiting_calls_of(membership.team)[:APPROVALS_SHOWN]
+    waiting = [
+        {
+            "call": tool_call_context(call),
+            "run": call.run,
+            "conversation": call.run.conversation,
+            "asked_at": call.created,
+        }
+        for call in calls
+    ]
+    context = {"team": membership.team, "membership": membership, "waiting": waiting}
+    context["total"] = selectors.awaiting_count_of(membership.team)
+    return render(request, "assistant/approvals.html", context)
+
+
+# A page, not an archive: more than this waiting at once is said as a count.
+APPROVALS_SHOWN = 100
+
+
+@login_required
+@require_GET
+def approvals_badge(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
+    """The nav's Approvals link with its count, polled by htmx (see docs/architecture.md)."""
+    membership = membership_for(request.user, slug)
+    context = {
+        "team": membership.team,
+        "approvals_waiting": selectors.awaiting_count_of(membership.team),
+    }
+    return render(request, "assistant/_approvals_badge.html", context)

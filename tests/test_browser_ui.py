@@ -221,6 +221,7 @@ def test_nothing_scrolls_sideways_and_the_composer_is_reachable(
         f"/t/{slug}/slack/",
         f"/t/{slug}/settings/",
         f"/t/{slug}/usage/",
+        f"/t/{slug}/approvals/",
     ):
         page.goto(path)
         assert page.evaluate(OVERFLOW) <= 0, f"{path} scrolls sideways at {viewport}"
@@ -306,3 +307,28 @@ def test_the_conversation_list_is_beside_the_conversation(
     assert phone.evaluate(OVERFLOW) <= 0
     phone.keyboard.press("Escape")
     expect(sidebar).to_be_hidden()
+
+
+# --- Approvals across the team -------------------------------------------------------------------
+
+
+def test_a_teammate_decides_from_the_approvals_page(
+    stack, new_context, conversation, alice, bob, no_runs
+):
+    from tests.test_approvals import waiting_command
+
+    waiting_command(conversation, alice, "make deploy")
+    page = new_context("bob", base_url=stack.base_url, viewport=PHONE).new_page()
+    sign_in(page, bob.email)
+    expect(page.get_by_test_id("approvals-badge")).to_contain_text("1")
+    page.get_by_test_id("approvals-link").click()
+    item = page.get_by_test_id("approval-item")
+    expect(item).to_contain_text("Refactor the parser")
+    expect(item).to_contain_text(f"Asked by {alice.name}")
+    expect(item.locator(".tool-summary")).to_have_text("make deploy")
+    assert page.evaluate(OVERFLOW) <= 0
+    item.get_by_test_id("deny").click()
+    expect(item.get_by_test_id("decision")).to_contain_text(f"Denied by {bob.name}")
+    # The badge counts again at once (approvals-changed), not at its next poll.
+    expect(page.get_by_test_id("approvals-badge")).to_have_count(0)
+    expect(page.get_by_test_id("approvals-link")).to_have_text("Approvals")

@@ -24,3 +24,11 @@ def ago(moment) -> str:
     if timezone.now() - moment < timedelta(minutes=1):
         return "just now"
     return timesince(moment).split(",")[0] + " ago"
+
+
+@register.simple_tag
+def approvals_waiting(team) -> int:
+    """The count on the nav's Approvals badge, for any team page."""
+    from assistant.selectors import awaiting_count_of
+
+    return awaiting_count_of(team)
