@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from dataclasses import dataclass
+
+from django.db.models import Q, QuerySet, Value
+from django.db.models.functions import Greatest, StrIndex, Substr, Upper
 from django.shortcuts import get_object_or_404
 
 from accounts.models import Membership, Team
@@ -85,3 +88,51 @@ def awaiting_count_of(team: Team) -> int:
     return ToolCall.objects.filter(
         status=ToolCallStatus.AWAITING, run__conversation__team=team
     ).count()
+
+
+# Message search, bounded: at most this many matching messages are looked at (newest first),
+# each read as a short window around the match, never whole; queries shorter than the
+# trigram index's three letters search titles only.
+SEARCH_MESSAGES_SCANNED = 200
+SEARCH_MIN_BODY_QUERY = 3
+SNIPPET_BEFORE = 50
+SNIPPET_LENGTH = 150
+
+
+@dataclass(frozen=True)
+class Found:
+    conversation: Conversation
+    # A window of the newest matching message, split around the match ("" when only the title
+    # matched).
+    before: str = ""
+    match: str = ""
+    after: str = ""
+
+
+def search_conversations(team: Team, query: str, *, limit: int) -> list[Found]:
+    """The team's conversations whose title or any message has ``query`` in it (case aside),
+    newest first, with a snippet of the newest matching message."""
+    snippets: dict[int, tuple[str, str, str]] = {}
+    if len(query) >= SEARCH_MIN_BODY_QUERY:
+        start = Greatest(StrIndex(Upper("content"), Upper(Value(query))) - SNIPPET_BEFORE, Value(1))
+        windows = (
+            Message.objects.filter(conversation__team=team, content__icontains=query)
+            .annotate(window=Substr("content", start, SNIPPET_LENGTH))
+            .order_by("-created", "-id")
+            .values_list("conversation_id", "window")[:SEARCH_MESSAGES_SCANNED]
+        )
+        for conversation_id, window in windows:
+            if conversation_id not in snippets:
+                snippets[conversation_id] = _split_around(window, query)
+    conversations = conversations_of(team).filter(
+        Q(title__icontains=query) | Q(pk__in=list(snippets))
+    )[:limit]
+    return [Found(c, *snippets.get(c.pk, ("", "", ""))) for c in conversations]
+
+
+def _split_around(window: str, query: str) -> tuple[str, str, str]:
+    at = window.lower().find(query.lower())
+    if at < 0:  # case mapping changed the length (ß, İ): show the window as it is
+        return (window, "", "")
+    end = at + len(query)
+    return (window[:at], window[at:end], window[end:])

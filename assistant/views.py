@@ -24,15 +24,17 @@ def conversation_list(request: AuthenticatedHttpRequest, slug: str) -> HttpRespo
     membership = membership_for(request.user, slug)
     request.session["last_team"] = slug
     query = request.GET.get("q", "").strip()[:200]
+    context: dict[str, Any] = {"team": membership.team, "membership": membership, "q": query}
+    if request.htmx and request.htmx.target == "sidebar-results":  # a conversation's sidebar
+        # Titles and message text, with the matching words (selectors.search_conversations).
+        found = selectors.search_conversations(membership.team, query, limit=SIDEBAR_LENGTH)
+        context["found"] = found
+        return render(request, "assistant/_sidebar_results.html", context)
     conversations = selectors.conversations_of(membership.team, query=query)
-    page = Paginator(conversations, 50).get_page(request.GET.get("page"))
-    context = {"team": membership.team, "membership": membership, "page": page, "q": query}
+    context["page"] = Paginator(conversations, 50).get_page(request.GET.get("page"))
     template = "assistant/conversation_list.html"
     if request.htmx and request.htmx.target == "conversation-results":
         template = "assistant/_conversation_results.html"
-    if request.htmx and request.htmx.target == "sidebar-results":  # a conversation's sidebar
-        context["conversations"] = conversations[:SIDEBAR_LENGTH]
-        template = "assistant/_sidebar_results.html"
     return render(request, template, context)
 
 
@@ -127,7 +129,9 @@ def conversation_detail(
     if request.htmx and request.htmx.target == "messages":
         return render(request, "assistant/_messages.html", context)
     context["repositories"] = _attachable(conversation, workspace)
-    context["conversations"] = selectors.conversations_of(membership.team)[:SIDEBAR_LENGTH]
+    context["found"] = [
+        selectors.Found(c) for c in selectors.conversations_of(membership.team)[:SIDEBAR_LENGTH]
+    ]
     return render(request, "assistant/conversation.html", context)
 
 

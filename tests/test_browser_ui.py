@@ -288,6 +288,8 @@ def test_the_conversation_list_is_beside_the_conversation(
     from assistant.services import conversation_create
 
     conversation_create(team=team, author=alice, title="Deploy notes")
+    ops = conversation_create(team=team, author=alice, title="Ops")
+    Message.objects.create(conversation=ops, role=Role.USER, content="Why did the rollout stall?")
     desktop = new_context("desktop", base_url=stack.base_url, viewport=DESKTOP).new_page()
     sign_in_to_conversation(desktop, alice.email, conversation)
     sidebar = desktop.get_by_test_id("sidebar")
@@ -304,6 +306,10 @@ def test_the_conversation_list_is_beside_the_conversation(
     expect(phone.get_by_test_id("sidebar-toggle")).to_have_attribute("aria-expanded", "true")
     phone.get_by_test_id("sidebar-search").fill("deploy")
     expect(sidebar.locator("#sidebar-results a")).to_have_text(["Deploy notes"])
+    phone.get_by_test_id("sidebar-search").fill("rollout")  # message text, with the words
+    expect(sidebar.locator("#sidebar-results a")).to_have_count(1)
+    expect(sidebar.get_by_test_id("snippet")).to_have_text("Why did the rollout stall?")
+    expect(sidebar.locator("#sidebar-results mark")).to_have_text("rollout")
     assert phone.evaluate(OVERFLOW) <= 0
     phone.keyboard.press("Escape")
     expect(sidebar).to_be_hidden()
