@@ -5,7 +5,9 @@ page opens at the newest message, and nothing scrolls sideways on a phone."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -33,6 +35,7 @@ expect.set_options(timeout=20_000)
 DESKTOP = {"width": 1400, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
+LOADING = re.compile(r"\bhtmx-request\b")  # htmx's class on an element while its request runs
 OVERFLOW = "() => document.documentElement.scrollWidth - window.innerWidth"
 
 
@@ -338,3 +341,80 @@ def test_a_teammate_decides_from_the_approvals_page(
     # The badge counts again at once (approvals-changed), not at its next poll.
     expect(page.get_by_test_id("approvals-badge")).to_have_count(0)
     expect(page.get_by_test_id("approvals-link")).to_have_text("Approvals")
+
+
+# --- Keyboard ------------------------------------------------------------------------------------
+
+
+def test_slash_searches_and_question_mark_shows_the_shortcuts(stack, new_context, conversation):
+    page = new_context("alice", base_url=stack.base_url, viewport=PHONE).new_page()
+    sign_in_to_conversation(page, "alice@example.com", conversation)
+    page.get_by_test_id("composer").fill("/ and ? typed here stay text")
+    assert page.get_by_test_id("composer").input_value() == "/ and ? typed here stay text"
+    page.evaluate("document.activeElement.blur()")
+
+    page.keyboard.press("/")  # the drawer opens, its search focused
+    expect(page.get_by_test_id("sidebar")).to_be_visible()
+    expect(page.get_by_test_id("sidebar-search")).to_be_focused()
+    expect(page.get_by_test_id("sidebar-search")).to_have_value("")
+    page.keyboard.press("Escape")
+    expect(page.get_by_test_id("sidebar")).to_be_hidden()
+
+    page.keyboard.press("?")
+    help_ = page.get_by_role("dialog", name="Keyboard shortcuts")
+    expect(help_).to_be_visible()
+    expect(help_).to_contain_text("Search the conversations")
+    assert in_view(page, "#shortcuts")
+    page.keyboard.press("Escape")
+    expect(help_).to_be_hidden()
+    page.get_by_test_id("shortcuts-open").click()  # also a button, for those without a keyboard
+    expect(help_).to_be_visible()
+    page.get_by_test_id("shortcuts-close").click()
+    expect(help_).to_be_hidden()
+
+
+# --- The Share dialog: a reload answered late must not undo a revoke -----------------------------
+
+
+def test_a_late_reload_of_the_share_dialog_keeps_a_revoked_link_revoked(
+    stack, new_context, conversation, alice
+):
+    from playwright.sync_api import Error as PlaywrightError
+
+    from sharing.models import ShareLink, new_token
+
+    ShareLink.objects.create(
+        conversation=conversation, created_by=alice, token_hash=new_token()[1], title="x"
+    )
+    page = new_context("alice", base_url=stack.base_url).new_page()
+    sign_in_to_conversation(page, alice.email, conversation)
+    page.on("dialog", lambda prompt: prompt.accept())
+    dialog = page.locator("#share-dialog")
+    page.get_by_test_id("share").click()
+    expect(dialog.get_by_test_id("revoke")).to_be_visible()
+    page.get_by_test_id("share-close").click()
+
+    # Reopened: the list reloads, and the server answers it before the revoke below, but the
+    # answer reaches the page only after it (held here, as a slow network would).
+    held = []
+
+    def hold(route):
+        held.append((route, route.fetch()))
+
+    page.route(f"**/c/{conversation.uuid}/shares/", hold)
+    share = page.get_by_test_id("share")
+    share.click()
+    expect(share).to_have_class(LOADING)
+    while not held:  # the handler runs while Playwright waits
+        page.wait_for_timeout(50)
+    dialog.get_by_test_id("revoke").click()
+    expect(dialog.get_by_test_id("revoked")).to_be_visible()
+    assert ShareLink.objects.get().revoked_at is not None
+
+    route, stale = held[0]
+    # An error here means the page gave up on that reload already: the fix at work.
+    with contextlib.suppress(PlaywrightError):
+        route.fulfill(response=stale)
+    expect(share).not_to_have_class(LOADING)  # the reload has landed, or was dropped
+    expect(dialog.get_by_test_id("revoked")).to_be_visible()
+    expect(dialog.get_by_test_id("revoke")).to_have_count(0)
