@@ -17,6 +17,7 @@ from accounts import selectors
 from . import policy
 from .llm import LLMError, check_connection, config_for_team, site_config
 from .llm.bases import BaseRefused, check_saved
+from .llm.known import known_models
 
 
 class LLMSettingsForm(forms.Form):
@@ -25,10 +26,17 @@ class LLMSettingsForm(forms.Form):
         max_length=200,
         required=False,
         help_text="A litellm model name, e.g. openai/gpt-4o, anthropic/claude-sonnet-4-5, "
-        "ollama_chat/llama3.1. Empty: the site default.",
+        "ollama_chat/llama3.1 (type a provider and / for suggestions). Empty: the site default.",
+        # Suggestions from litellm's list (assistant/llm/known.py); any name may be typed.
+        widget=forms.TextInput(attrs={"list": "known-models", "autocomplete": "off"}),
     )
     llm_api_base = forms.URLField(
-        label="API base URL", max_length=500, required=False, assume_scheme="https"
+        label="API base URL",
+        max_length=500,
+        required=False,
+        assume_scheme="https",
+        help_text="Only for a self-hosted or proxy endpoint (Ollama, vLLM, a gateway), e.g. "
+        "http://ollama.internal:11434. Empty: the provider's own address.",
     )
     llm_api_key = forms.CharField(
         label="API key",
@@ -38,7 +46,12 @@ class LLMSettingsForm(forms.Form):
     )
     clear_api_key = forms.BooleanField(label="Remove the stored key", required=False)
     llm_temperature = forms.FloatField(
-        label="Temperature", required=False, min_value=0.0, max_value=2.0
+        label="Temperature",
+        required=False,
+        min_value=0.0,
+        max_value=2.0,
+        help_text="0 to 2. Lower is more predictable (0–0.3 suits code), higher more varied. "
+        "Empty: the model's default.",
     )
 
     def clean_llm_api_base(self) -> str:
@@ -90,6 +103,7 @@ def team_settings(request: HttpRequest, slug: str) -> HttpResponse:
         "has_key": bool(team.llm_api_key_encrypted),
         "effective": config_for_team(team),
         "site": site_config(),
+        "known_models": known_models(),
     }
     return render(request, "assistant/team_settings.html", context)
 

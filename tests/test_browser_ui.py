@@ -228,6 +228,11 @@ def test_nothing_scrolls_sideways_and_the_composer_is_reachable(
     ):
         page.goto(path)
         assert page.evaluate(OVERFLOW) <= 0, f"{path} scrolls sideways at {viewport}"
+        if path.endswith("/repos/"):  # a credential field only for its method
+            expect(page.get_by_test_id("field-token")).to_be_hidden()
+            page.get_by_label("Authentication").select_option("https_token")
+            expect(page.get_by_test_id("field-token")).to_be_visible()
+            expect(page.get_by_test_id("field-ssh_key")).to_be_hidden()
 
     page.goto(f"/t/{slug}/c/{conversation.uuid}/")
     expect(page.locator("#connection")).to_have_attribute("data-state", "live")

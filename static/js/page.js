@@ -4,6 +4,8 @@
 //   data-select-on-click       on an input: select its text when clicked
 //   data-copy-previous         on a button: copy the value of the input just before it
 //   data-submit-on-change      on a select: submit its form when changed
+//   data-show-if="name=value"  on a part of a form: shown only while the form's field "name"
+//                              has that value (hidden parts keep their inputs out of the way)
 (() => {
   "use strict";
   document.addEventListener("click", (event) => {
@@ -26,5 +28,17 @@
   document.addEventListener("change", (event) => {
     const select = event.target instanceof Element ? event.target.closest("[data-submit-on-change]") : null;
     if (select && select.form) select.form.submit();
+    if (event.target instanceof Element && event.target.form) showIf(event.target.form);
+  });
+
+  function showIf(form) {
+    form.querySelectorAll("[data-show-if]").forEach((part) => {
+      const [name, value] = part.dataset.showIf.split("=");
+      const field = form.elements.namedItem(name);
+      part.hidden = !field || field.value !== value;
+    });
+  }
+  document.querySelectorAll("form").forEach((form) => {
+    if (form.querySelector("[data-show-if]")) showIf(form);
   });
 })();
