@@ -25,6 +25,6 @@ def _run(statements):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("assistant", "0009_toolcall_awaiting_index")]
+    dependencies = [("assistant", "0010_toolcall_awaiting_index")]
 
     operations = [migrations.RunPython(_run(CREATE), _run(DROP))]
