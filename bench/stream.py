@@ -57,8 +57,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,6 +136,33 @@ def wait_for_port(port: int, proc: subprocess.Popen, name: str, timeout: float =
     raise RuntimeError(f"{name} did not listen on {port} within {timeout}s")
 
 
+def wait_for_answer(url: str, proc: subprocess.Popen, name: str, timeout: float = 60) -> float:
+    """Poll ``url`` every 10 ms until it answers 200; the monotonic time it first did."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return time.monotonic()
+        except OSError:
+            time.sleep(0.01)
+    raise RuntimeError(f"{name} did not answer {url} within {timeout}s")
+
+
+def proc_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return math.nan
+
+
 # --- the stack -------------------------------------------------------------------------------
 
 
@@ -146,6 +173,7 @@ class Stack:
     llm_port: int
     logdir: Path
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    startup_s: float = math.nan  # `python -m config.serve` spawned -> first answered request
 
     @property
     def base_url(self) -> str:
@@ -189,17 +217,28 @@ class Stack:
 
 
 def start_stack(
-    env: dict[str, str], concurrency: int, logdir: Path, *, raw_llm: bool = False
+    env: dict[str, str],
+    concurrency: int,
+    logdir: Path,
+    *,
+    raw_llm: bool = False,
+    port_base: int = 0,
 ) -> Stack:
-    stack = Stack(env=env, web_port=free_port(), llm_port=free_port(), logdir=logdir)
+    web_port = port_base or free_port()
+    llm_port = port_base + 1 if port_base else free_port()
+    stack = Stack(env=env, web_port=web_port, llm_port=llm_port, logdir=logdir)
     env["LLM_API_BASE"] = f"http://127.0.0.1:{stack.llm_port}/v1"
     env["SITE_URL"] = stack.base_url
     py = sys.executable
     try:
-        llm = stack.spawn("fakellm", [py, "manage.py", "fakellm", "--port", str(stack.llm_port)])
+        # The web process first and alone: its start-up (spawn -> first answered request) is a
+        # figure of its own, and the others starting beside it on 2 cores would inflate it.
+        began = time.monotonic()
         web = stack.spawn(
             "daphne", [py, "-m", "config.serve", "-b", "127.0.0.1", "-p", str(stack.web_port)]
         )
+        stack.startup_s = wait_for_answer(f"{stack.base_url}/healthz", web, "Daphne") - began
+        llm = stack.spawn("fakellm", [py, "manage.py", "fakellm", "--port", str(stack.llm_port)])
         worker = stack.spawn(
             "worker",
             [
@@ -210,7 +249,6 @@ def start_stack(
             ],
         )  # fmt: skip
         wait_for_port(stack.llm_port, llm, "fake LLM")
-        wait_for_port(stack.web_port, web, "Daphne")
         deadline = time.monotonic() + 60
         ready = ("ready.", "rawllm:") if raw_llm else ("ready.",)
         while not all(word in stack.log_tail("worker", 100_000) for word in ready):
@@ -262,6 +300,15 @@ def make_user_and_team():
     user = User.objects.create_user(email="bench@example.com", password=None)
     team = team_create(name="Bench", slug="bench", owner=user)
     return user, team
+
+
+def api_key(user, team) -> str:
+    from accounts.models import Membership
+    from api.models import Scope
+    from api.services import apikey_create
+
+    membership = Membership.objects.get(team=team, user=user)
+    return apikey_create(membership=membership, name="bench", scope=Scope.WRITE).raw
 
 
 def session_cookie(user) -> str:
@@ -385,6 +432,12 @@ class Watch:
     run_id: str = ""
     ended: str = ""
     error: str = ""
+    post_status: int = 0  # the POST's HTTP status (202 expected); 0: no answer
+    post_error: str = ""
+    sse: object = None  # the open event-stream response
+    sse_frames: list[tuple[float, str, str]] = field(default_factory=list)  # (t, event, data)
+    sse_ended: str = ""
+    sse_error: str = ""
 
 
 async def ws_open(stack: Stack, watch: Watch, cookie: str) -> None:
@@ -403,6 +456,42 @@ async def ws_open(stack: Stack, watch: Watch, cookie: str) -> None:
         raise RuntimeError(f"expected a sync frame first, got {first}")
 
 
+async def sse_open(session, stack: Stack, watch: Watch, key: str) -> None:
+    """GET the conversation's event stream with the API key; wait for its snapshot."""
+    url = f"{stack.base_url}/api/v1/conversations/{watch.conversation.uuid}/events"
+    resp = await session.get(url, headers={"Authorization": f"Bearer {key}"})
+    if resp.status != 200:
+        raise RuntimeError(f"event stream answered {resp.status}: {await resp.text()}")
+    watch.sse = resp
+    event = ""
+    while True:
+        line = await asyncio.wait_for(resp.content.readline(), 30)
+        if not line:
+            raise RuntimeError("event stream closed before its snapshot")
+        if line.startswith(b"event: "):
+            event = line[7:].strip().decode()
+        elif line == b"\n" and event == "snapshot":
+            return
+
+
+async def sse_read(watch: Watch) -> None:
+    """Record every event of the stream with its receive time until the run ends."""
+    frames = watch.sse_frames
+    resp = watch.sse
+    event = ""
+    try:
+        async for line in resp.content:
+            if line.startswith(b"data: "):
+                frames.append((time.time(), event, line[6:].decode()))
+                if event in END_EVENTS:
+                    watch.sse_ended = event
+                    return
+            elif line.startswith(b"event: "):
+                event = line[7:].strip().decode()
+    except Exception as exc:
+        watch.sse_error = f"{type(exc).__name__}: {exc}"
+
+
 async def ws_read(watch: Watch) -> None:
     """Record every frame with its receive time until the run ends."""
     frames = watch.frames
@@ -419,12 +508,32 @@ async def ws_read(watch: Watch) -> None:
         watch.error = f"{type(exc).__name__}: {exc}"
 
 
-def analyse_watch(watch: Watch, published: int, saved: tuple[str, str | None] | None) -> dict:
+def ws_deltas(watch: Watch) -> list[tuple[float, int, str]]:
     deltas = []
     for received, raw in watch.frames:
         frame = json.loads(raw)
         if frame.get("t") == "d" and frame.get("r") == watch.run_id:
             deltas.append((received, frame["s"], frame["x"]))
+    return deltas
+
+
+def sse_deltas(watch: Watch) -> list[tuple[float, int, str]]:
+    deltas = []
+    for received, event, raw in watch.sse_frames:
+        if event == "delta":
+            data = json.loads(raw)
+            if data.get("run") == watch.run_id:
+                deltas.append((received, data["seq"], data["text"]))
+    return deltas
+
+
+def analyse_watch(
+    watch: Watch,
+    published: int,
+    saved: tuple[str, str | None] | None,
+    deltas: list[tuple[float, int, str]],
+    ended: str,
+) -> dict:
     seen: set[int] = set()
     last = 0
     reordered = duplicated = 0
@@ -458,55 +567,175 @@ def analyse_watch(watch: Watch, published: int, saved: tuple[str, str | None] | 
         "bad_stamps": bad_stamps,
         "text_ok": saved_text is not None and saved_text == text and status == "succeeded",
         "status": status,
-        "ended": watch.ended or watch.error or "timeout",
+        "ended": ended or "timeout",
         "first_delta": (deltas[0][0] - watch.sent_at) if deltas else math.nan,
         "delta_lat": delta_lat,
         "token_lat": token_lat,
     }
 
 
+async def peer_round(args, n: int, directives: str, timeout: float) -> dict:
+    """The same load against a peer's OpenAI-compatible streaming endpoint (Open WebUI's
+    /api/chat/completions): N requests at once, per-word latency from the stamps."""
+    import aiohttp
+
+    body = {
+        "model": args.peer_model,
+        "stream": True,
+        "messages": [{"role": "user", "content": f"Go {directives}"}],
+    }
+    headers = {"Authorization": f"Bearer {args.peer_key}"} if args.peer_key else {}
+    url = args.peer.rstrip("/") + args.peer_path
+    ttfts: list[float] = []
+    token_lat: list[float] = []
+    errors = complete = 0
+    pids = {"peer": args.peer_pid} if args.peer_pid else {}
+
+    async def one(session) -> None:
+        nonlocal errors, complete
+        stamps: list[tuple[float, str]] = []
+        started = time.time()
+        try:
+            async with session.post(url, json=body, headers=headers) as resp:
+                resp.raise_for_status()
+                async for line in resp.content:
+                    received = time.time()
+                    if not line.startswith(b"data: {"):
+                        continue
+                    chunk = json.loads(line[6:])
+                    choices = chunk.get("choices") or []
+                    content = choices[0].get("delta", {}).get("content") if choices else None
+                    if content:
+                        stamps.append((received, content))
+        except Exception:
+            errors += 1
+            return
+        if stamps:
+            ttfts.append(stamps[0][0] - started)
+        words = 0
+        for received, content in stamps:
+            for s in content.split():
+                with contextlib.suppress(ValueError):
+                    token_lat.append(received - float(s))
+                    words += 1
+        complete += words == args.tokens
+
+    connector = aiohttp.TCPConnector(limit=0)
+    before = cpu_mark(pids)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
+    ) as session:
+        await asyncio.gather(*(one(session) for _ in range(n)))
+    after = cpu_mark(pids)
+    cpu = after.procs["peer"] - before.procs["peer"] if pids else math.nan
+    wall = after.at - before.at
+    ours = cpu if cpu == cpu else 0.0
+    return {
+        "ttft": ttfts,
+        "token_lat": token_lat,
+        "errors": errors,
+        "complete": complete,
+        "cpu": cpu,
+        "wall": wall,
+        "other_cores": (after.system - before.system - ours) / wall,
+    }
+
+
+class PgSampler:
+    """Counts the bench database's PostgreSQL connections every 50 ms on a thread of its own
+    (its own connection is one of them); ``peak`` is the most seen."""
+
+    def __init__(self, dsn: str, name: str) -> None:
+        self.dsn, self.name = dsn, name
+        self.peak = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="pg-sampler", daemon=True)
+
+    def __enter__(self) -> PgSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+    def _run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.stop.is_set():
+                (count,) = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (self.name,)
+                ).fetchone()
+                self.peak = max(self.peak, count)
+                self.stop.wait(0.05)
+
+
 async def app_round(
     ctx: Context, n: int, directives: str, timeout: float, *, profile: bool = False
 ) -> dict:
-    """N conversations, N WebSockets, N runs started at once."""
-    from assistant.services import message_send
+    """N conversations, each watched by an event stream (API key) and a WebSocket (session);
+    N messages POSTed over HTTP with the API key, all at once."""
+    import aiohttp
 
     stack = ctx.stack
     convs = await asyncio.to_thread(make_conversations, ctx.team, ctx.user, n, f"N={n}")
     watches = [Watch(conversation=c) for c in convs]
     gate = asyncio.Semaphore(25)  # don't stampede Daphne's handshake path
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    session = aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=30)
+    )
+    use_sse, use_ws = "sse" in ctx.viewers, "ws" in ctx.viewers
 
     async def open_one(watch: Watch) -> None:
         async with gate:
-            await ws_open(stack, watch, ctx.cookie)
+            if use_ws:
+                await ws_open(stack, watch, ctx.cookie)
+            if use_sse:
+                await sse_open(session, stack, watch, ctx.key)
 
+    auth = {"Authorization": f"Bearer {ctx.key}"}
+
+    async def post(watch: Watch) -> None:
+        url = f"{stack.base_url}/api/v1/conversations/{watch.conversation.uuid}/messages"
+        watch.sent_at = time.time()
+        try:
+            async with session.post(url, json={"content": f"Go {directives}"}, headers=auth) as r:
+                watch.post_status = r.status
+                body = await r.json(content_type=None)
+                if r.status == 202:
+                    watch.run_id = body["run"]["id"]
+                else:
+                    watch.post_error = str(body)[:200]
+        except Exception as exc:
+            watch.post_error = f"{type(exc).__name__}: {exc}"
+
+    pg = PgSampler(f"{ctx.pg_url}/{ctx.db}", ctx.db)
     try:
         await asyncio.gather(*(open_one(w) for w in watches))
-        readers = [asyncio.create_task(ws_read(w)) for w in watches]
+        readers = []
+        if use_ws:
+            readers += [asyncio.create_task(ws_read(w)) for w in watches]
+        if use_sse:
+            readers += [asyncio.create_task(sse_read(w)) for w in watches]
         await asyncio.sleep(0.5)  # presence broadcasts of the joins settle
         for w in watches:
             w.frames.clear()
+            w.sse_frames.clear()
         profilers = ctx.start_profilers(f"n{n}") if profile else []
-        before = cpu_mark(ctx.pids)
-        started = time.monotonic()
-
-        def send(watch: Watch) -> None:
-            watch.sent_at = time.time()
-            from django.db import connection
-
-            try:
-                sent = message_send(
-                    conversation=watch.conversation, author=ctx.user, content=f"Go {directives}"
-                )
-            finally:
-                connection.close()  # back to the process's pool (16 senders, a pool of 10)
-            watch.run_id = str(sent.run.uuid)
-
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(ctx.senders, send, w) for w in watches))
-        sent_in = time.monotonic() - started
-        done, pending = await asyncio.wait(readers, timeout=timeout)
-        after = cpu_mark(ctx.pids)
+        with pg:
+            before = cpu_mark(ctx.pids)
+            started = time.monotonic()
+            await asyncio.gather(*(post(w) for w in watches))
+            sent_in = time.monotonic() - started
+            # A refused POST has no run to wait for: its readers stop now.
+            for w, task in zip(watches * (use_ws + use_sse), readers, strict=True):
+                if not w.run_id:
+                    task.cancel()
+            done, pending = await asyncio.wait(readers, timeout=timeout)
+            after = cpu_mark(ctx.pids)
+        pending = {t for t in pending if not t.cancelled()}
         for task in pending:
             task.cancel()
         await asyncio.to_thread(ctx.stop_profilers, profilers)
@@ -514,37 +743,55 @@ async def app_round(
         await asyncio.gather(
             *(w.ws.close() for w in watches if w.ws is not None), return_exceptions=True
         )
+        for w in watches:
+            if w.sse is not None:
+                w.sse.close()
+        await session.close()
 
     run_ids = [w.run_id for w in watches if w.run_id]
     saved = await asyncio.to_thread(saved_replies, run_ids)
     published = await ctx.published_seqs(run_ids)
-    per = [analyse_watch(w, published.get(w.run_id, 0), saved.get(w.run_id)) for w in watches]
+    per: dict[str, list[dict]] = {"ws": [], "sse": []}
+    for w in watches:
+        if not w.run_id:
+            continue
+        args = (published.get(w.run_id, 0), saved.get(w.run_id))
+        if use_ws:
+            per["ws"].append(analyse_watch(w, *args, ws_deltas(w), w.ended or w.error))
+        if use_sse:
+            per["sse"].append(analyse_watch(w, *args, sse_deltas(w), w.sse_ended or w.sse_error))
     wall = after.at - before.at
     cpu = {name: after.procs[name] - before.procs[name] for name in ctx.pids}
-    events = sum(p["published"] for p in per)
-    delivered = sum(p["deltas"] for p in per)
-    return {
+    main = per["sse"] if use_sse else per["ws"]
+    events = sum(p["published"] for p in main)
+    failed = [w for w in watches if w.post_status != 202]
+    out = {
         "wall": wall,
         "sent_in": sent_in,
         "timeouts": len(pending),
+        "failed": len(failed),
+        "failed_why": sorted({f"{w.post_status} {w.post_error[:120]}" for w in failed})[:3],
+        "pg_peak": pg.peak,
         "events": events,
-        "delivered": delivered,
-        "lost": sum(p["lost"] for p in per),
-        "reordered": sum(p["reordered"] for p in per),
-        "duplicated": sum(p["duplicated"] for p in per),
-        "bad_stamps": sum(p["bad_stamps"] for p in per),
-        "text_ok": sum(p["text_ok"] for p in per),
-        "not_ok": [
-            (w.run_id, p["status"], p["ended"])
-            for w, p in zip(watches, per, strict=True)
-            if not p["text_ok"]
-        ][:5],
-        "first_delta": [p["first_delta"] for p in per if not math.isnan(p["first_delta"])],
-        "delta_lat": [x for p in per for x in p["delta_lat"]],
-        "token_lat": [x for p in per for x in p["token_lat"]],
         "cpu": cpu,
         "other_cpu": (after.system - before.system) - sum(v for v in cpu.values() if v == v),
     }
+    for name, rows in per.items():
+        if not rows:
+            continue
+        out[name] = {
+            "delivered": sum(p["deltas"] for p in rows),
+            "lost": sum(p["lost"] for p in rows),
+            "reordered": sum(p["reordered"] for p in rows),
+            "duplicated": sum(p["duplicated"] for p in rows),
+            "bad_stamps": sum(p["bad_stamps"] for p in rows),
+            "text_ok": sum(p["text_ok"] for p in rows),
+            "not_ok": [(p["status"], p["ended"]) for p in rows if not p["text_ok"]][:5],
+            "first_delta": [p["first_delta"] for p in rows if not math.isnan(p["first_delta"])],
+            "delta_lat": [x for p in rows for x in p["delta_lat"]],
+            "token_lat": [x for p in rows for x in p["token_lat"]],
+        }
+    return out
 
 
 @dataclass
@@ -555,7 +802,10 @@ class Context:
     cookie: str
     pids: dict[str, int]
     redis_url: str
-    senders: ThreadPoolExecutor
+    key: str  # a write API key of the bench's user, for the POSTs and the event streams
+    pg_url: str
+    db: str
+    viewers: tuple[str, ...] = ("sse", "ws")
     profile_dir: Path | None = None
     _redis: object = None
 
@@ -624,44 +874,69 @@ def profile_summary(path: Path, top: int = 40) -> str:
 def summarise(n: int, base: dict, app: dict) -> dict:
     ms = 1000
     ttft = statistics.median(base["ttft"]) if base["ttft"] else math.nan
-    first = [x - ttft for x in app["first_delta"]]
-    events = max(1, app["events"])
-    return {
+    app_cpu = app["cpu"]["daphne"] + app["cpu"]["worker"]
+    row = {
         "streams": n,
+        "load1": os.getloadavg()[0],
         "base_ttft_p50": ttft * ms,
         "base_tok_p50": pct(base["token_lat"], 50) * ms,
         "base_tok_p99": pct(base["token_lat"], 99) * ms,
-        "base_tok_max": pct(base["token_lat"], 100) * ms,
         "base_errors": base["errors"],
-        "delta_p50": pct(app["delta_lat"], 50) * ms,
-        "delta_p95": pct(app["delta_lat"], 95) * ms,
-        "delta_p99": pct(app["delta_lat"], 99) * ms,
-        "delta_max": pct(app["delta_lat"], 100) * ms,
-        "tok_p50": pct(app["token_lat"], 50) * ms,
-        "tok_p95": pct(app["token_lat"], 95) * ms,
-        "tok_p99": pct(app["token_lat"], 99) * ms,
-        "tok_max": pct(app["token_lat"], 100) * ms,
-        "first_p50": pct(first, 50) * ms,
-        "first_p95": pct(first, 95) * ms,
-        "first_max": pct(first, 100) * ms,
-        "events": app["events"],
-        "delivered": app["delivered"],
-        "lost": app["lost"],
-        "reordered": app["reordered"],
-        "duplicated": app["duplicated"],
-        "bad_stamps": app["bad_stamps"],
-        "text_ok": app["text_ok"],
+        "failed": app["failed"],
+        "failed_why": app["failed_why"],
         "timeouts": app["timeouts"],
-        "not_ok": app["not_ok"],
+        "pg_peak": app["pg_peak"],
+        "events": app["events"],
         "wall": app["wall"],
         "sent_in": app["sent_in"],
         "cpu_s": app["cpu"],
-        "daphne_ms_ev": app["cpu"]["daphne"] * ms / events,
-        "worker_ms_ev": app["cpu"]["worker"] * ms / events,
-        "all_ms_ev": sum(v for v in app["cpu"].values() if v == v) * ms / events,
-        "daphne_pct": app["cpu"]["daphne"] / app["wall"] * 100,
-        "worker_pct": app["cpu"]["worker"] / app["wall"] * 100,
+        "cpu_reply": app_cpu / n,  # web + worker, per reply
+        "cpu_daphne_reply": app["cpu"]["daphne"] / n,
+        "cpu_worker_reply": app["cpu"]["worker"] / n,
         "other_cores": app["other_cpu"] / app["wall"],
+    }
+    for v in ("sse", "ws"):
+        if v not in app:
+            continue
+        got = app[v]
+        first = [x - ttft for x in got["first_delta"]]
+        row.update(
+            {
+                f"{v}_tok_p50": pct(got["token_lat"], 50) * ms,
+                f"{v}_tok_p99": pct(got["token_lat"], 99) * ms,
+                f"{v}_tok_max": pct(got["token_lat"], 100) * ms,
+                f"{v}_first_p50": pct(first, 50) * ms,
+                f"{v}_first_p95": pct(first, 95) * ms,
+                f"{v}_first_max": pct(first, 100) * ms,
+                f"{v}_delivered": got["delivered"],
+                f"{v}_lost": got["lost"],
+                f"{v}_reord_dup": got["reordered"] + got["duplicated"],
+                f"{v}_bad_stamps": got["bad_stamps"],
+                f"{v}_text_ok": got["text_ok"],
+                f"{v}_not_ok": got["not_ok"],
+            }
+        )
+    return row
+
+
+def summarise_peer(n: int, base: dict, peer: dict) -> dict:
+    ms = 1000
+    ttft = statistics.median(base["ttft"]) if base["ttft"] else math.nan
+    first = [x - ttft for x in peer["ttft"]]
+    return {
+        "streams": n,
+        "load1": os.getloadavg()[0],
+        "base_ttft_p50": ttft * ms,
+        "tok_p50": pct(peer["token_lat"], 50) * ms,
+        "tok_p99": pct(peer["token_lat"], 99) * ms,
+        "tok_max": pct(peer["token_lat"], 100) * ms,
+        "first_p50": pct(first, 50) * ms,
+        "first_p95": pct(first, 95) * ms,
+        "failed": peer["errors"],
+        "complete": peer["complete"],
+        "wall": peer["wall"],
+        "cpu_reply": peer["cpu"] / n if peer["cpu"] == peer["cpu"] else math.nan,
+        "other_cores": peer["other_cores"],
     }
 
 
@@ -672,35 +947,48 @@ def _f(value: float, digits: int = 1) -> str:
     return "-" if value != value else f"{value:.{digits}f}"
 
 
+def _trio(s: dict, keys: tuple[str, ...], digits: int = 1) -> str:
+    return "/".join(_f(s.get(k, math.nan), digits) for k in keys)
+
+
 LATENCY_COLS = [
     ("N", lambda s: str(s["streams"])),
     ("run", lambda s: s["label"]),
-    ("delta added p50/p95/p99/max ms", lambda s: "/".join(
-        _f(s[k]) for k in ("delta_p50", "delta_p95", "delta_p99", "delta_max"))),
-    ("token p50/p95/p99/max ms", lambda s: "/".join(
-        _f(s[k]) for k in ("tok_p50", "tok_p95", "tok_p99", "tok_max"))),
-    ("provider direct token p50/p99/max ms", lambda s: "/".join(
-        _f(s[k]) for k in ("base_tok_p50", "base_tok_p99", "base_tok_max"))),
-    ("provider TTFT p50 ms", lambda s: _f(s["base_ttft_p50"])),
-    ("first delta − TTFT p50/p95/max ms", lambda s: "/".join(
-        _f(s[k], 0) for k in ("first_p50", "first_p95", "first_max"))),
+    ("SSE word p50/p99/max ms", lambda s: _trio(s, ("sse_tok_p50", "sse_tok_p99", "sse_tok_max"))),
+    ("WS word p50/p99/max ms", lambda s: _trio(s, ("ws_tok_p50", "ws_tok_p99", "ws_tok_max"))),
+    ("direct word p50/p99 ms", lambda s: _trio(s, ("base_tok_p50", "base_tok_p99"))),
+    ("direct TTFT ms", lambda s: _f(s["base_ttft_p50"])),
+    ("first word added SSE p50/p95/max ms", lambda s: _trio(
+        s, ("sse_first_p50", "sse_first_p95", "sse_first_max"), 0)),
+    ("WS p50 ms", lambda s: _f(s.get("ws_first_p50", math.nan), 0)),
+    ("load 1 min", lambda s: _f(s["load1"], 2)),
 ]  # fmt: skip
 
 INTEGRITY_COLS = [
     ("N", lambda s: str(s["streams"])),
     ("run", lambda s: s["label"]),
-    ("deltas pub/recv", lambda s: f"{s['events']}/{s['delivered']}"),
-    ("lost", lambda s: str(s["lost"])),
-    ("reord/dup", lambda s: f"{s['reordered']}/{s['duplicated']}"),
-    ("saved == received", lambda s: f"{s['text_ok']}/{s.get('streams_total', s['streams'])}"),
+    ("POST failed", lambda s: str(s["failed"])),
+    ("deltas pub / SSE / WS", lambda s: f"{s['events']}/{s.get('sse_delivered', '-')}/"
+        f"{s.get('ws_delivered', '-')}"),
+    ("lost SSE/WS", lambda s: f"{s.get('sse_lost', '-')}/{s.get('ws_lost', '-')}"),
+    ("saved == streamed SSE/WS", lambda s: f"{s.get('sse_text_ok', '-')}/"
+        f"{s.get('ws_text_ok', '-')} of {s.get('streams_total', s['streams'])}"),
+    ("PG conns peak", lambda s: str(s["pg_peak"])),
     ("wall s", lambda s: _f(s["wall"], 2)),
-    ("Daphne CPU s (%)", lambda s: f"{_f(s['cpu_s']['daphne'], 2)} ({_f(s['daphne_pct'], 0)}%)"),
-    ("worker CPU s (%)", lambda s: f"{_f(s['cpu_s']['worker'], 2)} ({_f(s['worker_pct'], 0)}%)"),
-    ("ms CPU/event Daphne/worker/all", lambda s: "/".join(
-        _f(s[k], 2) for k in ("daphne_ms_ev", "worker_ms_ev", "all_ms_ev"))),
-    ("provider/redis/bench CPU s", lambda s: "/".join(
-        _f(s["cpu_s"].get(k, math.nan), 2) for k in ("fakellm", "redis", "bench"))),
+    ("CPU s/reply web+worker (web/worker)", lambda s: f"{_f(s['cpu_reply'], 3)} "
+        f"({_f(s['cpu_daphne_reply'], 3)}/{_f(s['cpu_worker_reply'], 3)})"),
     ("other load (cores)", lambda s: _f(s["other_cores"], 2)),
+]  # fmt: skip
+
+PEER_COLS = [
+    ("N", lambda s: str(s["streams"])),
+    ("run", lambda s: s["label"]),
+    ("peer word p50/p99/max ms", lambda s: _trio(s, ("tok_p50", "tok_p99", "tok_max"))),
+    ("peer first word added p50/p95 ms", lambda s: _trio(s, ("first_p50", "first_p95"), 0)),
+    ("failed", lambda s: str(s["failed"])),
+    ("complete", lambda s: str(s["complete"])),
+    ("CPU s/reply", lambda s: _f(s["cpu_reply"], 3)),
+    ("load 1 min", lambda s: _f(s["load1"], 2)),
 ]  # fmt: skip
 
 
@@ -715,77 +1003,124 @@ def table(rows: list[dict], cols) -> str:
     return "\n".join(lines)
 
 
-MEDIAN_KEYS = [
-    *("base_ttft_p50", "base_tok_p50", "base_tok_p99", "base_tok_max"),
-    *("delta_p50", "delta_p95", "delta_p99", "delta_max"),
-    *("tok_p50", "tok_p95", "tok_p99", "tok_max", "first_p50", "first_p95", "first_max"),
-    *("wall", "daphne_ms_ev", "worker_ms_ev", "all_ms_ev", "daphne_pct", "worker_pct"),
-    "other_cores",
-]
-SUM_KEYS = ["events", "delivered", "lost", "reordered", "duplicated", "bad_stamps", "text_ok"]
-SUM_KEYS += ["timeouts"]
+SUM_PREFIXES = ("failed", "timeouts", "events", "sse_delivered", "ws_delivered", "sse_lost")
+SUM_KEYS = {*SUM_PREFIXES, "ws_lost", "sse_reord_dup", "ws_reord_dup", "sse_text_ok"}
+SUM_KEYS |= {"ws_text_ok", "sse_bad_stamps", "ws_bad_stamps", "complete"}
+MAX_KEYS = {"pg_peak"}
 
 
 def median_row(rows: list[dict]) -> dict:
-    row = {"streams": rows[0]["streams"], "label": f"median of {len(rows)}"}
-    for key in MEDIAN_KEYS:
-        row[key] = statistics.median(r[key] for r in rows)
-    for key in SUM_KEYS:
-        row[key] = sum(r[key] for r in rows)
-    row["cpu_s"] = {k: statistics.median(r["cpu_s"][k] for r in rows) for k in rows[0]["cpu_s"]}
+    row: dict = {"streams": rows[0]["streams"], "label": f"median of {len(rows)}"}
+    for key, value in rows[0].items():
+        if key in ("streams", "label"):
+            continue
+        if key in SUM_KEYS:
+            row[key] = sum(r.get(key, 0) for r in rows)
+        elif key in MAX_KEYS:
+            row[key] = max(r.get(key, 0) for r in rows)
+        elif isinstance(value, (int, float)):
+            row[key] = statistics.median(r.get(key, math.nan) for r in rows)
     row["streams_total"] = sum(r["streams"] for r in rows)
     return row
 
 
-def report(results: dict[int, list[dict]], args) -> bool:
+# (streams, figure, goal): the issue's goals, checked on the medians.
+GOALS = [
+    ((1, 10), "sse_tok_p50", 2.0, "per-word p50 ≤ 2 ms"),
+    ((1, 10), "ws_tok_p50", 2.0, "per-word p50 (WebSocket) ≤ 2 ms"),
+    ((50,), "sse_tok_p50", 5.0, "per-word p50 ≤ 5 ms"),
+    ((50,), "sse_tok_p99", 30.0, "per-word p99 ≤ 30 ms"),
+    ((50,), "ws_tok_p99", 30.0, "per-word p99 (WebSocket) ≤ 30 ms"),
+    ((200,), "sse_tok_p99", 250.0, "per-word p99 ≤ 250 ms"),
+    ((200,), "ws_tok_p99", 250.0, "per-word p99 (WebSocket) ≤ 250 ms"),
+    ((1,), "sse_first_p50", 10.0, "first word added ≤ 10 ms"),
+    ((50,), "sse_first_p50", 100.0, "first word added ≤ 100 ms"),
+    ((200,), "sse_first_p50", 500.0, "first word added ≤ 500 ms"),
+]
+
+
+def report(results: dict[int, list[dict]], peer: dict[int, list[dict]], args, extra: dict) -> bool:
     rows: list[dict] = []
-    for runs in results.values():
+    medians: dict[int, dict] = {}
+    for n, runs in results.items():
         rows.extend(runs)
+        medians[n] = median_row(runs) if runs else {}
         if len(runs) > 1:
-            rows.append(median_row(runs))
-    integrity_rows = [
-        {**r, "label": r["label"].replace("median", "sum/median")} if "streams_total" in r else r
-        for r in rows
-    ]
+            rows.append(medians[n])
     print()
-    print("Latency (ms; delta = receive − emit of the delta's last token; token = receive − emit")
-    print("of every token; first delta = send → first delta − provider's own TTFT)")
+    print("Per word: receive time − the provider's emit time carried in the word (SSE = the")
+    print("API's event stream with an API key, WS = a browser's WebSocket); first word added =")
+    print("POST sent → first word received, minus the provider's own TTFT at the same N.")
     print(table(rows, LATENCY_COLS))
     print()
-    print("Integrity and CPU (sum/median rows: counts are sums over the runs, the rest medians)")
-    print(table(integrity_rows, INTEGRITY_COLS))
+    print("Integrity, connections and CPU (median rows: counts summed, PG peak the max)")
+    print(table(rows, INTEGRITY_COLS))
     print()
-    ok = True
-    if 50 in results:
-        med = median_row(results[50])
-        met = med["delta_p50"] <= 10 and med["delta_p99"] <= 50
-        ok &= met
-        print(
-            f"Goal 50 streams, added per delta p50 ≤ 10 ms and p99 ≤ 50 ms: "
-            f"p50 {med['delta_p50']:.1f} ms, p99 {med['delta_p99']:.1f} ms -> "
-            f"{'MET' if met else 'MISSED'}"
-        )
-    for n in sorted(results):
-        runs = results[n]
-        clean = all(
-            r["lost"] == 0
-            and r["reordered"] == 0
-            and r["duplicated"] == 0
-            and r["text_ok"] == r["streams"]
-            and r["timeouts"] == 0
-            for r in runs
-        )
+    print(
+        f"Web process: `python -m config.serve` to first answered request "
+        f"{extra['startup_s']:.2f} s (goal ≤ 3 s); RSS idle {extra['rss_idle_mb']:.0f} MB "
+        f"(goal ≤ 150 MB), after the runs {extra['rss_after_mb']:.0f} MB"
+    )
+    ok = extra["startup_s"] <= 3 and extra["rss_idle_mb"] <= 150
+    for streams, key, goal, words in GOALS:
+        for n in streams:
+            med = medians.get(n)
+            if not med or key not in med:
+                continue
+            met = med[key] <= goal
+            ok &= met
+            print(f"Goal N={n}: {words}: {med[key]:.1f} ms -> {'MET' if met else 'MISSED'}")
+    for n, med in medians.items():
+        if not med:
+            continue
+        total = med["streams_total"]
+        clean = med["failed"] == 0 and med["timeouts"] == 0
+        for v in ("sse", "ws"):
+            if f"{v}_lost" in med:
+                clean &= med[f"{v}_lost"] == 0 and med[f"{v}_text_ok"] == total
+                clean &= med[f"{v}_reord_dup"] == 0
         if n == 200:
             ok &= clean
+        print(
+            f"N={n}: {'0 failed, 0 lost, saved == streamed' if clean else 'NOT CLEAN'} "
+            f"({med['failed']} failed POSTs, PG connections peak {med['pg_peak']})"
+        )
+        for r in results[n]:
+            for v in ("sse", "ws"):
+                if r.get(f"{v}_not_ok"):
+                    print(
+                        f"  N={n} run {r['label']} {v}: not ok (status, ended): {r[f'{v}_not_ok']}"
+                    )
+            if r["failed_why"]:
+                print(f"  N={n} run {r['label']}: failed POSTs: {r['failed_why']}")
+    if peer:
+        prow: list[dict] = []
+        pmed: dict[int, dict] = {}
+        for n, runs in peer.items():
+            prow.extend(runs)
+            pmed[n] = median_row(runs)
+            if len(runs) > 1:
+                prow.append(pmed[n])
+        print()
+        print(f"Peer {args.peer} (same provider, same load, interleaved)")
+        print(table(prow, PEER_COLS))
+        print()
+        print("Ratios Tandem / peer (medians; < 1 means Tandem is lower)")
+        for n in sorted(pmed):
+            t, p = medians.get(n, {}), pmed[n]
+            if not t:
+                continue
+
+            def ratio(a: str, b: str, t: dict = t, p: dict = p) -> str:
+                x, y = t.get(a, math.nan), p.get(b, math.nan)
+                return "-" if not (y and y == y and x == x) else f"{x / y:.2f}"
+
             print(
-                f"Goal 200 streams finish with nothing lost: "
-                f"{'MET' if clean else 'MISSED'} (lost {sum(r['lost'] for r in runs)}, "
-                f"finished and saved == received {sum(r['text_ok'] for r in runs)}/"
-                f"{sum(r['streams'] for r in runs)})"
+                f"  N={n}: word p50 {ratio('sse_tok_p50', 'tok_p50')}, p99 "
+                f"{ratio('sse_tok_p99', 'tok_p99')}; first word added "
+                f"{ratio('sse_first_p50', 'first_p50')}; CPU per reply "
+                f"{ratio('cpu_reply', 'cpu_reply')}"
             )
-        for r in runs:
-            if r["not_ok"]:
-                print(f"  N={n} {r['label']}: not ok (run, status, ended): {r['not_ok']}")
     return ok
 
 
@@ -794,15 +1129,15 @@ def report(results: dict[int, list[dict]], args) -> bool:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--streams", default="1,50,200", help="comma-separated N values")
+    parser.add_argument("--streams", default="1,10,50,200", help="comma-separated N values")
     parser.add_argument("--tokens", type=int, default=100, help="tokens per reply")
-    parser.add_argument("--delay-ms", type=float, default=30, help="provider delay per token")
+    parser.add_argument("--delay-ms", type=float, default=10, help="provider delay per token")
     parser.add_argument("--first-token-ms", type=float, default=0, help="extra provider TTFT")
     parser.add_argument("--repeat", type=int, default=3, help="runs per N (medians reported)")
     parser.add_argument(
         "--budget",
         type=float,
-        default=240,
+        default=600,
         help="seconds of measuring after which runs beyond each N's first are skipped",
     )
     parser.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432")
@@ -813,6 +1148,27 @@ def parse_args() -> argparse.Namespace:
         help="a Redis database of its own: flushed before and after",
     )
     parser.add_argument("--coalesce-ms", type=int, help="STREAM_COALESCE_MS for the stack")
+    parser.add_argument("--coalesce-above", type=int, help="STREAM_COALESCE_ABOVE for the stack")
+    parser.add_argument(
+        "--port-base",
+        type=int,
+        default=0,
+        help="Daphne on this port, the fake provider on the next (default: free ports)",
+    )
+    parser.add_argument(
+        "--viewers",
+        default="sse,ws",
+        help="what watches each conversation: sse (the API's event stream), ws, or both",
+    )
+    parser.add_argument(
+        "--peer",
+        help="also run the same load, interleaved, against this Open WebUI URL (or any "
+        "OpenAI-compatible streaming endpoint) and print ratios",
+    )
+    parser.add_argument("--peer-path", default="/api/chat/completions")
+    parser.add_argument("--peer-key", default="", help="the peer's API key (Bearer)")
+    parser.add_argument("--peer-model", default="fake-model", help="the model name at the peer")
+    parser.add_argument("--peer-pid", type=int, help="the peer's server process, for its CPU")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument("--logs", type=Path, help="keep the processes' logs in this directory")
     parser.add_argument(
@@ -832,6 +1188,9 @@ def parse_args() -> argparse.Namespace:
     )
     args = parser.parse_args()
     args.stream_counts = [int(x) for x in args.streams.split(",") if x.strip()]
+    args.viewer_list = tuple(v for v in args.viewers.split(",") if v in ("sse", "ws"))
+    if not args.viewer_list:
+        parser.error("--viewers is sse, ws or sse,ws")
     if args.profile and not Path(sys.executable).with_name("py-spy").exists():
         parser.error("--profile needs py-spy in the venv: .venv/bin/pip install py-spy")
     return args
@@ -863,16 +1222,20 @@ def main() -> int:
         "TANDEM_DATA_DIR": str(logdir / "data"),
         "PYTHONUNBUFFERED": "1",
         "LOG_LEVEL": "WARNING",
+        # 200 streams open 200 event streams and POST 200 messages within a second with one
+        # key: the API's per-minute limit would refuse most of them.
+        "API_RATE_PER_MINUTE": "0",
     }
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     if args.coalesce_ms is not None:
         env["STREAM_COALESCE_MS"] = str(args.coalesce_ms)
+    if args.coalesce_above is not None:
+        env["STREAM_COALESCE_ABOVE"] = str(args.coalesce_above)
 
     import redis
 
     redis_client = redis.Redis.from_url(args.redis_url)
     stack: Stack | None = None
-    senders = ThreadPoolExecutor(max_workers=16, thread_name_prefix="send")
     began = time.monotonic()
     ok = False
     try:
@@ -880,12 +1243,20 @@ def main() -> int:
         recreate_database(args.pg_url, args.db)
         migrate(env)
         redis_client.flushdb()
-        stack = start_stack(env, concurrency, logdir, raw_llm=args.raw_llm)
+        stack = start_stack(
+            env, concurrency, logdir, raw_llm=args.raw_llm, port_base=args.port_base
+        )
+        time.sleep(2)
+        extra = {
+            "startup_s": stack.startup_s,
+            "rss_idle_mb": proc_rss_mb(stack.procs["daphne"].pid),
+        }
         django_setup(env)
         from django.conf import settings
 
         user, team = make_user_and_team()
         cookie = session_cookie(user)
+        key = api_key(user, team)
         pids = {
             "daphne": stack.procs["daphne"].pid,
             "worker": stack.procs["worker"].pid,
@@ -895,7 +1266,10 @@ def main() -> int:
         redis_pid = find_pid("redis-server")
         if redis_pid:
             pids["redis"] = redis_pid
-        ctx = Context(stack, user, team, cookie, pids, args.redis_url, senders, args.profile)
+        ctx = Context(
+            stack, user, team, cookie, pids, args.redis_url, key, args.pg_url, args.db,
+            args.viewer_list, args.profile,
+        )  # fmt: skip
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
         directives = f"[[tokens={args.tokens} delay_ms={args.delay_ms:g} stamp=1"
@@ -911,10 +1285,13 @@ def main() -> int:
             flush=True,
         )
         _use_uvloop()
-        results = asyncio.run(run_all(ctx, args, directives))
-        ok = report(results, args)
+        results, peer = asyncio.run(run_all(ctx, args, directives))
+        extra["rss_after_mb"] = proc_rss_mb(stack.procs["daphne"].pid)
+        ok = report(results, peer, args, extra)
         if args.json:
-            args.json.write_text(json.dumps(_jsonable(results, args, settings), indent=1))
+            args.json.write_text(
+                json.dumps(_jsonable(results, peer, extra, args, settings), indent=1)
+            )
             print(f"Figures written to {args.json}")
     except KeyboardInterrupt as exc:
         print(f"\nInterrupted ({exc}); cleaning up.", file=sys.stderr)
@@ -926,7 +1303,6 @@ def main() -> int:
                 print(f"--- {name} log ---\n{stack.log_tail(name)}", file=sys.stderr)
         raise
     finally:
-        senders.shutdown(wait=False, cancel_futures=True)
         if stack is not None:
             stack.stop()
         with contextlib.suppress(Exception):
@@ -951,15 +1327,19 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def run_all(ctx: Context, args, directives: str) -> dict[int, list[dict]]:
+async def run_all(ctx: Context, args, directives: str):
     """Pass after pass over the N values (so each N gets runs spread over time), --repeat
-    passes; a run after the first pass is skipped when it would overrun --budget."""
+    passes; a run after the first pass is skipped when it would overrun --budget. With
+    --peer, each run of Tandem is followed by the same load on the peer."""
     per_stream_s = args.tokens * args.delay_ms / 1000 + args.first_token_ms / 1000
     timeout = 120 + per_stream_s * 10
     # Warm-up, not reported: the worker's first LLM call sets up litellm and its clients.
     await app_round(ctx, 4, "[[tokens=5 delay_ms=5]]", timeout=60)
     began = time.monotonic()
     results: dict[int, list[dict]] = {n: [] for n in args.stream_counts}
+    peer: dict[int, list[dict]] = {n: [] for n in args.stream_counts} if args.peer else {}
+    if args.peer:  # its first request may load things too
+        await peer_round(args, 2, "[[tokens=5 delay_ms=5]]", timeout=60)
     took: dict[int, float] = {}
     for rep in range(args.repeat):
         for n in args.stream_counts:
@@ -977,18 +1357,36 @@ async def run_all(ctx: Context, args, directives: str) -> dict[int, list[dict]]:
             row["label"] = f"{rep + 1}"
             results[n].append(row)
             print(
-                f"N={n} run {rep + 1}: delta p50 {row['delta_p50']:.1f} ms, p99 "
-                f"{row['delta_p99']:.1f} ms; lost {row['lost']}; saved == received "
-                f"{row['text_ok']}/{n}; {row['wall']:.1f} s",
+                f"N={n} run {rep + 1}: word p50/p99 SSE {_f(row.get('sse_tok_p50', math.nan))}/"
+                f"{_f(row.get('sse_tok_p99', math.nan))} ms, WS "
+                f"{_f(row.get('ws_tok_p50', math.nan))}/{_f(row.get('ws_tok_p99', math.nan))} ms; "
+                f"first word +{_f(row.get('sse_first_p50', math.nan), 0)} ms; failed "
+                f"{row['failed']}; lost {row.get('sse_lost', '-')}/{row.get('ws_lost', '-')}; "
+                f"CPU/reply {row['cpu_reply']:.3f} s; PG peak {row['pg_peak']}; "
+                f"{row['wall']:.1f} s; load {row['load1']:.2f}",
                 flush=True,
             )
             await asyncio.sleep(1.0)  # let the last runs' bookkeeping finish
+            if args.peer:
+                await wait_for_quiet(ctx.pids, args.quiet_wait)
+                prow = summarise_peer(n, base, await peer_round(args, n, directives, timeout))
+                prow["label"] = f"{rep + 1}"
+                peer[n].append(prow)
+                print(
+                    f"N={n} run {rep + 1} peer: word p50/p99 {_f(prow['tok_p50'])}/"
+                    f"{_f(prow['tok_p99'])} ms; first word +{_f(prow['first_p50'], 0)} ms; "
+                    f"failed {prow['failed']}; CPU/reply {_f(prow['cpu_reply'], 3)} s",
+                    flush=True,
+                )
+                await asyncio.sleep(1.0)
             took[n] = time.monotonic() - round_began
-    return results
+    return results, peer
 
 
-def _jsonable(results, args, settings) -> dict:
+def _jsonable(results, peer, extra, args, settings) -> dict:
     return {
+        "peer": {str(n): runs for n, runs in peer.items()},
+        "web": extra,
         "args": {k: str(v) for k, v in vars(args).items()},
         "coalesce_ms": settings.STREAM_COALESCE_MS,
         "cores": os.cpu_count(),
