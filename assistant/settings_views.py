@@ -16,7 +16,6 @@ from accounts import selectors
 
 from . import policy
 from .llm import LLMError, check_connection, config_for_team, site_config
-from .llm.bases import BaseRefused, check_saved
 from .llm.known import known_models
 
 
@@ -55,6 +54,9 @@ class LLMSettingsForm(forms.Form):
     )
 
     def clean_llm_api_base(self) -> str:
+        # Imported here: llm.bases brings aiohttp, which the web process needs only for this.
+        from .llm.bases import BaseRefused, check_saved
+
         value = self.cleaned_data["llm_api_base"]
         try:
             check_saved(value)

@@ -433,6 +433,7 @@ class Watch:
     ended: str = ""
     error: str = ""
     post_status: int = 0  # the POST's HTTP status (202 expected); 0: no answer
+    post_done: float = 0.0
     post_error: str = ""
     sse: object = None  # the open event-stream response
     sse_frames: list[tuple[float, str, str]] = field(default_factory=list)  # (t, event, data)
@@ -704,6 +705,7 @@ async def app_round(
             async with session.post(url, json={"content": f"Go {directives}"}, headers=auth) as r:
                 watch.post_status = r.status
                 body = await r.json(content_type=None)
+                watch.post_done = time.time()
                 if r.status == 202:
                     watch.run_id = body["run"]["id"]
                 else:
@@ -765,6 +767,14 @@ async def app_round(
     main = per["sse"] if use_sse else per["ws"]
     events = sum(p["published"] for p in main)
     failed = [w for w in watches if w.post_status != 202]
+    # Where a reply's start goes, from the event stream: POST answered, run.started seen.
+    phases: dict[str, list[float]] = {"post": [], "started": []}
+    for w in watches:
+        if w.run_id and w.post_done:
+            phases["post"].append(w.post_done - w.sent_at)
+            started_at = [t for t, ev, _ in w.sse_frames if ev == "run.started"]
+            if started_at:
+                phases["started"].append(started_at[0] - w.sent_at)
     out = {
         "wall": wall,
         "sent_in": sent_in,
@@ -772,6 +782,7 @@ async def app_round(
         "failed": len(failed),
         "failed_why": sorted({f"{w.post_status} {w.post_error[:120]}" for w in failed})[:3],
         "pg_peak": pg.peak,
+        "phases": phases,
         "events": events,
         "cpu": cpu,
         "other_cpu": (after.system - before.system) - sum(v for v in cpu.values() if v == v),
@@ -886,6 +897,8 @@ def summarise(n: int, base: dict, app: dict) -> dict:
         "failed_why": app["failed_why"],
         "timeouts": app["timeouts"],
         "pg_peak": app["pg_peak"],
+        "post_p50": pct(app["phases"]["post"], 50) * ms,
+        "started_p50": pct(app["phases"]["started"], 50) * ms,
         "events": app["events"],
         "wall": app["wall"],
         "sent_in": app["sent_in"],
@@ -961,6 +974,7 @@ LATENCY_COLS = [
     ("first word added SSE p50/p95/max ms", lambda s: _trio(
         s, ("sse_first_p50", "sse_first_p95", "sse_first_max"), 0)),
     ("WS p50 ms", lambda s: _f(s.get("ws_first_p50", math.nan), 0)),
+    ("POST answered / run.started p50 ms", lambda s: _trio(s, ("post_p50", "started_p50"), 0)),
     ("load 1 min", lambda s: _f(s["load1"], 2)),
 ]  # fmt: skip
 

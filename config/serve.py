@@ -56,13 +56,15 @@ def main() -> None:
         count = fail_interrupted_runs()
         if count:
             print(f"Marked {count} run(s) left unfinished by a previous server as failed.")
-    import threading
+        import threading
 
-    from assistant.llm import site_config, warm_up
+        from assistant.llm import warm_up
 
-    # Replies run on this process's loop in embedded mode: have litellm imported before the
-    # first one instead of during it.
-    threading.Thread(target=warm_up, name="litellm-warm-up", daemon=True).start()
+        # Replies run on this process's loop in embedded mode: have litellm imported before
+        # the first one instead of during it. Not in production: the workers make the model
+        # calls, and litellm would add ~100 MB and a second of start-up to every web process.
+        threading.Thread(target=warm_up, name="litellm-warm-up", daemon=True).start()
+    from assistant.llm import site_config
 
     args = drop_proxy_headers(sys.argv[1:] or ["-b", "127.0.0.1", "-p", "8000"])
     host = args[args.index("-b") + 1] if "-b" in args else "127.0.0.1"

@@ -17,10 +17,14 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from django.conf import settings
+
+if TYPE_CHECKING:
+    # Imported where a call is made: the web processes import this module (through the
+    # gateway) but never call a provider, and aiohttp is ~10 MB and a tenth of their start-up.
+    import aiohttp
 
 DEFAULT_BASES = {
     "openai": "https://api.openai.com/v1",
@@ -75,6 +79,8 @@ def _session() -> aiohttp.ClientSession:
     loop = asyncio.get_running_loop()
     session = _sessions.get(id(loop))
     if session is None or session.closed:
+        import aiohttp
+
         from .bases import CheckingResolver
 
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, resolver=CheckingResolver())
@@ -84,6 +90,8 @@ def _session() -> aiohttp.ClientSession:
 
 
 def _timeout() -> aiohttp.ClientTimeout:
+    import aiohttp
+
     # No total limit (a long reply is fine); a provider silent for LLM_TIMEOUT seconds is not.
     return aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=settings.LLM_TIMEOUT)
 
