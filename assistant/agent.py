@@ -44,12 +44,12 @@ from .models import (
 )
 from .sandbox import SandboxLimits
 from .services import (
-    arun_claim,
     arun_finish,
     arun_heartbeat,
     arun_park,
     ausage_record,
     ausage_record_tool,
+    run_claim,
 )
 from .tools import toolbox as toolboxes
 
@@ -336,7 +336,6 @@ def _build_prompt(
 
 
 _abuild_prompt = db_sync_to_async(_build_prompt)
-_aconfig_for_team = db_sync_to_async(llm.config_for_team)
 
 
 # --- One turn -----------------------------------------------------------------------------------
@@ -420,13 +419,45 @@ def _save(instance, **changes) -> None:
 _asave = db_sync_to_async(_save)
 
 
+@dataclass
+class _Start:
+    """What a turn reads from the database before its first model call, read in one go."""
+
+    run: Run
+    config: llm.LLMConfig
+    workspace: Workspace | None
+    tokens: int
+    guarded: set[str]
+
+
+def _claim_and_read(run_id: str) -> _Start | None:
+    # One trip to a pool thread instead of four: with many runs starting at once, each
+    # trip waits its turn for the loop's few executor threads, and the first word waits
+    # for all of them (docs/benchmarks.md, issue 14).
+    run = run_claim(run_id)
+    if run is None:
+        return None
+    team = run.conversation.team
+    return _Start(
+        run=run,
+        config=llm.config_for_team(team),
+        workspace=_workspace_of(run),
+        tokens=_tokens_used(run),
+        guarded=policy.guarded_entries(team),
+    )
+
+
+_aclaim_and_read = db_sync_to_async(_claim_and_read)
+
+
 async def execute_run(run_id: str) -> None:
     """Execute one run, once. Safe to call twice for the same run: the second finds it
     already claimed and returns. A parked run that was approved is queued again and comes
     back here, to go on from where it stopped."""
-    run = await arun_claim(run_id)
-    if run is None:
+    start = await _aclaim_and_read(run_id)
+    if start is None:
         return
+    run, config = start.run, start.config
     conversation_id = str(run.conversation.uuid)
     # This run's task has a context of its own: its log lines name it, whatever else the loop runs.
     logs.bind_here(
@@ -435,7 +466,6 @@ async def execute_run(run_id: str) -> None:
         team=run.conversation.team.slug,
         user=run.requested_by_id,
     )
-    config = await _aconfig_for_team(run.conversation.team)
     log.info("Run started (%s)", config.label)
     await events.publish(
         conversation_id, {"t": "run.started", "run": run_id, "model": config.label}
@@ -448,16 +478,16 @@ async def execute_run(run_id: str) -> None:
     turn = Turn(
         run=run,
         config=config,
-        workspace=None,
+        workspace=start.workspace,
         publisher=publisher,
         parts=[run.text] if run.text else [],
         allowlist=policy.parse_allowlist(run.conversation.team.command_allowlist),
-        guarded=policy.guarded_entries(run.conversation.team),
+        guarded=start.guarded,
+        tokens=start.tokens,
     )
     status, error = RunStatus.SUCCEEDED, ""
     try:
         try:
-            turn.workspace = await db_sync_to_async(_workspace_of)(run)
             turn.toolbox = await toolboxes.build(
                 toolboxes.ToolboxRequest(
                     team=run.conversation.team,
@@ -466,8 +496,7 @@ async def execute_run(run_id: str) -> None:
                     workspace=turn.workspace,
                 )
             )
-            turn.tokens = await db_sync_to_async(_tokens_used)(run)
-            if turn.guarded:  # a resumed run: what its calls so far did
+            if turn.guarded and run.steps:  # a resumed run: what its calls so far did
                 turn.changed = await db_sync_to_async(_changed_in_run)(run, turn.toolbox)
             if turn.workspace is not None and not run.tree_before:
                 tree = await _asnapshot(turn.workspace)
@@ -540,7 +569,9 @@ _arecord_changes = db_sync_to_async(_record_changes)
 async def _agent_loop(turn: Turn) -> None:
     tool_schemas = turn.toolbox.schemas(workspace=turn.workspace is not None)
     while True:
-        for call in await _aopen_calls(turn.run):
+        # Calls are saved with the step that asked for them, numbered from 1: a run that has
+        # made no model call yet has none to run (and skips the query).
+        for call in await _aopen_calls(turn.run) if turn.run.steps else []:
             await _run_call(turn, call)
         if turn.run.steps >= settings.AGENT_MAX_STEPS:
             raise CannotContinue(

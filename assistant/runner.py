@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from django.conf import settings
@@ -95,6 +95,17 @@ def worker_loop() -> asyncio.AbstractEventLoop:
                 loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
             except ImportError:
                 loop = asyncio.new_event_loop()
+            # The turns' database calls (db_sync_to_async) run on the loop's default executor,
+            # min(32, cores + 4) threads by default: 6 on two cores, fewer than the pool's
+            # connections, so runs starting together queued for a thread while connections
+            # sat idle. One thread per pooled connection (without a pool, as many as a pool
+            # would have by default).
+            loop.set_default_executor(
+                ThreadPoolExecutor(
+                    max_workers=max(4, settings.DATABASE_POOL_SIZE or 10),
+                    thread_name_prefix="tandem-run-db",
+                )
+            )
             thread = threading.Thread(target=loop.run_forever, name="tandem-run-loop", daemon=True)
             thread.start()
             _worker_loop = loop
