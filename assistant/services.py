@@ -133,6 +133,8 @@ def message_send(*, conversation: Conversation, author: User, content: str, api_
         created=now,
         api_key=api_key,
     )
+    # A run made just now has no reply yet: say so, or reading it (the API's answer) queries.
+    Run.assistant_message.related.set_cached_value(run, None)
     fields = ["updated"]
     conversation.updated = now
     if not conversation.title_is_custom and not conversation.title:
