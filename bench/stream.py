@@ -434,6 +434,7 @@ class Watch:
     error: str = ""
     post_status: int = 0  # the POST's HTTP status (202 expected); 0: no answer
     post_done: float = 0.0
+    open_error: str = ""  # a viewer could not connect
     post_error: str = ""
     sse: object = None  # the open event-stream response
     sse_frames: list[tuple[float, str, str]] = field(default_factory=list)  # (t, event, data)
@@ -691,10 +692,15 @@ async def app_round(
 
     async def open_one(watch: Watch) -> None:
         async with gate:
-            if use_ws:
-                await ws_open(stack, watch, ctx.cookie)
-            if use_sse:
-                await sse_open(session, stack, watch, ctx.key)
+            # A viewer the server refuses (a handshake answered 403 when the pool had no
+            # connection for its session lookup, say) is counted, not fatal.
+            try:
+                if use_ws:
+                    await ws_open(stack, watch, ctx.cookie)
+                if use_sse:
+                    await sse_open(session, stack, watch, ctx.key)
+            except Exception as exc:
+                watch.open_error = f"{type(exc).__name__}: {exc}"[:200]
 
     auth = {"Authorization": f"Bearer {ctx.key}"}
 
@@ -716,6 +722,8 @@ async def app_round(
     pg = PgSampler(f"{ctx.pg_url}/{ctx.db}", ctx.db)
     try:
         await asyncio.gather(*(open_one(w) for w in watches))
+        refused = [w for w in watches if w.open_error]
+        watches = [w for w in watches if not w.open_error]
         readers = []
         if use_ws:
             readers += [asyncio.create_task(ws_read(w)) for w in watches]
@@ -742,6 +750,7 @@ async def app_round(
             task.cancel()
         await asyncio.to_thread(ctx.stop_profilers, profilers)
     finally:
+        watches += refused
         await asyncio.gather(
             *(w.ws.close() for w in watches if w.ws is not None), return_exceptions=True
         )
@@ -766,7 +775,8 @@ async def app_round(
     cpu = {name: after.procs[name] - before.procs[name] for name in ctx.pids}
     main = per["sse"] if use_sse else per["ws"]
     events = sum(p["published"] for p in main)
-    failed = [w for w in watches if w.post_status != 202]
+    refused = [w for w in watches if w.open_error]
+    failed = [w for w in watches if w.post_status != 202 and not w.open_error]
     # Where a reply's start goes, from the event stream: POST answered, run.started seen.
     phases: dict[str, list[float]] = {"post": [], "started": []}
     for w in watches:
@@ -781,6 +791,8 @@ async def app_round(
         "timeouts": len(pending),
         "failed": len(failed),
         "failed_why": sorted({f"{w.post_status} {w.post_error[:120]}" for w in failed})[:3],
+        "refused": len(refused),
+        "refused_why": sorted({w.open_error[:120] for w in refused})[:3],
         "pg_peak": pg.peak,
         "phases": phases,
         "events": events,
@@ -895,6 +907,8 @@ def summarise(n: int, base: dict, app: dict) -> dict:
         "base_errors": base["errors"],
         "failed": app["failed"],
         "failed_why": app["failed_why"],
+        "refused": app["refused"],
+        "refused_why": app["refused_why"],
         "timeouts": app["timeouts"],
         "pg_peak": app["pg_peak"],
         "post_p50": pct(app["phases"]["post"], 50) * ms,
@@ -981,7 +995,7 @@ LATENCY_COLS = [
 INTEGRITY_COLS = [
     ("N", lambda s: str(s["streams"])),
     ("run", lambda s: s["label"]),
-    ("POST failed", lambda s: str(s["failed"])),
+    ("POST failed / viewers refused", lambda s: f"{s['failed']}/{s.get('refused', 0)}"),
     ("deltas pub / SSE / WS", lambda s: f"{s['events']}/{s.get('sse_delivered', '-')}/"
         f"{s.get('ws_delivered', '-')}"),
     ("lost SSE/WS", lambda s: f"{s.get('sse_lost', '-')}/{s.get('ws_lost', '-')}"),
@@ -1019,7 +1033,7 @@ def table(rows: list[dict], cols) -> str:
 
 SUM_PREFIXES = ("failed", "timeouts", "events", "sse_delivered", "ws_delivered", "sse_lost")
 SUM_KEYS = {*SUM_PREFIXES, "ws_lost", "sse_reord_dup", "ws_reord_dup", "sse_text_ok"}
-SUM_KEYS |= {"ws_text_ok", "sse_bad_stamps", "ws_bad_stamps", "complete"}
+SUM_KEYS |= {"ws_text_ok", "sse_bad_stamps", "ws_bad_stamps", "complete", "refused"}
 MAX_KEYS = {"pg_peak"}
 
 
@@ -1088,7 +1102,7 @@ def report(results: dict[int, list[dict]], peer: dict[int, list[dict]], args, ex
         if not med:
             continue
         total = med["streams_total"]
-        clean = med["failed"] == 0 and med["timeouts"] == 0
+        clean = med["failed"] == 0 and med["timeouts"] == 0 and not med.get("refused")
         for v in ("sse", "ws"):
             if f"{v}_lost" in med:
                 clean &= med[f"{v}_lost"] == 0 and med[f"{v}_text_ok"] == total
@@ -1097,7 +1111,8 @@ def report(results: dict[int, list[dict]], peer: dict[int, list[dict]], args, ex
             ok &= clean
         print(
             f"N={n}: {'0 failed, 0 lost, saved == streamed' if clean else 'NOT CLEAN'} "
-            f"({med['failed']} failed POSTs, PG connections peak {med['pg_peak']})"
+            f"({med['failed']} failed POSTs, {med.get('refused', 0)} viewers refused, "
+            f"PG connections peak {med['pg_peak']})"
         )
         for r in results[n]:
             for v in ("sse", "ws"):
@@ -1107,6 +1122,8 @@ def report(results: dict[int, list[dict]], peer: dict[int, list[dict]], args, ex
                     )
             if r["failed_why"]:
                 print(f"  N={n} run {r['label']}: failed POSTs: {r['failed_why']}")
+            if r.get("refused_why"):
+                print(f"  N={n} run {r['label']}: viewers refused: {r['refused_why']}")
     if peer:
         prow: list[dict] = []
         pmed: dict[int, dict] = {}
