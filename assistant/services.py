@@ -13,7 +13,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import Team, User
-from config.db import db_sync_to_async
+from config.db import db_sync_to_async, release_now
 
 from . import events, hooks, streams
 from .errors import ChatError
@@ -151,6 +151,10 @@ def _announce_and_enqueue(
     from .runner import enqueue_run
 
     conversation_id = str(conversation.uuid)
+    # What follows the commit is Redis and the broker: the request's connection goes back to
+    # the pool first. At 200 messages at once on a busy machine, POSTs held their connection
+    # through this and the ones queued behind them timed out (docs/benchmarks.md, issue 14).
+    transaction.on_commit(release_now)
     events.publish_on_commit(conversation_id, events.message_created(message, run))
     if title_changed:
         events.publish_on_commit(conversation_id, events.conversation_renamed(conversation))

@@ -57,6 +57,16 @@ def release(func: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
+def release_now() -> None:
+    """Give this thread's pooled connection back at once (it is borrowed again by the next
+    query). For work after a commit that needs no database — publishing, enqueueing — done
+    while other requests may be waiting for a connection. Without a pool (SQLite, PgBouncer
+    alone) it does nothing: closing would only mean reconnecting."""
+    for conn in connections.all(initialized_only=True):
+        if conn.settings_dict.get("OPTIONS", {}).get("pool") and not conn.in_atomic_block:
+            conn.close()
+
+
 def _release_connections() -> None:
     """close_old_connections(), minus connections inside a transaction (a test's, which
     Django's test client also leaves open): closing one would break that transaction."""
