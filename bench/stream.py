@@ -1,43 +1,35 @@
 #!/usr/bin/env python
-"""Streaming benchmark on the production topology.
+"""Streaming benchmark over the public path, on the production topology (issue 14).
 
-    .venv/bin/python bench/stream.py [--streams 1,50,200] [--tokens 100] [--delay-ms 30]
-        [--repeat 3] [--budget 240] [--coalesce-ms MS] [--json FILE] [--profile DIR] [--raw-llm]
+    .venv/bin/python bench/stream.py [--streams 1,10,50,200] [--tokens 100] [--delay-ms 10]
+        [--repeat 3] [--viewers sse,ws] [--port-base PORT] [--json FILE] [--profile DIR]
+        [--peer URL --peer-key TOKEN --peer-pid PID]
 
-See docs/benchmarks.md for what it measured on the project's machines.
+See docs/benchmarks.md for what it measured on the project's machine.
 
 What runs (all on this machine, as subprocesses this script starts and always stops):
-the fake LLM provider (``manage.py fakellm``), one Daphne process (``python -m config.serve``,
-uvloop), one Celery worker (``--pool threads``, concurrency >= streams), against the local
-PostgreSQL (a database of its own, ``tandem_bench``, created, migrated and dropped here) and
-Redis (a database number of its own, db 13 by default, flushed before and after).
+``python -m config.serve`` (Daphne on uvloop; started first and alone, to time its start-up
+to the first answered request and read its idle RSS), the fake LLM provider (``manage.py
+fakellm``) and one Celery worker (``--pool threads``, concurrency >= streams), against the local
+PostgreSQL (a database of its own, created, migrated and dropped here) and Redis (a database
+number of its own, flushed before and after).
 
-Up to --repeat passes over the N values in --streams (a run after the first pass is skipped
-when it would overrun --budget seconds); each run, after waiting (at most --quiet-wait seconds)
-for other processes on the machine to go quiet:
+Each run of N streams, after waiting (at most --quiet-wait seconds) for the machine to go quiet:
 
-1. Baseline: N concurrent streaming requests straight to the fake provider over HTTP (aiohttp),
-   same directives; measures the provider's own time to first token and the per-token latency
-   of the raw provider stream (receive time - the token's emit stamp).
-2. The app: N fresh conversations, each watched by its own WebSocket (session cookie of a user
-   made with the ORM, ``force_login``). All N runs start at once: ``message_send`` is called for
-   every conversation from a pool of threads in this process (the same service the compose view
-   calls), which commits the message and run, publishes ``message.created`` and enqueues the run
-   on Celery. Every delta received on every WebSocket is timestamped.
+1. Baseline: N concurrent streaming requests straight to the provider (aiohttp): its own time
+   to first token and per-token latency.
+2. Tandem: N fresh conversations, each watched by the API's event stream (SSE, an API key)
+   and a WebSocket (a session cookie); then N messages POSTed at once to
+   ``/api/v1/conversations/{id}/messages`` with the API key.
+3. With --peer: the same N requests to an Open WebUI (``/api/chat/completions``, streaming),
+   after Tandem's, so the two alternate; ratios are printed at the end.
 
-The fake provider is scripted with ``[[tokens=T delay_ms=D stamp=1]]``: each token is the
-provider's ``time.time()`` when it wrote it, so a delta's text says when its tokens left the
-provider. Figures:
-
-- delta added latency: receive time - emit time of the delta's LAST token (the earliest the
-  delta could have been sent);
-- token latency: receive time - emit time of every token (includes the coalescing window);
-- first delta: receive time of the first delta - the time ``message_send`` was called, minus
-  the provider's own median TTFT from the baseline of the same N;
-- lost (gaps in seq, counted against the seq the worker recorded in Redis), reordered and
-  duplicated deltas; whether the saved message equals the concatenation of the received text;
-- CPU time (utime + stime from /proc/<pid>/stat) of Daphne, the worker, the provider, Redis and
-  this process over the window from the first send to the last run end, and per delta event.
+The provider is scripted ``[[tokens=T delay_ms=D stamp=1]]``: each word is the provider's
+``time.time()`` when it wrote it. Figures: per word, receive time - emit time of every word
+(SSE and WebSocket separately); first word added (POST sent -> first word, minus the
+provider's TTFT); POST answered and run.started seen; failed POSTs, refused viewers, lost
+deltas, saved == streamed; CPU per reply of the web process + the worker (``/proc``); the peak
+of PostgreSQL connections to the bench's database (sampled every 50 ms).
 """
 
 from __future__ import annotations
