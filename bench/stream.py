@@ -166,6 +166,7 @@ class Stack:
     logdir: Path
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     startup_s: float = math.nan  # `python -m config.serve` spawned -> first answered request
+    startup_cpu: float = math.nan  # the web process's CPU seconds at that moment
 
     @property
     def base_url(self) -> str:
@@ -230,6 +231,8 @@ def start_stack(
             "daphne", [py, "-m", "config.serve", "-b", "127.0.0.1", "-p", str(stack.web_port)]
         )
         stack.startup_s = wait_for_answer(f"{stack.base_url}/healthz", web, "Daphne") - began
+        # Its CPU by then: on a shared machine the wall time mostly says how busy it was.
+        stack.startup_cpu = proc_cpu(web.pid)
         llm = stack.spawn("fakellm", [py, "manage.py", "fakellm", "--port", str(stack.llm_port)])
         worker = stack.spawn(
             "worker",
@@ -1078,7 +1081,8 @@ def report(results: dict[int, list[dict]], peer: dict[int, list[dict]], args, ex
     print()
     print(
         f"Web process: `python -m config.serve` to first answered request "
-        f"{extra['startup_s']:.2f} s (goal ≤ 3 s); RSS idle {extra['rss_idle_mb']:.0f} MB "
+        f"{extra['startup_s']:.2f} s (goal ≤ 3 s; {extra['startup_cpu']:.2f} s of its CPU, "
+        f"load {os.getloadavg()[0]:.1f}); RSS idle {extra['rss_idle_mb']:.0f} MB "
         f"(goal ≤ 150 MB), after the runs {extra['rss_after_mb']:.0f} MB"
     )
     ok = extra["startup_s"] <= 3 and extra["rss_idle_mb"] <= 150
@@ -1272,6 +1276,7 @@ def main() -> int:
         time.sleep(2)
         extra = {
             "startup_s": stack.startup_s,
+            "startup_cpu": stack.startup_cpu,
             "rss_idle_mb": proc_rss_mb(stack.procs["daphne"].pid),
         }
         django_setup(env)
