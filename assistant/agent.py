@@ -428,6 +428,9 @@ class _Start:
     workspace: Workspace | None
     tokens: int
     guarded: set[str]
+    # A read after the claim that failed: raised where the turn handles failures, so the
+    # claimed run ends failed in words instead of staying "running" until it is swept.
+    error: Exception | None = None
 
 
 def _claim_and_read(run_id: str) -> _Start | None:
@@ -438,13 +441,19 @@ def _claim_and_read(run_id: str) -> _Start | None:
     if run is None:
         return None
     team = run.conversation.team
-    return _Start(
+    start = _Start(
         run=run,
         config=llm.config_for_team(team),
-        workspace=_workspace_of(run),
-        tokens=_tokens_used(run),
+        workspace=None,
+        tokens=0,
         guarded=policy.guarded_entries(team),
     )
+    try:
+        start.workspace = _workspace_of(run)
+        start.tokens = _tokens_used(run)
+    except Exception as exc:
+        start.error = exc
+    return start
 
 
 _aclaim_and_read = db_sync_to_async(_claim_and_read)
@@ -488,6 +497,8 @@ async def execute_run(run_id: str) -> None:
     status, error = RunStatus.SUCCEEDED, ""
     try:
         try:
+            if start.error is not None:
+                raise start.error
             turn.toolbox = await toolboxes.build(
                 toolboxes.ToolboxRequest(
                     team=run.conversation.team,
