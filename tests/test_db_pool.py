@@ -18,10 +18,11 @@ import psycopg
 import pytest
 from django.conf import settings
 from django.db import OperationalError
-from django.http import HttpResponse
+from django.http import HttpResponse, JsonResponse
 from django.test import override_settings
 from django.urls import path
 
+from api.http import endpoint
 from tests.api_client import make_key
 from tests.conftest import start_web, stop_web
 
@@ -198,6 +199,7 @@ def _broken(request):
 
 
 urlpatterns = [
+    path("api/v1/endpoint", endpoint("GET")(lambda request, caller: JsonResponse({}))),
     path("api/v1/exhausted", _exhausted),
     path("exhausted", _exhausted),
     path("broken", _broken),
@@ -229,6 +231,20 @@ def test_an_exhausted_pool_answers_503_in_words(client, database_up):
     assert api.status_code == 503
     assert api.json()["error"]["code"] == "unavailable"
     assert client.get("/broken").status_code == 500  # anything else stays a plain 500
+
+
+@pytest.mark.urls("tests.test_db_pool")
+def test_an_api_endpoint_answers_503_when_the_pool_is_exhausted(client, monkeypatch, database_up):
+    # Through the API's own error handling (api.http.endpoint), which answered 500 before;
+    # the pool is first needed to look the caller's key up, so that is where it runs out.
+    import api.http
+
+    monkeypatch.setattr(api.http, "admit", _exhausted)
+    response = client.get("/api/v1/endpoint")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert response.json()["error"]["code"] == "unavailable"
+    assert "every database connection is in use" in response.json()["error"]["message"]
 
 
 def test_settings_give_postgresql_a_bounded_pool(monkeypatch):
