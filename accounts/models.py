@@ -85,6 +85,9 @@ class Team(models.Model):
     # Entries of the allowlist (same spelling, one per line) that run without asking only while
     # the run has not changed files: for prefixes that run the repository's own code.
     command_allowlist_guarded = models.TextField(blank=True)
+    # Hosts the agent's fetch_url may read (one per line; "*.example.com" for its subdomains);
+    # empty: fetch_url is not offered (assistant/tools/web.py).
+    docs_allowlist = models.TextField(blank=True)
     # Limits enforced before every model call (usage/budgets.py); empty means none. The budget
     # is per calendar month and the token cap per member per day, both in UTC.
     monthly_budget_usd = models.DecimalField(

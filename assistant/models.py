@@ -318,3 +318,24 @@ class Workspace(models.Model):
 
     def __str__(self) -> str:
         return f"workspace {self.uuid} ({self.work_branch})"
+
+
+class TeamPlugin(models.Model):
+    """A tool plugin switched on for a team (assistant/plugins.py). No row: off. Keyed by the
+    plugin's name, so a plugin uninstalled and installed again keeps its switch."""
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="plugins")
+    name = models.CharField(max_length=48)
+    enabled = models.BooleanField(default=False)
+    changed = models.DateTimeField(default=timezone.now)
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["team", "name"], name="team_plugin_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.team_id}:{self.name}={'on' if self.enabled else 'off'}"

@@ -50,7 +50,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -170,8 +170,12 @@ async def run(
     git_dir: Path | None = None,
     git_dir_writable: bool = False,
     image: str | None = None,
+    ro_binds: Mapping[str, Path] | None = None,
 ) -> SandboxResult:
     """Run ``argv`` in ``worktree`` under bubblewrap and return what it did.
+
+    ``ro_binds``: host files or directories mounted read-only at the given places under
+    ``/opt/`` (a tool plugin's own static binary, say); nothing else of the host is added.
 
     ``image``: the sandbox image whose ``/usr`` and ``/etc`` the command sees (``images``);
     None or ``host``: the server's own. An image not built here is a :class:`SandboxError`
@@ -190,6 +194,7 @@ async def run(
     if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
         raise ValueError("argv must be a non-empty list of strings without NUL bytes")
     worktree = _check_worktree(worktree)
+    binds = _check_ro_binds(ro_binds or {})
     if git_dir is not None:
         git_dir = _check_git_dir(git_dir, worktree)
     system = _system_root(image)
@@ -214,6 +219,7 @@ async def run(
         network=network,
         uid=uid,
         gid=gid,
+        ro_binds=binds,
     )
     try:
         group = cgroups.new_call_group(
@@ -362,6 +368,7 @@ def _bwrap_args(
     uid: int,
     gid: int,
     system: Path = Path("/"),
+    ro_binds: Sequence[tuple[str, Path]] = (),
 ) -> list[str]:
     args = [
         "--unshare-all",  # user, mount, pid, ipc, uts, cgroup and net namespaces
@@ -421,12 +428,27 @@ def _bwrap_args(
         "--bind",
         str(worktree),
         WORKDIR,
-        "--remount-ro",
-        "/",
     ]
+    for target, source in ro_binds:  # before the root turns read-only: bwrap makes the dirs
+        args += ["--ro-bind", str(source), target]
+    args += ["--remount-ro", "/"]
     if git_dir is not None:  # over the tree's .git (bwrap makes the directory if missing)
         args += ["--bind" if git_dir_writable else "--ro-bind", str(git_dir), f"{WORKDIR}/.git"]
     return [*args, "--chdir", WORKDIR]
+
+
+def _check_ro_binds(binds: Mapping[str, Path]) -> list[tuple[str, Path]]:
+    """Extra read-only mounts: existing host paths, each onto a fresh place under /opt/ (never
+    over the system, the workspace or /tmp)."""
+    checked = []
+    for target, source in binds.items():
+        norm = os.path.normpath(target)
+        if not norm.startswith("/opt/") or norm != target or "\0" in target:
+            raise ValueError(f"a read-only bind must go to a normalised path under /opt/: {target}")
+        if not Path(source).exists():
+            raise SandboxError(f"{source} is missing, so it could not be mounted at {target}")
+        checked.append((target, Path(source).resolve()))
+    return checked
 
 
 def _prlimits(limits: SandboxLimits) -> list[str]:

@@ -441,6 +441,15 @@ AGENT_MAX_STEPS = envint("AGENT_MAX_STEPS", 25)
 AGENT_MAX_TOKENS = envint("AGENT_MAX_TOKENS", 500_000)
 # Wall-clock limit of one tool call in the sandbox (a test suite, say).
 AGENT_COMMAND_SECONDS = envint("AGENT_COMMAND_SECONDS", 120)
+# Documentation lookup (assistant/tools/web.py). fetch_url reads only hosts on a team's
+# documentation allowlist, from the worker, with the address rules of the teams' model bases:
+# never link-local or metadata addresses; private and loopback ones only with this switch.
+FETCH_URL_ALLOW_PRIVATE = envbool("FETCH_URL_ALLOW_PRIVATE", "0")
+FETCH_URL_MAX_BYTES = envint("FETCH_URL_MAX_BYTES", 2_000_000)  # read at most, then cut
+FETCH_URL_TIMEOUT = envint("FETCH_URL_TIMEOUT", 20)  # seconds for the whole fetch
+# web_search: a SearXNG instance's base URL (its JSON API, format=json enabled); empty: off.
+SEARXNG_URL = env("SEARXNG_URL")
+WEB_SEARCH_RESULTS = envint("WEB_SEARCH_RESULTS", 8)
 # One tool call as a whole (every process of it together), in a cgroup of its own per call
 # (assistant/cgroups.py): memory in MB (its /tmp included), processes and threads, CPU cores.
 SANDBOX_MEMORY_MB = envint("SANDBOX_MEMORY_MB", 2048)

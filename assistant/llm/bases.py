@@ -29,6 +29,7 @@ import asyncio
 import contextvars
 import ipaddress
 import socket
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -59,8 +60,25 @@ class BaseRefused(ValueError):
     """The sentence says why, in words a team admin can act on."""
 
 
+@dataclass(frozen=True)
+class Rules:
+    """Who the check is for, as its sentences say it: the teams' model bases by default;
+    fetch_url (assistant/tools/web.py) has its own words and its own switch."""
+
+    what: str = "The API base"
+    sent: str = "model calls"
+    switch: str = "LLM_ALLOW_PRIVATE_BASES"
+    example: str = " (for a local Ollama, say)"
+
+    def allow_private(self) -> bool:
+        return bool(getattr(settings, self.switch))
+
+
+MODEL_BASES = Rules()
+
+
 def allow_private() -> bool:
-    return bool(settings.LLM_ALLOW_PRIVATE_BASES)
+    return MODEL_BASES.allow_private()
 
 
 def _normalise(address: Address) -> Address:
@@ -72,26 +90,26 @@ def _normalise(address: Address) -> Address:
     return address
 
 
-def check_address(address: Address, host: str) -> None:
+def check_address(address: Address, host: str, rules: Rules = MODEL_BASES) -> None:
     address = _normalise(address)
     if any(address.version == net.version and address in net for net in ALWAYS_REFUSED):
         raise BaseRefused(
-            f"The API base {host} points at {address}, a link-local, metadata or reserved "
-            "address: model calls can't be sent there."
+            f"{rules.what} {host} points at {address}, a link-local, metadata or reserved "
+            f"address: {rules.sent} can't be sent there."
         )
     if (
         address.is_loopback
         or address.is_private
         or address in ipaddress.ip_network("100.64.0.0/10")
     ):
-        if not allow_private():
+        if not rules.allow_private():
             raise BaseRefused(
-                f"The API base {host} points at {address}, a private or loopback address, and "
-                "this server doesn't allow model calls to its own network. The operator can "
-                "allow it with LLM_ALLOW_PRIVATE_BASES=true (for a local Ollama, say)."
+                f"{rules.what} {host} points at {address}, a private or loopback address, and "
+                f"this server doesn't allow {rules.sent} to its own network. The operator can "
+                f"allow it with {rules.switch}=true{rules.example}."
             )
-    elif not address.is_global and not allow_private():
-        raise BaseRefused(f"The API base {host} points at {address}, which isn't a public address.")
+    elif not address.is_global and not rules.allow_private():
+        raise BaseRefused(f"{rules.what} {host} points at {address}, which isn't a public address.")
 
 
 def _host_of(url: str) -> str:
@@ -114,7 +132,7 @@ def _literal(host: str) -> Address | None:
         return None
 
 
-def check_saved(url: str) -> None:
+def check_saved(url: str, rules: Rules = MODEL_BASES) -> None:
     """At save time, without the network: the scheme, IP literals, and names that can only mean
     this machine or a metadata service. Raises BaseRefused."""
     if not url.strip():
@@ -122,11 +140,11 @@ def check_saved(url: str) -> None:
     host = _host_of(url)
     literal = _literal(host)
     if literal is not None:
-        check_address(literal, host)
+        check_address(literal, host, rules)
     elif host in METADATA_NAMES:
-        raise BaseRefused(f"The API base {host} is a cloud metadata service.")
+        raise BaseRefused(f"{rules.what} {host} is a cloud metadata service.")
     elif host == "localhost" or host.endswith(".localhost"):
-        check_address(ipaddress.ip_address("127.0.0.1"), host)
+        check_address(ipaddress.ip_address("127.0.0.1"), host, rules)
 
 
 async def check_before_call(url: str) -> None:
@@ -167,13 +185,19 @@ else:
 
 class CheckingResolver(_ResolverBase):
     """aiohttp's resolver, refusing addresses a team's base must not reach (when ``checking``
-    is set for the call): the check and the connection use the same lookup."""
+    is set for the call, or always when made with ``rules``): the check and the connection use
+    the same lookup."""
+
+    def __init__(self, *args: Any, rules: Rules | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rules = rules
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         infos = await super().resolve(host, port, family)
-        if checking.get():
+        if self.rules is not None or checking.get():
             for info in infos:
-                check_address(ipaddress.ip_address(info["host"].split("%", 1)[0]), host)
+                address = ipaddress.ip_address(info["host"].split("%", 1)[0])
+                check_address(address, host, self.rules or MODEL_BASES)
         return infos

@@ -414,6 +414,36 @@ def op_git_diff(args: Args) -> Reply:
     return {"ok": True, "output": text or "No changes."}
 
 
+def op_read_files(args: Args) -> Reply:
+    """Text files whose paths match any of the globs, for a plugin's worker-side function:
+    the files as git sees the tree (tracked plus new, not ignored), within the caps."""
+    regexes = [glob_regex(p) for p in args["patterns"]]
+    max_files, max_bytes = int(args["max_files"]), int(args["max_bytes"])
+    max_file_bytes = int(args["max_file_bytes"])
+    files: list[dict[str, str]] = []
+    skipped: list[str] = []
+    total = 0
+    for name in _candidates([]):
+        if not any(rx.match(name) for rx in regexes):
+            continue
+        try:  # a symlink out of the tree is skipped, never followed
+            _norm, real = resolve(name)
+            size = os.path.getsize(real)
+        except (ToolError, OSError):
+            skipped.append(name)
+            continue
+        if len(files) >= max_files or size > max_file_bytes or total + size > max_bytes:
+            skipped.append(name)
+            continue
+        with open(real, "rb") as fh:
+            data = fh.read(max_file_bytes + 1)
+        if b"\0" in data[:8192]:
+            continue  # binary: nothing a text check can read
+        total += len(data)
+        files.append({"path": name, "text": data.decode("utf-8", errors="replace")})
+    return {"ok": True, "output": "", "files": files, "skipped": skipped}
+
+
 OPS = {
     "read_file": op_read_file,
     "write_file": op_write_file,
@@ -423,6 +453,7 @@ OPS = {
     "grep": op_grep,
     "git_status": op_git_status,
     "git_diff": op_git_diff,
+    "read_files": op_read_files,
 }
 
 
