@@ -73,6 +73,7 @@ class CommandResult:
     stdout: str
     stderr: str
     stopped: str = ""  # why the sandbox stopped it, in words ("" when it ended by itself)
+    truncated: bool = False  # it printed more than the sandbox keeps: the output is cut
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class Workspace:
             stdout=result.stdout,
             stderr=result.stderr,
             stopped=sandbox_failure(result, ctx.limits) or "",
+            truncated=result.truncated,
         )
 
     async def git(self, *args: str) -> CommandResult:
