@@ -5,7 +5,7 @@ from django.urls import path
 from . import tool_settings_views as views
 
 urlpatterns = [
-    path("settings/plugins/<slug:name>/", views.team_plugin_switch, name="team_plugin_switch"),
+    path("settings/plugins/<slug:plugin>/", views.team_plugin_switch, name="team_plugin_switch"),
     path("settings/docs/", views.team_docs_allowlist, name="team_docs_allowlist"),
 ]
 

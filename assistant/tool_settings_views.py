@@ -30,15 +30,17 @@ def _back(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def team_plugin_switch(request: HttpRequest, slug: str, name: str) -> HttpResponse:
+def team_plugin_switch(request: HttpRequest, slug: str, plugin: str) -> HttpResponse:
     membership = selectors.admin_membership_for(request.user, slug)
     enabled = request.POST.get("enabled") == "1"
     try:
-        team_tools.set_plugin(team=membership.team, name=name, enabled=enabled, by=membership.user)
+        team_tools.set_plugin(
+            team=membership.team, name=plugin, enabled=enabled, by=membership.user
+        )
     except ValueError as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, f"Plugin {name} switched {'on' if enabled else 'off'}.")
+        messages.success(request, f"Plugin {plugin} switched {'on' if enabled else 'off'}.")
     return _back(request, slug)
 
 

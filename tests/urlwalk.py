@@ -55,6 +55,7 @@ TEAM_PARAMS = {
     "invitation_id": "invitation_id",  # an open invitation of the team
     "call_id": "call_id",  # a tool call awaiting approval in one of the team's runs
     "link_id": "link_id",  # a share link of one of the team's conversations, made by the owner
+    "plugin": "plugin",  # a tool plugin's name (assistant/plugins.py), switched per team
 }
 
 # Pages only owners and admins may use: a plain member gets 404 there.
@@ -79,6 +80,8 @@ ADMIN_ONLY = {
     "slack_kinds",
     "slack_test",
     "slack_disconnect",
+    "team_plugin_switch",
+    "team_docs_allowlist",
 }
 
 
@@ -216,6 +219,7 @@ def make_world(*, team, owner, member) -> dict:
         "invitation_id": invitation.invitation.uuid,
         "call_id": call.uuid,
         "link_id": link.uuid,
+        "plugin": "devops",
         "conversation": conversation,
         "run": sent.run,
     }
