@@ -144,10 +144,18 @@ async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> tuple[by
 
 
 def to_markdown(html: str) -> str:
-    from markdownify import markdownify
+    """The page's readable text as Markdown: scripts, styles and the head's contents dropped
+    (markdownify alone keeps their text), the title first."""
+    from bs4 import BeautifulSoup
+    from markdownify import MarkdownConverter
 
-    text = markdownify(html, heading_style="ATX", strip=["script", "style", "noscript", "svg"])
-    return re.sub(r"\n{3,}", "\n\n", text).strip()
+    soup = BeautifulSoup(html, "html.parser")
+    title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    for tag in soup(["head", "script", "style", "noscript", "svg", "template", "iframe"]):
+        tag.decompose()
+    text = MarkdownConverter(heading_style="ATX").convert_soup(soup)
+    text = re.sub(r"\n{3,}", "\n\n", text).strip()
+    return f"Title: {title}\n\n{text}" if title else text
 
 
 async def fetch(url: str, allowlist: list[str]) -> ToolResult:

@@ -45,9 +45,9 @@ def _schema_version(wanted: str) -> str:
     """The newest shipped schema version not newer than ``wanted`` (as kubernetes-validate)."""
     want = kv.major_minor(wanted.lstrip("v"))
     older = [v for v in kv.all_versions() if kv.major_minor(v) <= want]
-    if not older:
+    if not older or want > kv.major_minor(kv.latest_version()):
         raise ValueError
-    return str(kv.major_minor(older[-1]))
+    return str(older[-1])
 
 
 def _line_of(node: yaml.Node, path: list[Any]) -> int:
@@ -76,7 +76,8 @@ def _dotted(path: list[Any]) -> str:
 
 
 def check_file(name: str, text: str, version: str) -> tuple[list[str], list[str], int]:
-    """(errors, notes, manifests checked) for one YAML file."""
+    """(errors, notes, manifests checked) for one YAML file; ``version`` as the schemas'
+    folders name it (1.30.0)."""
     errors: list[str] = []
     notes: list[str] = []
     checked = 0
@@ -98,8 +99,8 @@ def check_file(name: str, text: str, version: str) -> tuple[list[str], list[str]
         if validator is None:
             notes.append(
                 f"{name}:{node.start_mark.line + 1}: no schema for {data['kind']} "
-                f"({data['apiVersion']}) in Kubernetes {version}: a custom resource, or an API "
-                "this version does not serve. Not checked."
+                f"({data['apiVersion']}) in Kubernetes {kv.major_minor(version)}: a custom "
+                "resource, or an API this version does not serve. Not checked."
             )
             continue
         for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
@@ -118,15 +119,16 @@ def _files(args: dict[str, Any]) -> list[str]:
 def validate(files: Files, args: dict[str, Any]) -> Output:
     wanted = args.get("kubernetes_version") or kv.latest_version()
     try:
-        version = _schema_version(str(wanted))
+        schemas = _schema_version(str(wanted))
     except (ValueError, TypeError, IndexError):
         known = ", ".join(versions())
         return Output(False, f"Kubernetes version “{wanted}” is not known here. Known: {known}.")
     errors: list[str] = []
     notes: list[str] = []
     checked = 0
+    version = kv.major_minor(schemas)
     for name, text in sorted(files.files.items()):
-        file_errors, file_notes, count = check_file(name, text, version)
+        file_errors, file_notes, count = check_file(name, text, schemas)
         errors += file_errors
         notes += file_notes
         checked += count
