@@ -16,10 +16,15 @@ PYTEST_WORKERS ?= 2
 lockcheck:
 	@$(PYTHON) scripts/lockfile.py check
 
-$(STAMP): requirements.lock
+## Then the DevOps toolkit plugin (plugins/devops): Tandem finds plugins by their entry points,
+## which only an installed distribution has. Editable, so the checkout is what runs; --no-deps
+## because its dependencies are in the lock (the devops extra); --no-build-isolation so building
+## it fetches nothing (it uses the venv's setuptools). Tandem works without it.
+$(STAMP): requirements.lock plugins/devops/pyproject.toml
 	@$(PYTHON) scripts/lockfile.py check
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e plugins/devops
 	@touch $(STAMP)
 
 ## Re-resolve pyproject.toml's ranges into requirements.lock (uv, installed from the lock).
