@@ -319,7 +319,7 @@ def as_tool(tool: PluginTool) -> Tool:
 
     async def run(ctx: ToolContext, args: dict[str, Any]) -> ToolResult:
         try:
-            output = await tool.run(Workspace(ctx), args)
+            output = await tool.run(Workspace(ctx if ctx.has_workspace else None), args)
         except WorkspaceError as exc:
             return ToolResult(ok=False, output=f"The {tool.name} tool could not run: {exc}")
         text, clipped = clip(output.text)

@@ -3,8 +3,9 @@
 - :func:`set_plugin` is the one write of a team's plugin switch (``TeamPlugin``);
   :func:`plugin_rows` is what the settings section and the staff page show.
 - :func:`enabled_plugins` / :func:`prompt_sections`: what the agent offers and says for a team.
-- :func:`plugin_tools` / :func:`web_tools`: the tools as the agent's ``Tool`` records with
-  their source and policy, for the Toolbox's providers (``toolbox_providers``).
+- :func:`plugin_tools` / :func:`web_tools`: the tools as Toolbox entries with their source and
+  policy; :func:`plugins_provider` and :func:`web_provider` hand them to each run's Toolbox
+  (registered in ``apps.py``), the plugins' prompt sections with them.
 
 A plugin's read-only tools run freely; one that changes files asks a member every time, as
 a command off the allowlist does.
@@ -18,19 +19,15 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Team, User
+from config.db import db_sync_to_async
 
 from . import plugins
 from .models import TeamPlugin
-from .tools.base import Tool
+from .tools import toolbox
+from .tools.toolbox import Entry, ToolboxRequest
 from .tools.web import fetch_url_tool, parse_allowlist, web_search_tool
 
-
-@dataclass(frozen=True)
-class TeamTool:
-    tool: Tool
-    source: str  # "builtin" or "plugin:<name>"
-    policy: str  # "auto" or "ask"
-    needs_workspace: bool
+WEB = "builtin:web"  # documentation lookup's source
 
 
 @dataclass(frozen=True)
@@ -75,26 +72,53 @@ def prompt_sections(team: Team) -> list[str]:
     return [p.prompt.strip() for p in enabled_plugins(team) if p.prompt.strip()]
 
 
-def plugin_tools(team: Team) -> list[TeamTool]:
+def _plugin_entries(plugin: plugins.Plugin) -> list[Entry]:
     return [
-        TeamTool(
+        Entry(
             tool=plugins.as_tool(tool),
             source=f"plugin:{plugin.name}",
-            policy="auto" if tool.read_only else "ask",
+            policy=toolbox.AUTO if tool.read_only else toolbox.ASK,
             needs_workspace=tool.needs_workspace,
         )
-        for plugin in enabled_plugins(team)
         for tool in plugin.tools
     ]
 
 
-def web_tools(team: Team) -> list[TeamTool]:
+def plugin_tools(team: Team) -> list[Entry]:
+    return [entry for plugin in enabled_plugins(team) for entry in _plugin_entries(plugin)]
+
+
+def web_tools(team: Team) -> list[Entry]:
     """fetch_url when the team lists documentation hosts; web_search when the operator set a
-    SearXNG URL. Neither needs a workspace."""
+    SearXNG URL. Neither needs a workspace; both run freely. Built in, but not in the fixed
+    registry the Toolbox runs "builtin" entries through: their own source runs their own code."""
     found = []
     allowlist = parse_allowlist(team.docs_allowlist)
     if allowlist:
-        found.append(TeamTool(fetch_url_tool(allowlist), "builtin", "auto", False))
+        found.append(Entry(fetch_url_tool(allowlist), WEB, toolbox.AUTO, False))
     if (search := web_search_tool()) is not None:
-        found.append(TeamTool(search, "builtin", "auto", False))
+        found.append(Entry(search, WEB, toolbox.AUTO, False))
     return found
+
+
+def _plugins_for(request: ToolboxRequest) -> list[Entry]:
+    entries: list[Entry] = []
+    for plugin in enabled_plugins(request.team):
+        mine = _plugin_entries(plugin)
+        # The section says when to use the tools: only where at least one is offered.
+        if plugin.prompt.strip() and (
+            request.workspace is not None or any(not e.needs_workspace for e in mine)
+        ):
+            request.add_prompt(plugin.prompt)
+        entries += mine
+    return entries
+
+
+async def plugins_provider(request: ToolboxRequest) -> list[Entry]:
+    """The Toolbox provider of the team's switched-on plugins."""
+    return await db_sync_to_async(_plugins_for)(request)
+
+
+async def web_provider(request: ToolboxRequest) -> list[Entry]:
+    """The Toolbox provider of fetch_url and web_search."""
+    return web_tools(request.team)

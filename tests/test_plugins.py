@@ -119,7 +119,8 @@ def test_a_plugin_tool_runs_as_an_agent_tool(installed, team, alice):
     assert result.ok and result.output == "echo: hi"
     # Without a workspace, a tool that reads files fails in words instead of crashing.
     write = next(t.tool for t in team_tools.plugin_tools(team) if t.tool.name == "demo_write")
-    result = asyncio.run(write.run(None, {}))  # type: ignore[arg-type]
+    nothing = ToolContext(tree=Path("/nonexistent"), has_workspace=False)
+    result = asyncio.run(write.run(nothing, {}))
     assert not result.ok and "no repository" in result.output
 
 
