@@ -19,6 +19,7 @@ its error and offers no tools. docs/plugins.md has a worked example.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.metadata
 import json
 import logging
@@ -139,7 +140,8 @@ class Workspace:
         max_file_bytes: int = 1_000_000,
     ) -> Files:
         """Text files matching any glob (``**/*.yaml``, ``Dockerfile``), as git sees the tree:
-        tracked and new files that .gitignore keeps. Binary files are left out."""
+        tracked and new files that .gitignore keeps. Binary files are left out; files past the
+        caps (``max_bytes`` counts the text as JSON-encoded) are named in ``skipped``."""
         ctx = self._context()
         request = {
             "op": "read_files",
@@ -150,11 +152,13 @@ class Workspace:
                 "max_file_bytes": max_file_bytes,
             },
         }
+        # The reply carries the files (max_bytes as JSON, see the helper), plus names.
+        output = max(ctx.limits.max_output_bytes, max_bytes + 1_000_000)
         result = await sandbox.run(
             ["python3", "-I", "-S", "-c", HELPER_SOURCE],
             worktree=ctx.tree,
             git_dir=ctx.git_dir,
-            limits=ctx.limits,
+            limits=dataclasses.replace(ctx.limits, max_output_bytes=output),
             stdin=json.dumps(request).encode(),
             image=ctx.image,
         )

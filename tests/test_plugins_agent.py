@@ -98,13 +98,14 @@ def test_the_agent_runs_a_plugin_tool_on_the_workspace(
     devops_installed, conversation, team, alice, workspace
 ):
     team_tools.set_plugin(team=team, name="devops", enabled=True, by=alice)
-    run = run_message(
-        conversation, alice, "Check it. " + tool("k8s_validate", kubernetes_version="1.30")
-    )
+    message = "Check the manifests. " + tool("k8s_validate", kubernetes_version="1.30")
+    run = run_message(conversation, alice, message)
     assert run.status == RunStatus.SUCCEEDED, run.error
     call = run.tool_calls.get()
     assert call.name == "k8s_validate" and call.status == ToolCallStatus.FAILED
     assert "deploy/app.yaml:6: Deployment web: spec.replicas: 'three' is not of type" in call.output
+    # The fake model's answer after the tool: the start of the result it was given.
+    assert run.assistant_message.content.startswith("Tool result received: 1 error(s)")
     record = UsageRecord.objects.get(run=run, kind="tool")
     assert record.model == "k8s_validate"
 

@@ -428,6 +428,8 @@ def op_read_files(args: Args) -> Reply:
             continue
         try:  # a symlink out of the tree is skipped, never followed
             _norm, real = resolve(name)
+            if not os.path.isfile(real):  # a FIFO would block the read
+                raise ToolError(name)
             size = os.path.getsize(real)
         except (ToolError, OSError):
             skipped.append(name)
@@ -439,9 +441,14 @@ def op_read_files(args: Args) -> Reply:
             data = fh.read(max_file_bytes + 1)
         if b"\0" in data[:8192]:
             continue  # binary: nothing a text check can read
-        total += len(data)
-        files.append({"path": name, "text": data.decode("utf-8", errors="replace")})
-    return {"ok": True, "output": "", "files": files, "skipped": skipped}
+        text = data.decode("utf-8", errors="replace")
+        size = len(json.dumps(text))  # as it goes out: the caller's output cap is on this
+        if total + size > max_bytes:
+            skipped.append(name)
+            continue
+        total += size
+        files.append({"path": name, "text": text})
+    return {"ok": True, "output": "", "files": files, "skipped": skipped[:1000]}
 
 
 OPS = {

@@ -87,7 +87,7 @@ def scan_history(log: str) -> list[str]:
 
 
 async def run(ws: Workspace, args: dict[str, Any]) -> Output:
-    files = await ws.read_files(["**"], max_files=2000, max_bytes=20_000_000)
+    files = await ws.read_files(["**"], max_files=2000, max_bytes=10_000_000)
     findings = await asyncio.to_thread(scan_tree, files)
     lines = []
     notes = []
