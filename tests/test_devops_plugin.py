@@ -154,3 +154,22 @@ def test_secrets_scan_on_a_clean_tree(tree):
     git(tree, "rm", "-q", "settings.py")
     result = call("secrets_scan", {}, tree)
     assert result.ok and result.output.startswith("No secrets found in ")
+
+
+def test_read_only_binds_go_under_opt_and_stay_read_only(tree):
+    shipped = tree.parent / "shipped.txt"
+    shipped.write_text("from the plugin\n")
+    shipped.chmod(0o644)
+    with pytest.raises(ValueError, match="under /opt/"):
+        asyncio.run(sandbox.run(["true"], worktree=tree, ro_binds={"/usr/bin/x": shipped}))
+    with pytest.raises(ValueError, match="under /opt/"):
+        asyncio.run(sandbox.run(["true"], worktree=tree, ro_binds={"/opt/../etc/x": shipped}))
+    script = "cat /opt/p/shipped.txt; echo changed > /opt/p/shipped.txt"
+    result = asyncio.run(
+        sandbox.run(
+            ["/bin/sh", "-c", script], worktree=tree, ro_binds={"/opt/p/shipped.txt": shipped}
+        )
+    )
+    assert result.stdout == "from the plugin\n"
+    assert "Read-only file system" in result.stderr
+    assert shipped.read_text() == "from the plugin\n"
