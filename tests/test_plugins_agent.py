@@ -29,7 +29,22 @@ pytestmark = [
     pytest.mark.skipif(not Path(sandbox.BWRAP).exists(), reason="bubblewrap is not installed"),
 ]
 DEVOPS = Path(__file__).resolve().parent.parent / "plugins" / "devops"
-BROKEN = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: three\n"
+BROKEN = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: three
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+        - {name: web, image: "nginx:1.27"}
+"""
 
 
 @pytest.fixture
@@ -105,7 +120,7 @@ def test_the_agent_runs_a_plugin_tool_on_the_workspace(
     assert call.name == "k8s_validate" and call.status == ToolCallStatus.FAILED
     assert "deploy/app.yaml:6: Deployment web: spec.replicas: 'three' is not of type" in call.output
     # The fake model's answer after the tool: the start of the result it was given.
-    assert run.assistant_message.content.startswith("Tool result received: 1 error(s)")
+    assert run.assistant_message.content.startswith("Tool result received: Error: 1 error(s)")
     record = UsageRecord.objects.get(run=run, kind="tool")
     assert record.model == "k8s_validate"
 
