@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0005_team_docs_allowlist'),
-        ('assistant', '0008_usagerecord_to_usage'),
+        ('assistant', '0009_run_worker'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
