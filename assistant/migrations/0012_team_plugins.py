@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0005_team_docs_allowlist'),
-        ('assistant', '0009_run_worker'),
+        ('assistant', '0011_message_content_trigram_index'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
