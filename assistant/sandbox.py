@@ -190,6 +190,46 @@ async def run(
     database listens — so it is for deliberate, approved cases only.
     """
     limits = limits or SandboxLimits()
+    prepared = await _prepare(
+        argv,
+        worktree=worktree,
+        limits=limits,
+        network=network,
+        git_dir=git_dir,
+        git_dir_writable=git_dir_writable,
+        image=image,
+        ro_binds=ro_binds,
+    )
+    try:
+        return await _run_in(prepared.group, prepared.argv, limits, stdin, prepared)
+    finally:
+        if prepared.group is not None:
+            prepared.group.close()  # kills whatever is left in it
+
+
+@dataclass
+class _Prepared:
+    """Everything checked and built for one sandboxed process, before it starts."""
+
+    argv: list[str]
+    args: list[str]  # bwrap's
+    group: cgroups.CallGroup | None
+    as_root: bool
+    uid: int
+    gid: int
+
+
+async def _prepare(
+    argv: Sequence[str],
+    *,
+    worktree: Path,
+    limits: SandboxLimits,
+    network: bool = False,
+    git_dir: Path | None = None,
+    git_dir_writable: bool = False,
+    image: str | None = None,
+    ro_binds: Mapping[str, Path] | None = None,
+) -> _Prepared:
     argv = list(argv)
     if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
         raise ValueError("argv must be a non-empty list of strings without NUL bytes")
@@ -227,29 +267,21 @@ async def run(
         )
     except OSError as exc:  # cgroups worked at start-up: never go on without one now
         raise SandboxError(f"the sandbox's cgroup could not be made: {exc}") from exc
-    try:
-        return await _run_in(group, argv, worktree, git_dir, limits, stdin, args, as_root, uid, gid)
-    finally:
-        if group is not None:
-            group.close()  # kills whatever is left in it
+    return _Prepared(argv, args, group, as_root, uid, gid)
 
 
-async def _run_in(
-    group: cgroups.CallGroup | None,
-    argv: list[str],
-    worktree: Path,
-    git_dir: Path | None,
+async def _spawn(
+    prepared: _Prepared,
     limits: SandboxLimits,
-    stdin: bytes | None,
-    args: list[str],
-    as_root: bool,
-    uid: int,
-    gid: int,
-) -> SandboxResult:
+    *,
+    stdin: int,
+) -> tuple[asyncio.subprocess.Process, int]:
+    """Start bwrap for ``prepared``; returns the process and the read end of its status pipe."""
+    group, as_root, uid, gid = prepared.group, prepared.as_root, prepared.uid, prepared.gid
     # The arguments go through a pipe (--args) so /proc/1/cmdline inside shows no host paths.
     to_close: list[int] = []
     try:
-        args_fd = _pipe_with(b"".join(a.encode() + b"\0" for a in args), to_close)
+        args_fd = _pipe_with(b"".join(a.encode() + b"\0" for a in prepared.args), to_close)
         status_r, status_w = os.pipe()
         to_close.append(status_w)
         pass_fds = [args_fd, status_w]
@@ -257,7 +289,6 @@ async def _run_in(
         if group is not None:  # the wrapper joins the group as the server's user, then execs
             files = group.procs_files
             prefix = [SH, "-c", _JOIN, "sh", str(len(files)), *files, *prefix]
-        started = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *prefix,
@@ -270,8 +301,8 @@ async def _run_in(
                 PRLIMIT,
                 *_prlimits(limits),
                 "--",
-                *argv,
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                *prepared.argv,
+                stdin=stdin,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env={"PATH": _PATH, "LANG": "C.UTF-8"},  # the sandbox can read bwrap's environ
@@ -287,6 +318,23 @@ async def _run_in(
     finally:
         for fd in to_close:
             os.close(fd)
+    return proc, status_r
+
+
+async def _run_in(
+    group: cgroups.CallGroup | None,
+    argv: list[str],
+    limits: SandboxLimits,
+    stdin: bytes | None,
+    prepared: _Prepared,
+) -> SandboxResult:
+    as_root, uid = prepared.as_root, prepared.uid
+    started = time.monotonic()
+    proc, status_r = await _spawn(
+        prepared,
+        limits,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+    )
 
     try:
         pidfd: int | None = os.pidfd_open(proc.pid)
@@ -352,6 +400,119 @@ async def _run_in(
 def run_sync(argv: Sequence[str], **kwargs: Any) -> SandboxResult:
     """:func:`run` for code without an event loop (tests, scripts)."""
     return asyncio.run(run(argv, **kwargs))
+
+
+class SandboxProcess:
+    """A long-lived sandboxed process with pipes (an MCP server over stdio, say), from
+    :func:`start`. Its owner talks to it through ``stdin``/``stdout`` and must :meth:`close` it;
+    stderr is read all along and its last few KB kept (for errors in words)."""
+
+    STDERR_KEPT = 8192
+
+    def __init__(self, proc: asyncio.subprocess.Process, prepared: _Prepared, status_r: int):
+        self.proc = proc
+        self._group = prepared.group
+        self._status_r: int | None = status_r
+        self._stderr = bytearray()
+        try:
+            self._pidfd: int | None = os.pidfd_open(proc.pid)
+        except ProcessLookupError:
+            self._pidfd = None
+        self._stderr_task = asyncio.ensure_future(self._read_stderr())
+        self.exit_status: dict[str, Any] = {}
+
+    @property
+    def stdin(self) -> asyncio.StreamWriter:
+        assert self.proc.stdin is not None
+        return self.proc.stdin
+
+    @property
+    def stdout(self) -> asyncio.StreamReader:
+        assert self.proc.stdout is not None
+        return self.proc.stdout
+
+    @property
+    def running(self) -> bool:
+        return self.proc.returncode is None
+
+    def stderr_tail(self, chars: int = 2000) -> str:
+        return self._stderr.decode("utf-8", errors="replace").strip()[-chars:]
+
+    def exit_code(self) -> int | None:
+        """The command's exit code once it ended (None: still running, or it never started)."""
+        return self.exit_status.get("exit-code")
+
+    def memory_killed(self) -> bool:
+        return self._group is not None and self._group.oom_killed()
+
+    async def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        while chunk := await self.proc.stderr.read(65536):
+            self._stderr += chunk
+            del self._stderr[: -self.STDERR_KEPT]
+
+    async def wait(self) -> int:
+        code = await self.proc.wait()
+        self._collect_status()
+        return code
+
+    def _collect_status(self) -> None:
+        if self._status_r is not None:
+            fd, self._status_r = self._status_r, None
+            self.exit_status = _read_status(fd)
+
+    def kill(self) -> None:
+        """SIGKILL bwrap; --die-with-parent takes the whole PID namespace with it."""
+        if self._pidfd is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+    async def close(self, grace: float = 2.0) -> None:
+        """Close its stdin (an MCP server's cue to exit), wait ``grace`` seconds, then kill it;
+        its cgroup goes with whatever is left. Safe to call twice."""
+        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.proc.wait()), timeout=grace)
+        except (TimeoutError, asyncio.CancelledError):
+            self.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.proc.wait()), timeout=5)
+        finally:
+            self._stderr_task.cancel()
+            self._collect_status()
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+            if self._group is not None:
+                self._group.close()
+                self._group = None
+
+
+async def start(
+    argv: Sequence[str],
+    *,
+    worktree: Path,
+    limits: SandboxLimits | None = None,
+    git_dir: Path | None = None,
+    image: str | None = None,
+    ro_binds: Mapping[str, Path] | None = None,
+) -> SandboxProcess:
+    """Start ``argv`` in the sandbox as :func:`run` would (same mounts, no network, rlimits and
+    a cgroup of its own) and return at once with its pipes: for a process that lives across
+    many exchanges. No wall-time limit here: the owner decides when it ends (``close``).
+    ``ro_binds``: as for :func:`run` (operator-chosen folders under /opt/, read-only)."""
+    limits = limits or SandboxLimits()
+    prepared = await _prepare(
+        argv, worktree=worktree, limits=limits, git_dir=git_dir, image=image, ro_binds=ro_binds
+    )
+    try:
+        proc, status_r = await _spawn(prepared, limits, stdin=asyncio.subprocess.PIPE)
+    except BaseException:
+        if prepared.group is not None:
+            prepared.group.close()
+        raise
+    return SandboxProcess(proc, prepared, status_r)
 
 
 # --- Building the command line ------------------------------------------------------------------

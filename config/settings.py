@@ -106,6 +106,7 @@ INSTALLED_APPS = [
     "api",
     "usage",
     "slack",
+    "mcpservers",
 ]
 
 MIDDLEWARE = [
@@ -472,6 +473,18 @@ SANDBOX_IMAGES_DIR = Path(env("SANDBOX_IMAGES_DIR", str(DATA_DIR / "images")))
 # assistant/quota.py): at most this many MB and files. 0 MB: no quota (the server's disk).
 WORKSPACE_QUOTA_MB = envint("WORKSPACE_QUOTA_MB", 2048)
 WORKSPACE_QUOTA_FILES = envint("WORKSPACE_QUOTA_FILES", 200_000)
+
+# --- MCP servers (mcpservers/) -----------------------------------------------------------------
+# A team's remote MCP servers may be on private and loopback addresses only when this is on;
+# link-local and metadata addresses never (the rules of assistant/llm/bases.py).
+MCP_ALLOW_PRIVATE_URLS = envbool("MCP_ALLOW_PRIVATE_URLS", "0")
+# Seconds an MCP server may take to start and answer its handshake, and one tool call to answer.
+MCP_START_SECONDS = envint("MCP_START_SECONDS", 30)
+MCP_CALL_SECONDS = envint("MCP_CALL_SECONDS", 60)
+# Folders of this machine that stdio MCP servers see read-only, "HOST:/opt/NAME" pairs separated
+# by commas (servers installed once for every team, e.g. /srv/mcp:/opt/mcp). Never the server's
+# own code, settings or data: the team's command reads everything mounted here.
+MCP_STDIO_MOUNTS = envlist("MCP_STDIO_MOUNTS")
 
 # --- Budgets (usage/budgets.py) ----------------------------------------------------------------
 # Before a model call its cost is not known: this many completion tokens (plus the prompt's

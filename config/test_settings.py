@@ -5,6 +5,7 @@ default), with runs executed by a real Celery worker where a test starts the sta
 """
 
 import os
+import sysconfig
 import tempfile
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tandem")
@@ -20,6 +21,14 @@ os.environ.setdefault("WORKSPACE_QUOTA_MB", "0")
 os.environ.setdefault("DATABASE_POOL_SIZE", "0")
 # The fake provider runs on 127.0.0.1; tests of the refusal switch this off (test_llm_bases).
 os.environ.setdefault("LLM_ALLOW_PRIVATE_BASES", "true")
+# The MCP stand-in (tests/mcp_standin.py) listens on 127.0.0.1 over HTTP, and runs over stdio
+# in the sandbox with the host's python3 and, read-only, the SDK from this venv.
+os.environ.setdefault("MCP_ALLOW_PRIVATE_URLS", "true")
+os.environ.setdefault(
+    "MCP_STDIO_MOUNTS",
+    f"{os.path.realpath(sysconfig.get_paths()['purelib'])}:/opt/mcp-sdk,"
+    f"{os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}/tests:/opt/standin",
+)
 # DJANGO_ALLOW_ASYNC_UNSAFE is set only while a Playwright browser is open (tests/conftest.py).
 
 # `make test` runs the suite in several pytest-xdist workers. pytest-django gives each its own

@@ -112,12 +112,12 @@ def check_address(address: Address, host: str, rules: Rules = MODEL_BASES) -> No
         raise BaseRefused(f"{rules.what} {host} points at {address}, which isn't a public address.")
 
 
-def _host_of(url: str) -> str:
+def _host_of(url: str, rules: Rules = MODEL_BASES) -> str:
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https"):
-        raise BaseRefused("The API base must be an http:// or https:// URL.")
+        raise BaseRefused(f"{rules.what} must be an http:// or https:// URL.")
     if not parts.hostname:
-        raise BaseRefused("The API base has no host name.")
+        raise BaseRefused(f"{rules.what} has no host name.")
     return parts.hostname.rstrip(".").lower()
 
 
@@ -137,7 +137,7 @@ def check_saved(url: str, rules: Rules = MODEL_BASES) -> None:
     this machine or a metadata service. Raises BaseRefused."""
     if not url.strip():
         return
-    host = _host_of(url)
+    host = _host_of(url, rules)
     literal = _literal(host)
     if literal is not None:
         check_address(literal, host, rules)
@@ -147,10 +147,10 @@ def check_saved(url: str, rules: Rules = MODEL_BASES) -> None:
         check_address(ipaddress.ip_address("127.0.0.1"), host, rules)
 
 
-async def check_before_call(url: str) -> None:
+async def check_before_call(url: str, rules: Rules = MODEL_BASES) -> None:
     """Right before a call: resolve the host and check every address. Raises BaseRefused."""
-    check_saved(url)
-    host = _host_of(url)
+    check_saved(url, rules)
+    host = _host_of(url, rules)
     if _literal(host) is not None:
         return
     port = urlsplit(url.strip()).port or 443
@@ -160,7 +160,7 @@ async def check_before_call(url: str) -> None:
     except OSError:
         return  # unresolvable: the call itself fails with "unreachable"
     for *_, sockaddr in infos:
-        check_address(ipaddress.ip_address(sockaddr[0].split("%", 1)[0]), host)
+        check_address(ipaddress.ip_address(sockaddr[0].split("%", 1)[0]), host, rules)
 
 
 # Set by the lean client for a call to a team's base: its resolver then checks every address.
