@@ -17,6 +17,7 @@ urlpatterns = [
     path("t/<slug:slug>/", include("assistant.settings_urls")),  # the team's model, allowlist
     path("t/<slug:slug>/", include("assistant.tool_settings_urls")),  # plugins, docs hosts
     path("t/<slug:slug>/", include("api.key_urls")),
+    path("t/<slug:slug>/", include("mcpservers.urls")),  # the Tools page (MCP servers)
     path("api/v1/", include("api.urls")),
     path("t/<slug:slug>/usage/", include("usage.urls")),
     path("staff/usage/", include("usage.staff_urls")),
