@@ -140,7 +140,9 @@ def tool_call_context(call) -> dict[str, Any]:
     context["arguments_pretty"] = (
         json.dumps(args, indent=2, ensure_ascii=False) if args is not None else call["arguments"]
     )
-    context["command"] = args.get("command", "") if isinstance(args, dict) else ""
+    # Only run_command's: another tool's "command" argument is never offered for the allowlist.
+    is_command = call["name"] == "run_command" and isinstance(args, dict)
+    context["command"] = args.get("command", "") if is_command else ""
     context["allowlistable"] = _allowlistable(context["command"])
     context["done"] = call["status"] in ("succeeded", "failed", "denied", "cancelled")
     context["decided_at"] = (

@@ -255,6 +255,12 @@ def tool_call_decide(*, call: ToolCall, user: User, decision: str, is_admin: boo
         raise ChatError("Choose Approve or Deny.")
     if decision == Decision.ALWAYS and not is_admin:
         raise ChatError("Only team admins can allow a command for good.")
+    if decision == Decision.ALWAYS and call.name != "run_command":
+        # Another tool's arguments may have a "command" too: it must not reach the allowlist.
+        raise ChatError(
+            "Only commands can be allowed for good. Approve this call; a team admin sets how "
+            "the team's own tools ask on the Tools page."
+        )
     run = call.run
     with transaction.atomic():
         approved = decision != Decision.DENY

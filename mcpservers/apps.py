@@ -5,3 +5,10 @@ class MCPServersConfig(AppConfig):
     name = "mcpservers"
     verbose_name = "MCP servers"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from assistant.tools import toolbox
+
+        from . import provider
+
+        toolbox.register_provider(provider.entries)

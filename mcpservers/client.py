@@ -119,6 +119,7 @@ class Connection:
         self._closing = asyncio.Event()
         self._scratch: Path | None = None
         self._lock = asyncio.Lock()
+        self._http_status: int | None = None  # the last error status a remote server answered
 
     # --- The public face ----------------------------------------------------------------------
 
@@ -236,6 +237,14 @@ class Connection:
         except BaseRefused as exc:
             raise MCPFailure(str(exc)) from None
         client = create_mcp_http_client(headers=dict(self.spec.headers))
+
+        async def note_status(response: Any) -> None:
+            # The SDK reports a refused request as "Server returned an error response": the
+            # status says whether the token was refused or the URL is wrong.
+            if response.status_code >= 400:
+                self._http_status = response.status_code
+
+        client.event_hooks["response"].append(note_status)
         async with client, streamable_http_client(self.spec.url, http_client=client) as streams:
             yield streams
 
@@ -300,7 +309,7 @@ class Connection:
         if self._owner is not None and self._owner.done():
             await self._reset()  # the session ended: the next call opens a new one
         raise MCPFailure(
-            f"The MCP server {self.spec.name} could not {what}: {_first_error(exc)}"
+            f"The MCP server {self.spec.name} could not {what}: {self._why(exc)}"
             if exc
             else f"The MCP server {self.spec.name} closed the connection."
         )
@@ -338,7 +347,20 @@ class Connection:
         process = self._process
         if process is not None and not process.running:
             return f"The MCP server {self.spec.name} exited while starting{self._exit_note()}."
-        return f"The MCP server {self.spec.name} could not start: {_first_error(exc)}"
+        return f"The MCP server {self.spec.name} could not start: {self._why(exc)}"
+
+    def _why(self, exc: BaseException | None) -> str:
+        status, self._http_status = self._http_status, None
+        if status is not None:
+            return _STATUS_WORDS.get(status, f"HTTP {status}") + f" ({_first_error(exc)})"
+        return _first_error(exc)
+
+
+_STATUS_WORDS = {
+    401: "HTTP 401: it refused the token or headers",
+    403: "HTTP 403: it refused the token or headers",
+    404: "HTTP 404: no MCP endpoint at this URL",
+}
 
 
 def _leaf(exc: BaseException) -> BaseException:

@@ -16,7 +16,9 @@ from typing import Any
 from django.conf import settings
 
 from assistant import repos
+from assistant.tools import toolbox
 from assistant.tools.base import Tool, ToolContext, ToolResult
+from config.db import db_sync_to_async
 
 from . import client
 from .models import Kind, MCPServer, MCPTool
@@ -36,6 +38,26 @@ class Offer:
     schema: dict[str, Any]
     read_only: bool
     policy: str
+
+
+async def entries(request: toolbox.ToolboxRequest) -> list[toolbox.Entry]:
+    """The Toolbox provider (registered in apps.py): one entry per enabled tool of the team's
+    enabled servers, under its policy, offered with or without a repository. "never" tools are
+    entries too, so a call the model makes anyway is refused in words, not "unknown"."""
+    offers = await db_sync_to_async(offers_for)(request.team.pk)
+    if not offers:
+        return []
+    pool = Pool(place_of(request.workspace))
+    request.on_close(pool.aclose)
+    return [
+        toolbox.Entry(
+            tool=tool_of(offer, pool),
+            source=f"mcp:{offer.server.name}",
+            policy=offer.policy,
+            needs_workspace=False,
+        )
+        for offer in offers
+    ]
 
 
 def offers_for(team_id: int) -> list[Offer]:

@@ -56,6 +56,8 @@ TEAM_PARAMS = {
     "call_id": "call_id",  # a tool call awaiting approval in one of the team's runs
     "link_id": "link_id",  # a share link of one of the team's conversations, made by the owner
     "plugin": "plugin",  # a tool plugin's name (assistant/plugins.py), switched per team
+    "server_id": "server_id",  # an MCP server of the team (the Tools page)
+    "tool_id": "tool_id",  # a tool of that server
 }
 
 # Pages only owners and admins may use: a plain member gets 404 there.
@@ -82,6 +84,11 @@ ADMIN_ONLY = {
     "slack_disconnect",
     "team_plugin_switch",
     "team_docs_allowlist",
+    "mcp_server_add",
+    "mcp_server_edit",
+    "mcp_server_remove",
+    "mcp_server_refresh",
+    "mcp_tool_update",
 }
 
 
@@ -210,7 +217,15 @@ def make_world(*, team, owner, member) -> dict:
     link = create_link(
         conversation=conversation, user=owner, audience="team", mode="snapshot", expiry="7d"
     ).link
+    from mcpservers.models import Kind, MCPServer, MCPTool
+
+    server = MCPServer.objects.create(
+        team=team, name="secret-tickets", kind=Kind.HTTP, url="https://mcp.example.com/mcp"
+    )
+    mcp_tool = MCPTool.objects.create(server=server, name="s", function_name="secret-tickets__s")
     return {
+        "server_id": server.uuid,
+        "tool_id": mcp_tool.pk,
         "team": team,
         "slug": team.slug,
         "conversation_id": conversation.uuid,
