@@ -32,7 +32,12 @@ def save(page, row) -> None:
 
 
 def test_an_admin_adds_a_server_a_teammate_approves_its_tool(
-    stack, new_context, conversation, alice, bob, http_standin  # noqa: F811 (the fixture)
+    stack,
+    new_context,
+    conversation,
+    alice,
+    bob,
+    http_standin,  # noqa: F811 (the fixture)
 ):
     page = open_page(new_context, "alice", stack)
     sign_in_to_conversation(page, alice.email, conversation)
