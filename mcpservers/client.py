@@ -26,18 +26,20 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
-import mcp_types as types
 from django.conf import settings
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
-from mcp.shared.message import SessionMessage
 
 from assistant import sandbox
 from assistant.llm.bases import BaseRefused, Rules, check_before_call
+
+if TYPE_CHECKING:
+    import mcp_types as types
+    from mcp.client.session import ClientSession
+
+# The SDK is imported where it is used, not here: it costs about a second of CPU, and every
+# process loads this module at start-up (the provider is registered in apps.py) while only
+# workers running a team's MCP tools need it.
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,8 @@ class Connection:
     # --- The public face ----------------------------------------------------------------------
 
     async def list_tools(self) -> list[ListedTool]:
+        import mcp_types as types
+
         session = await self._ready()
         listed: list[ListedTool] = []
         cursor: str | None = None
@@ -206,6 +210,8 @@ class Connection:
     async def _own(self, ready: asyncio.Future[ClientSession]) -> None:
         """The owner task: open the transport and the session, hand the session over, wait to
         be told to close, close (see the module's docstring)."""
+        from mcp.client.session import ClientSession
+
         try:
             async with AsyncExitStack() as stack:
                 streams = await stack.enter_async_context(self._transport())
@@ -232,6 +238,9 @@ class Connection:
 
     @asynccontextmanager
     async def _http(self) -> AsyncIterator[Any]:
+        from mcp.client.streamable_http import streamable_http_client
+        from mcp.shared._httpx_utils import create_mcp_http_client
+
         try:
             await check_before_call(self.spec.url, URL_RULES)
         except BaseRefused as exc:
@@ -382,6 +391,8 @@ def _first_error(exc: BaseException | None) -> str:
 
 def result_text(result: types.CallToolResult) -> str:
     """A tool result as the model reads it: its text, other content described, clipped."""
+    import mcp_types as types
+
     parts: list[str] = []
     for item in result.content:
         if isinstance(item, types.TextContent):
@@ -408,6 +419,10 @@ async def _pipes(process: sandbox.SandboxProcess) -> AsyncIterator[Any]:
     """The SDK's stream pair over a sandboxed process's stdin and stdout: one JSON-RPC message
     per line each way (what the SDK's own stdio client does with a process it starts itself,
     which it can't here: bwrap needs file descriptors passed and a cgroup joined first)."""
+    import anyio
+    import mcp_types as types
+    from mcp.shared.message import SessionMessage
+
     read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
 
