@@ -9,6 +9,6 @@ class MCPServersConfig(AppConfig):
     def ready(self) -> None:
         from assistant.tools import toolbox
 
-        from . import provider
+        from . import checks, provider  # noqa: F401 (importing checks registers them)
 
         toolbox.register_provider(provider.entries)
