@@ -597,12 +597,20 @@ async def _agent_loop(turn: Turn) -> None:
         requests = await _model_step(turn, tool_schemas)
         if not requests:
             return
-        if tool_schemas is None:
+        if tool_schemas is None and not _any_without_workspace(turn, requests):
             raise CannotContinue(
                 "The model asked for a tool, but this conversation has no repository. Attach "
                 "one to let the assistant work on code."
             )
         await _asave_calls(turn.run, requests, len(turn.text))
+
+
+def _any_without_workspace(turn: Turn, requests: list[llm.ToolCallRequest]) -> bool:
+    """Whether a requested tool is one of the team's that needs no repository, though none is
+    offered now (all set to "never", say): its calls are then refused in words, one by one,
+    rather than the turn failing as if it wanted a repository."""
+    entries = [turn.toolbox.get(request.name) for request in requests]
+    return any(entry is not None and not entry.needs_workspace for entry in entries)
 
 
 def _open_calls(run: Run) -> list[ToolCall]:
@@ -833,6 +841,9 @@ async def _park(turn: Turn) -> None:
         await events.publish(turn.conversation_id, {"t": "run.waiting", "run": turn.run_id})
 
 
+_ahas_calls = db_sync_to_async(lambda run: run.tool_calls.exists())
+
+
 async def _announce_end(turn: Turn, status, error, message) -> None:
     event_type = {
         RunStatus.SUCCEEDED: "run.completed",
@@ -846,8 +857,9 @@ async def _announce_end(turn: Turn, status, error, message) -> None:
         "model": turn.config.label,
         "message": events.message_data(message) if message else None,
     }
-    if turn.workspace is not None:
+    if turn.workspace is not None or await _ahas_calls(turn.run):
         # Tool calls and the turn's diff are rendered from the database: viewers fetch the
-        # finished bubble instead of building it from the event.
+        # finished bubble instead of building it from the event. (Without a repository a
+        # turn has tool calls too when the team's tools need none: an MCP server's, say.)
         event["refresh"] = True
     await events.publish(turn.conversation_id, event)
