@@ -370,3 +370,24 @@ def test_the_agent_calls_a_stdio_tool_without_a_repository(conversation, alice, 
     # The run's end stopped the server: no stand-in left running in a sandbox.
     ps = subprocess.run(["pgrep", "-f", "/opt/standin/mcp_standin.py"], capture_output=True)
     assert ps.stdout == b""
+
+
+@pytest.mark.django_db
+def test_always_allow_is_for_commands_only(conversation, alice, team):
+    """A team tool's arguments may hold a "command": approving its call with "always" must not
+    put that on the allowlist of run_command."""
+    from assistant import services as chat
+    from assistant.errors import ChatError
+    from assistant.models import ToolCall
+
+    run = send(conversation, alice, "hello")
+    call = ToolCall.objects.create(
+        run=run, step=1, index=0, call_id="c1", name="deploy__run",
+        arguments='{"command": "rm -rf /"}', status=ToolCallStatus.AWAITING,
+    )  # fmt: skip
+    with pytest.raises(ChatError, match="Only commands can be allowed for good"):
+        chat.tool_call_decide(call=call, user=alice, decision="always", is_admin=True)
+    team.refresh_from_db()
+    assert team.command_allowlist == ""
+    call.refresh_from_db()
+    assert call.status == ToolCallStatus.AWAITING  # still waiting for a real answer
