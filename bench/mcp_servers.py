@@ -2,7 +2,7 @@
 """What an MCP tool costs: a server's start-up and one call, over stdio in the sandbox and over
 streamable HTTP, with the stand-in server (tests/mcp_standin.py, written with the SDK).
 
-    .venv/bin/python bench/mcp.py [--starts 5] [--calls 50] [--no-write]
+    .venv/bin/python bench/mcp_servers.py [--starts 5] [--calls 50] [--no-write]
 
 1. Start-up (stdio): ``--starts`` times, a Connection to the stand-in in the sandbox (the host's
    python3 with the SDK mounted read-only, as the tests run it) until its tools are listed —
@@ -11,7 +11,7 @@ streamable HTTP, with the stand-in server (tests/mcp_standin.py, written with th
 2. Calls: ``--calls`` calls of the stand-in's ``add`` on one open connection, stdio and HTTP
    (the stand-in on 127.0.0.1): median and p95 per call.
 
-Prints a table and writes it to docs/benchmarks.md under "## MCP servers (bench/mcp.py)",
+Prints a table and writes it to docs/benchmarks.md under "## MCP servers (bench/mcp_servers.py)",
 replacing only that section. Needs a database-free Django set-up only (settings are read).
 """
 
@@ -41,7 +41,7 @@ django.setup()
 
 from mcpservers.client import Connection, Place, ServerSpec  # noqa: E402
 
-HEADING = "## MCP servers (bench/mcp.py)"
+HEADING = "## MCP servers (bench/mcp_servers.py)"
 STDIO = ServerSpec(
     name="standin",
     kind="stdio",
@@ -101,15 +101,17 @@ def main() -> None:
     tree = parent / "wt"
     tree.mkdir()
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "mcp_standin.py"), "http", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = None
     try:
         up, down = asyncio.run(starts(tree, opts.starts))
         stdio = asyncio.run(calls(STDIO, Place(tree=tree), opts.calls))
-        for _ in range(100):
+        # Started only now: its own start-up would compete with the ones measured above.
+        server = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "mcp_standin.py"), "http", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(300):
             try:
                 socket.create_connection(("127.0.0.1", port), 0.2).close()
                 break
@@ -118,7 +120,8 @@ def main() -> None:
         http = ServerSpec(name="standin", kind="http", url=f"http://127.0.0.1:{port}/mcp")
         remote = asyncio.run(calls(http, Place(), opts.calls))
     finally:
-        server.kill()
+        if server is not None:
+            server.kill()
         shutil.rmtree(parent, ignore_errors=True)
 
     load = os.getloadavg()[0]
@@ -141,7 +144,9 @@ def main() -> None:
         "",
         "The start is the stand-in's Python importing the SDK (pydantic, anyio, starlette) more "
         "than the sandbox (~15 ms, see above); it is paid once per run execution that uses the "
-        "server, again after a park for an approval.",
+        "server, again after a park for an approval. The stop is paid when the execution ends, "
+        "before the run is marked finished: the server gets 2 s to exit once its stdin closes "
+        "(the MCP spec's shutdown), then bwrap is killed.",
         "",
     ]
     table = "\n".join(lines)
