@@ -188,10 +188,11 @@ class Connection:
                     asyncio.shield(ready), timeout=settings.MCP_START_SECONDS
                 )
             except TimeoutError:
+                note = self._stderr_note()
                 await self._reset()
                 raise MCPFailure(
                     f"The MCP server {self.spec.name} did not start within "
-                    f"{settings.MCP_START_SECONDS} s.{self._stderr_note()}"
+                    f"{settings.MCP_START_SECONDS} s.{note}"
                 ) from None
             except MCPFailure:
                 await self._reset()
@@ -220,6 +221,8 @@ class Connection:
                 ready.set_result(session)
                 await self._closing.wait()
         except BaseException as exc:
+            if not ready.done() and isinstance(exc, asyncio.CancelledError):
+                ready.cancel()  # stopped while starting: whoever waited has moved on
             if not ready.done():
                 if self._process is not None:  # exited while starting? (reaped a moment later)
                     with contextlib.suppress(BaseException):
@@ -262,8 +265,10 @@ class Connection:
         place = self.place
         tree = place.tree
         if tree is None:
-            # No workspace: an empty folder of its own, removed when the connection closes.
-            self._scratch = Path(tempfile.mkdtemp(prefix="tandem-mcp-"))
+            # No workspace: an empty folder of its own (kept across restarts after a crash),
+            # removed when the connection closes.
+            if self._scratch is None:
+                self._scratch = Path(tempfile.mkdtemp(prefix="tandem-mcp-"))
             tree = self._scratch
         limits = sandbox.SandboxLimits(
             cpu_seconds=max(20, settings.MCP_CALL_SECONDS * 4)  # one process for the whole run
