@@ -13,7 +13,7 @@ def check_stdio_mounts(app_configs: Any = None, **kwargs: Any) -> list[checks.Ch
     """MCP_STDIO_MOUNTS entries that are left out (the sandbox never sees them)."""
     from .client import mount_problem
 
-    found = []
+    found: list[checks.CheckMessage] = []
     for entry in settings.MCP_STDIO_MOUNTS:
         host, sep, inside = entry.partition(":")
         problem = mount_problem(host, inside) if sep else "it is not HOST:/opt/NAME"
