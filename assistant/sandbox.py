@@ -50,7 +50,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -171,8 +171,16 @@ async def run(
     git_dir_writable: bool = False,
     image: str | None = None,
     ro_binds: Mapping[str, Path] | None = None,
+    env: dict[str, str] | None = None,
+    egress: Path | None = None,
+    on_output: Callable[[bytes], None] | None = None,
 ) -> SandboxResult:
     """Run ``argv`` in ``worktree`` under bubblewrap and return what it did.
+
+    ``env``: variables set for the command on top of the sandbox's own. ``egress``: a call's
+    channel directory (``egress.channel``), bound at ``/run/tandem-egress``: the only way out
+    of the sandbox's network namespace, to the registry-only proxy. ``on_output``: called with
+    each chunk (bytes) of stdout or stderr as it comes (setup streams its output live).
 
     ``ro_binds``: host files or directories mounted read-only at the given places under
     ``/opt/`` (a tool plugin's own static binary, say); nothing else of the host is added.
@@ -199,9 +207,11 @@ async def run(
         git_dir_writable=git_dir_writable,
         image=image,
         ro_binds=ro_binds,
+        env=env,
+        egress=egress,
     )
     try:
-        return await _run_in(prepared.group, prepared.argv, limits, stdin, prepared)
+        return await _run_in(prepared.group, prepared.argv, limits, stdin, prepared, on_output)
     finally:
         if prepared.group is not None:
             prepared.group.close()  # kills whatever is left in it
@@ -229,6 +239,8 @@ async def _prepare(
     git_dir_writable: bool = False,
     image: str | None = None,
     ro_binds: Mapping[str, Path] | None = None,
+    env: dict[str, str] | None = None,
+    egress: Path | None = None,
 ) -> _Prepared:
     argv = list(argv)
     if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
@@ -260,6 +272,8 @@ async def _prepare(
         uid=uid,
         gid=gid,
         ro_binds=binds,
+        extra_env=env,
+        egress=egress,
     )
     try:
         group = cgroups.new_call_group(
@@ -327,6 +341,7 @@ async def _run_in(
     limits: SandboxLimits,
     stdin: bytes | None,
     prepared: _Prepared,
+    on_output: Callable[[bytes], None] | None = None,
 ) -> SandboxResult:
     as_root, uid = prepared.as_root, prepared.uid
     started = time.monotonic()
@@ -340,7 +355,7 @@ async def _run_in(
         pidfd: int | None = os.pidfd_open(proc.pid)
     except ProcessLookupError:  # already gone (and reaped): nothing to kill
         pidfd = None
-    watch = _Watch(proc, limits.max_output_bytes, pidfd)
+    watch = _Watch(proc, limits.max_output_bytes, pidfd, on_output)
     # v1 has no memory.oom.group: end the whole call at its first out-of-memory kill, as v2 does.
     oom_watch = (
         asyncio.ensure_future(_end_on_oom(group, watch))
@@ -530,6 +545,8 @@ def _bwrap_args(
     gid: int,
     system: Path = Path("/"),
     ro_binds: Sequence[tuple[str, Path]] = (),
+    extra_env: dict[str, str] | None = None,
+    egress: Path | None = None,
 ) -> list[str]:
     args = [
         "--unshare-all",  # user, mount, pid, ipc, uts, cgroup and net namespaces
@@ -557,6 +574,7 @@ def _bwrap_args(
         "TMPDIR": "/tmp",
         # Bytecode caches in the tree would show up as changes in every turn's diff.
         "PYTHONDONTWRITEBYTECODE": "1",
+        **(extra_env or {}),
     }
     for key, value in env.items():
         args += ["--setenv", key, value]
@@ -592,6 +610,8 @@ def _bwrap_args(
     ]
     for target, source in ro_binds:  # before the root turns read-only: bwrap makes the dirs
         args += ["--ro-bind", str(source), target]
+    if egress is not None:  # the call's own channel to the egress proxy, nothing else
+        args += ["--ro-bind", str(egress), "/run/tandem-egress"]
     args += ["--remount-ro", "/"]
     if git_dir is not None:  # over the tree's .git (bwrap makes the directory if missing)
         args += ["--bind" if git_dir_writable else "--ro-bind", str(git_dir), f"{WORKDIR}/.git"]
@@ -876,6 +896,7 @@ class _Watch:
     proc: asyncio.subprocess.Process
     cap: int
     pidfd: int | None
+    on_output: Callable[[bytes], None] | None = None
     kept: dict[str, bytearray] = field(
         default_factory=lambda: {"stdout": bytearray(), "stderr": bytearray()}
     )
@@ -916,6 +937,8 @@ class _Watch:
     async def _pump(self, stream: asyncio.StreamReader | None, name: str) -> None:
         assert stream is not None
         while chunk := await stream.read(65536):
+            if self.on_output is not None:
+                self.on_output(chunk)
             room = self.cap - sum(len(b) for b in self.kept.values())
             if room > 0:
                 self.kept[name] += chunk[:room]

@@ -255,7 +255,11 @@ CELERY_BEAT_SCHEDULE = {
     "fetch-repositories": {
         "task": "assistant.fetch_repositories",
         "schedule": REPO_FETCH_MINUTES * 60.0,
-    }
+    },
+    "remove-idle-prepared-trees": {
+        "task": "assistant.remove_idle_prepared_trees",
+        "schedule": 6 * 3600.0,
+    },
 }
 
 # --- Auth (django-allauth) -----------------------------------------------------------------
@@ -485,6 +489,25 @@ MCP_CALL_SECONDS = envint("MCP_CALL_SECONDS", 60)
 # by commas (servers installed once for every team, e.g. /srv/mcp:/opt/mcp). Never the server's
 # own code, settings or data: the team's command reads everything mounted here.
 MCP_STDIO_MOUNTS = envlist("MCP_STDIO_MOUNTS")
+
+# --- Setup scripts and their egress (assistant/environment.py, assistant/egress.py) -----------
+# Hosts a repository's setup script may reach through the worker's egress proxy: the Python,
+# npm and Debian package registries. "host" allows ports 80 and 443, "host:port" that port,
+# "*.domain" every name under it. Nothing else is reachable from a sandbox.
+SANDBOX_EGRESS_ALLOW = envlist(
+    "SANDBOX_EGRESS_ALLOW",
+    "pypi.org,files.pythonhosted.org,registry.npmjs.org,deb.debian.org,security.debian.org",
+)
+# Refused whatever the allowlist says unless this is on: names resolving to loopback, private,
+# link-local or other non-public addresses (the database, cloud metadata...). Tests only.
+SANDBOX_EGRESS_ALLOW_PRIVATE = envbool("SANDBOX_EGRESS_ALLOW_PRIVATE")
+# Wall-clock limit of a setup script (the per-call cgroup and the workspace quota apply too).
+SETUP_SECONDS = envint("SETUP_SECONDS", 600)
+# The directories a setup script prepares that are kept per repository and copied into new
+# workspaces (a prepared tree): put what setup installs there.
+SETUP_ENV_DIRS = envlist("SETUP_ENV_DIRS", ".venv,node_modules")
+# A prepared tree no conversation started from for this many days is removed (beat task).
+PREPARED_TREE_IDLE_DAYS = envint("PREPARED_TREE_IDLE_DAYS", 7)
 
 # --- Budgets (usage/budgets.py) ----------------------------------------------------------------
 # Before a model call its cost is not known: this many completion tokens (plus the prompt's
