@@ -88,6 +88,9 @@ class Team(models.Model):
     # Hosts the agent's fetch_url may read (one per line; "*.example.com" for its subdomains);
     # empty: fetch_url is not offered (assistant/tools/web.py).
     docs_allowlist = models.TextField(blank=True)
+    # Whether the agent's own commands may ask to reach the package registries (through the
+    # egress proxy setup scripts use); such a command always asks a member first.
+    commands_reach_registries = models.BooleanField(default=False)
     # Limits enforced before every model call (usage/budgets.py); empty means none. The budget
     # is per calendar month and the token cap per member per day, both in UTC.
     monthly_budget_usd = models.DecimalField(

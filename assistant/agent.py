@@ -29,7 +29,20 @@ from django.utils import timezone
 from config import logs
 from config.db import db_sync_to_async
 
-from . import diffs, events, hooks, llm, policy, repo_context, repos, streams, tools
+from . import (
+    diffs,
+    egress,
+    environment,
+    events,
+    hooks,
+    llm,
+    policy,
+    repo_context,
+    repos,
+    sandbox,
+    streams,
+    tools,
+)
 from .errors import BudgetExceeded
 from .models import (
     FINISHED_STATUSES,
@@ -224,6 +237,8 @@ def replay(text: str, calls: list[ToolCall], *, output_limit: int | None = None)
     pos = 0
     by_step: dict[int, list[ToolCall]] = {}
     for call in calls:
+        if call.step == 0:  # the environment's setup (step 0 is no model answer's): not the model's
+            continue
         by_step.setdefault(call.step, []).append(call)
     for group in by_step.values():
         offset = min(max(group[0].text_offset, pos), len(text))
@@ -390,7 +405,8 @@ class Turn:
 def _changed_in_run(run: Run, box: toolboxes.Toolbox) -> bool:
     """Whether a tool call of this run that ran may have changed files (see policy.py)."""
     ran = (ToolCallStatus.RUNNING, ToolCallStatus.SUCCEEDED, ToolCallStatus.FAILED)
-    for name, arguments in run.tool_calls.filter(status__in=ran).values_list("name", "arguments"):
+    calls = run.tool_calls.filter(status__in=ran).exclude(step=0)  # step 0: the setup's
+    for name, arguments in calls.values_list("name", "arguments"):
         args, _ = _parse_arguments(arguments)
         if policy.changes_files(name, args, box.read_only(name)):
             return True
@@ -510,6 +526,8 @@ async def execute_run(run_id: str) -> None:
             if turn.guarded and run.steps:  # a resumed run: what its calls so far did
                 turn.changed = await db_sync_to_async(_changed_in_run)(run, turn.toolbox)
             if turn.workspace is not None and not run.tree_before:
+                # Before the turn's first snapshot: what setup makes is not the turn's change.
+                await _prepare_environment(turn)
                 tree = await _asnapshot(turn.workspace)
                 await _asave(run, tree_before=tree)
             await _agent_loop(turn)
@@ -804,8 +822,131 @@ def _approval_for(turn: Turn, entry: toolboxes.Entry | None, name: str, args: ob
     if entry is not None and entry.policy == toolboxes.AUTO:
         return Approval.NOT_NEEDED
     return policy.approval_for(
-        name, args, turn.allowlist, guarded=turn.guarded, changed=turn.changed
+        name,
+        args,
+        turn.allowlist,
+        guarded=turn.guarded,
+        changed=turn.changed,
+        registries_allowed=turn.run.conversation.team.commands_reach_registries,
     )
+
+
+SETUP_PUBLISH_SECONDS = 0.5  # a running setup's output goes out at most this often
+
+
+async def _prepare_environment(turn: Turn) -> None:
+    """The workspace's environment before the agent's first command: the kept prepared tree
+    when there is one for its key, else the repository's setup script run now, its output
+    streamed to the conversation as a ``setup`` tool call (environment.py). A setup that fails
+    is explained in its card and the turn goes on: the agent can still read and edit."""
+    workspace = turn.workspace
+    assert workspace is not None
+    repo = workspace.repository
+    image = repo.sandbox_image
+    await asyncio.to_thread(environment.exclude_env_dirs, workspace)
+    if not repo.setup_script.strip():
+        if not workspace.environment and not repo.setup_proposal:
+            with contextlib.suppress(Exception):  # a suggestion only: never fails the turn
+                found = await environment.propose(workspace, image)
+                if found:
+                    text = f"# Proposed from the repository's {found['from']}\n{found['script']}"
+                    await db_sync_to_async(_save)(repo, setup_proposal=text)
+        if not workspace.environment:
+            await _asave(workspace, environment="none")
+        return
+    if workspace.environment not in ("", "none"):
+        return
+    call = ToolCall(
+        run=turn.run,
+        step=0,
+        index=0,
+        call_id=f"setup_{turn.run.uuid.hex[:12]}",
+        name=environment.CALL_NAME,
+        arguments=json.dumps({"image": image}),
+        text_offset=len(turn.text),
+        status=ToolCallStatus.RUNNING,
+        started=timezone.now(),
+    )
+    await db_sync_to_async(call.save)()
+    call.run = turn.run
+    await _publish_call(turn, "tool.started", call)
+    started = time.monotonic()
+    try:
+        outcome = await _until_stopped(turn, _setup_or_reuse(turn, call, image))
+    except Stopped:
+        await _asave(
+            call, status=ToolCallStatus.CANCELLED, output=call.output + "\nStopped.",
+            finished=timezone.now(),
+        )  # fmt: skip
+        await _publish_call(turn, "tool.finished", call)
+        raise
+    except (sandbox.SandboxError, OSError, egress.EgressError) as exc:
+        outcome = environment.Outcome(ran=True, ok=False, output=f"The setup could not run: {exc}")
+    await _asave(
+        call,
+        status=ToolCallStatus.SUCCEEDED if outcome.ok else ToolCallStatus.FAILED,
+        output=outcome.output,
+        exit_code=outcome.exit_code,
+        duration_ms=outcome.duration_ms or int((time.monotonic() - started) * 1000),
+        truncated=outcome.truncated,
+        finished=timezone.now(),
+    )
+    await _asave(workspace, environment=outcome.key if outcome.ok else f"failed:{outcome.key}"[:80])
+    await _publish_call(turn, "tool.finished", call)
+
+
+async def _setup_or_reuse(turn: Turn, call: ToolCall, image: str) -> environment.Outcome:
+    workspace = turn.workspace
+    assert workspace is not None
+    repo = workspace.repository
+    digest = await environment.manifest_digest(workspace, image)
+    key = await asyncio.to_thread(environment.key_for, repo, image, digest)
+    kept = environment.kept(repo, key)
+    if kept is not None:
+        begun = time.monotonic()
+        try:
+            how = await asyncio.to_thread(environment.restore, workspace, kept)
+        except FileExistsError as exc:
+            log.info("Not reusing the prepared tree: the repository has its own %s", exc)
+        else:
+            ms = int((time.monotonic() - begun) * 1000)
+            return environment.Outcome(
+                reused=True, key=key, duration_ms=ms, exit_code=0,
+                output=f"Started from the prepared environment kept for this repository "
+                f"({how} of {', '.join(environment.env_dirs())}; key {key[:12]}), without "
+                "running the setup script. “Rebuild environment” on the repository page runs "
+                "it again.",
+            )  # fmt: skip
+    chunks: list[bytes] = []
+    last = [time.monotonic()]
+    pending: set[asyncio.Task] = set()
+
+    def on_output(chunk: bytes) -> None:
+        chunks.append(chunk)
+        if time.monotonic() - last[0] >= SETUP_PUBLISH_SECONDS:
+            last[0] = time.monotonic()
+            text = b"".join(chunks).decode("utf-8", "replace")[-20_000:]
+            task = asyncio.ensure_future(_publish_setup_output(turn, call, text))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+    outcome = await environment.run_setup(workspace, image, on_output)
+    for task in list(pending):
+        with contextlib.suppress(Exception):
+            await task
+    outcome.key = key
+    if outcome.ok:
+        try:
+            await environment.capture(workspace, image, key)
+        except (OSError, sandbox.SandboxError) as exc:
+            log.warning("Could not keep the prepared tree of %s: %s", repo.pk, exc)
+    return outcome
+
+
+async def _publish_setup_output(turn: Turn, call: ToolCall, text: str) -> None:
+    """A running setup's output so far, saved (a page loaded now shows it) and sent."""
+    await _asave(call, output=text)
+    await _publish_call(turn, "tool.started", call)
 
 
 def _tool_context(workspace: Workspace | None) -> tools.ToolContext:
@@ -817,6 +958,7 @@ def _tool_context(workspace: Workspace | None) -> tools.ToolContext:
         git_dir=repos.git_dir(workspace=workspace),
         limits=limits,
         image=workspace.repository.sandbox_image,
+        registries=workspace.repository.team.commands_reach_registries,
     )
 
 

@@ -300,7 +300,7 @@ async def channel() -> AsyncIterator[tuple[Path, Traffic]]:
                 and "Tandem egress" in response.decode("latin-1")
             ):
                 reason = status[2].strip() if len(status) > 2 else ""
-                traffic.refused.append(reason.split(": ", 1)[-1] or f"host {asked}")
+                traffic.refused.append(reason.split(": ", 1)[-1] or asked)
             await asyncio.gather(upward, pump(up_reader, writer))
         except (OSError, ConnectionError):
             pass

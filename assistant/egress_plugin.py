@@ -91,16 +91,16 @@ class AllowlistPlugin(HttpProxyBasePlugin):
         port = int(request.port or 0)
         listed = [e for e in (self.flags.tandem_allow or "").split(",") if e.strip()]
         if not host or not allowed(host, port, listed):
-            raise refusal(f"host {host}:{port} is not on the allowlist of package registries")
+            raise refusal(f"{host}:{port} (not on the allowlist of package registries)")
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
-            raise refusal(f"host {host} could not be resolved ({exc.strerror or exc})") from exc
+            raise refusal(f"{host}:{port} (the name does not resolve)") from exc
         addresses = [info[4][0] for info in infos]
         if not self.flags.tandem_allow_private:
             addresses = [a for a in addresses if public(a)]
             if not addresses:
-                raise refusal(f"host {host} resolves to a private or local address")
+                raise refusal(f"{host}:{port} (it resolves to a private or local address)")
         self._address = addresses[0]
         return request
 

@@ -268,6 +268,17 @@ class Repository(models.Model):
     # The sandbox image its commands run in (assistant/images.py); "host": the server's own
     # system (development only). Not built on a worker: its tool calls fail, saying so.
     sandbox_image = models.CharField(max_length=63, default=_default_sandbox_image)
+    # Run in the sandbox (with egress to the package registries alone) in a new workspace's
+    # tree before the agent's first command; its result is kept per repository and reused
+    # (assistant/environment.py). Blank: no setup.
+    setup_script = models.TextField(blank=True)
+    # What the repository itself suggests (its .tandem/setup.sh, or a devcontainer.json
+    # postCreateCommand), read in the sandbox when a conversation starts without a script;
+    # offered to admins on the repository page, never run until one saves it.
+    setup_proposal = models.TextField(blank=True)
+    # Raised by "Rebuild environment": part of the prepared tree's key, so the next
+    # conversation runs the setup again instead of reusing what is kept.
+    environment_generation = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["name", "id"]
@@ -314,6 +325,9 @@ class Workspace(models.Model):
     # The files as a git tree after the last finished turn or undo (blank before the first):
     # the patch download is the diff from base_commit to it, without a snapshot of the tree.
     tree = models.CharField(max_length=64, blank=True)
+    # The prepared tree's key its environment came from (environment.py); "failed:KEY" when
+    # the setup failed for that key (not retried until the key changes); blank: not yet.
+    environment = models.CharField(max_length=80, blank=True)
     created = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:

@@ -158,13 +158,20 @@ def approval_for(
     *,
     guarded: set[str] | frozenset[str] = frozenset(),
     changed: bool = False,
+    registries_allowed: bool = False,
 ) -> str:
     """Approval.NOT_NEEDED, Approval.ALLOWLISTED, or Approval.ASKED (a person must decide).
 
     ``guarded``: entries that allow a command only while ``changed`` is False, i.e. the run has
-    not changed files so far (see :func:`changes_files`)."""
+    not changed files so far (see :func:`changes_files`).
+
+    A command asking for the package registries (``registries: true``) always asks where the
+    team allows that (``registries_allowed``), whatever the allowlist says; where it does not,
+    nothing is asked: the tool refuses it without running it."""
     if name not in ASKS:
         return Approval.NOT_NEEDED
+    if isinstance(args, dict) and args.get("registries") is True:
+        return Approval.ASKED if registries_allowed else Approval.NOT_NEEDED
     command = args.get("command") if isinstance(args, dict) else None
     matches = matching_prefixes(command, allowlist) if isinstance(command, str) else []
     if any(prefix not in guarded for prefix in matches) or (matches and not changed):

@@ -169,7 +169,11 @@ def _summary(name: str, args: Any) -> str:
     if not isinstance(args, dict):
         return "(arguments that are not valid JSON)"
     if name == "run_command":
-        return str(args.get("command", ""))
+        return str(args.get("command", "")) + (
+            "  (package registries)" if args.get("registries") else ""
+        )
+    if name == "setup":  # environment.CALL_NAME: the repository's setup script, not the model's
+        return f"the repository's setup script, in the image {args.get('image', '')}"
     if name == "grep":
         where = args.get("path") or args.get("glob") or ""
         return f"{args.get('pattern', '')}" + (f"  in {where}" if where else "")

@@ -8,6 +8,8 @@ urlpatterns = [
     path("repos/", repo_views.repository_list, name="repositories"),
     path("repos/fetch/", repo_views.repository_fetch, name="repository_fetch"),
     path("repos/image/", repo_views.repository_image, name="repository_image"),
+    path("repos/setup/", repo_views.repository_setup, name="repository_setup"),
+    path("repos/rebuild/", repo_views.repository_rebuild, name="repository_rebuild"),
     path("repos/remove/", repo_views.repository_remove, name="repository_remove"),
     path(
         "c/<uuid:conversation_id>/repository/",

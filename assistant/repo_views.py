@@ -12,10 +12,12 @@ from urllib.parse import unquote, urlsplit
 
 from asgiref.sync import sync_to_async
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.handlers.asgi import ASGIRequest
 from django.db import transaction
+from django.db.models import F
 from django.http import (
     Http404,
     HttpRequest,
@@ -172,6 +174,7 @@ def repository_list(request: HttpRequest, slug: str) -> HttpResponse:
         "membership": membership,
         "form": form,
         "repositories": [(r, images.choices(r.sandbox_image, built)) for r in repositories],
+        "env_dirs": settings.SETUP_ENV_DIRS,
     }
     status = 422 if form.is_bound else 200
     return render(request, "assistant/repositories.html", context, status=status)
@@ -209,6 +212,61 @@ def repository_image(request: HttpRequest, slug: str) -> HttpResponse:
         return redirect("repositories", slug=slug)
     Repository.objects.filter(pk=repo.pk).update(sandbox_image=name)
     messages.success(request, f"“{repo.name}” now runs its commands in the image {name}.")
+    return redirect("repositories", slug=slug)
+
+
+SETUP_SCRIPT_MAX_CHARS = 20_000
+
+
+@login_required
+@require_POST
+def repository_setup(request: HttpRequest, slug: str) -> HttpResponse:
+    """Save a repository's setup script (admins). It runs, in the sandbox with egress to the
+    package registries alone, before the agent's first command of each new conversation
+    that can't start from a kept prepared tree (assistant/environment.py)."""
+    membership = admin_membership_for(request.user, slug)
+    repo = _posted_repository(request, membership.team)
+    if isinstance(repo, HttpResponse):
+        return repo
+    script = request.POST.get("setup_script", "").replace("\r\n", "\n")
+    if "\0" in script:
+        messages.error(request, "The setup script was not saved: it contains a NUL character.")
+    elif len(script) > SETUP_SCRIPT_MAX_CHARS:
+        messages.error(
+            request,
+            f"The setup script was not saved: it is longer than {SETUP_SCRIPT_MAX_CHARS:,} "
+            "characters. Put the long part in a file in the repository and call it.",
+        )
+    else:
+        script = script.strip() + "\n" if script.strip() else ""
+        Repository.objects.filter(pk=repo.pk).update(setup_script=script)
+        messages.success(
+            request,
+            f"Saved the setup script of “{repo.name}”: new conversations run it (once per "
+            "script and lock files; then they start from the prepared tree)."
+            if script
+            else f"“{repo.name}” has no setup script now.",
+        )
+    return redirect("repositories", slug=slug)
+
+
+@login_required
+@require_POST
+def repository_rebuild(request: HttpRequest, slug: str) -> HttpResponse:
+    """ "Rebuild environment": the next conversation runs the setup again instead of starting
+    from the kept prepared tree (the old one is removed once idle)."""
+    membership = admin_membership_for(request.user, slug)
+    repo = _posted_repository(request, membership.team)
+    if isinstance(repo, HttpResponse):
+        return repo
+    Repository.objects.filter(pk=repo.pk).update(
+        environment_generation=F("environment_generation") + 1
+    )
+    messages.success(
+        request,
+        f"The next conversation on “{repo.name}” runs its setup script again and keeps the "
+        "new result.",
+    )
     return redirect("repositories", slug=slug)
 
 

@@ -174,6 +174,7 @@ async def run(
     env: dict[str, str] | None = None,
     egress: Path | None = None,
     on_output: Callable[[bytes], None] | None = None,
+    rw_binds: Sequence[tuple[Path, str]] = (),
 ) -> SandboxResult:
     """Run ``argv`` in ``worktree`` under bubblewrap and return what it did.
 
@@ -181,6 +182,8 @@ async def run(
     channel directory (``egress.channel``), bound at ``/run/tandem-egress``: the only way out
     of the sandbox's network namespace, to the registry-only proxy. ``on_output``: called with
     each chunk (bytes) of stdout or stderr as it comes (setup streams its output live).
+    ``rw_binds``: (host directory, path inside) mounted read-write, for the server's own work
+    (keeping a prepared tree, ``environment``), never for the agent's commands.
 
     ``ro_binds``: host files or directories mounted read-only at the given places under
     ``/opt/`` (a tool plugin's own static binary, say); nothing else of the host is added.
@@ -209,6 +212,7 @@ async def run(
         ro_binds=ro_binds,
         env=env,
         egress=egress,
+        rw_binds=rw_binds,
     )
     try:
         return await _run_in(prepared.group, prepared.argv, limits, stdin, prepared, on_output)
@@ -241,6 +245,7 @@ async def _prepare(
     ro_binds: Mapping[str, Path] | None = None,
     env: dict[str, str] | None = None,
     egress: Path | None = None,
+    rw_binds: Sequence[tuple[Path, str]] = (),
 ) -> _Prepared:
     argv = list(argv)
     if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
@@ -274,6 +279,7 @@ async def _prepare(
         ro_binds=binds,
         extra_env=env,
         egress=egress,
+        rw_binds=rw_binds,
     )
     try:
         group = cgroups.new_call_group(
@@ -547,6 +553,7 @@ def _bwrap_args(
     ro_binds: Sequence[tuple[str, Path]] = (),
     extra_env: dict[str, str] | None = None,
     egress: Path | None = None,
+    rw_binds: Sequence[tuple[Path, str]] = (),
 ) -> list[str]:
     args = [
         "--unshare-all",  # user, mount, pid, ipc, uts, cgroup and net namespaces
@@ -612,6 +619,8 @@ def _bwrap_args(
         args += ["--ro-bind", str(source), target]
     if egress is not None:  # the call's own channel to the egress proxy, nothing else
         args += ["--ro-bind", str(egress), "/run/tandem-egress"]
+    for source, target in rw_binds:  # the server's own work (a prepared tree), never the agent's
+        args += ["--bind", str(source), target]
     args += ["--remount-ro", "/"]
     if git_dir is not None:  # over the tree's .git (bwrap makes the directory if missing)
         args += ["--bind" if git_dir_writable else "--ro-bind", str(git_dir), f"{WORKDIR}/.git"]

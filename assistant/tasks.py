@@ -33,6 +33,15 @@ def fetch_repositories() -> None:
     remove_orphans()
 
 
+@shared_task(name="assistant.remove_idle_prepared_trees", ignore_result=True)
+def remove_idle_prepared_trees() -> None:
+    """Celery beat: delete the prepared trees no conversation started from for
+    PREPARED_TREE_IDLE_DAYS (environment.py)."""
+    from .environment import remove_idle
+
+    remove_idle()
+
+
 @shared_task(name="assistant.record_diff", acks_late=True, ignore_result=True)
 def record_diff(run_id: str) -> None:
     from . import jobs

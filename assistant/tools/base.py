@@ -25,6 +25,8 @@ class ToolContext:
     # False for a conversation without a repository: ``tree`` names nothing then, and only
     # tools that need no workspace (a web fetch, a remote MCP server) are offered.
     has_workspace: bool = True
+    # The team lets commands ask for the package registries (Team.commands_reach_registries).
+    registries: bool = False
 
 
 @dataclass
