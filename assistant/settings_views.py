@@ -152,7 +152,14 @@ def team_agent_policy(request: HttpRequest, slug: str) -> HttpResponse:
                 if e in ticked or (e not in shown and policy.runs_repository_code(e))
             },
         )
-        team.save(update_fields=["command_allowlist", "command_allowlist_guarded"])
+        team.commands_reach_registries = request.POST.get("commands_reach_registries") == "1"
+        team.save(
+            update_fields=[
+                "command_allowlist",
+                "command_allowlist_guarded",
+                "commands_reach_registries",
+            ]
+        )
         count = len(entries)
         messages.success(
             request,

@@ -234,6 +234,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TASK_ALWAYS_EAGER = False
+# The queue the web process sends jobs to and the worker takes them from: two deployments (or a
+# test's own stack) can share one Redis without taking each other's runs.
+CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE", "celery")
 REPO_FETCH_MINUTES = envint("REPO_FETCH_MINUTES", 15)
 # Mirrors and per-conversation workspaces (assistant/repos.py).
 REPOS_ROOT = Path(env("REPOS_ROOT", str(DATA_DIR / "repos")))

@@ -24,8 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
 
-# pytest and its requirements on the image's Python (3.11: no exceptiongroup, no tomli).
-PYTHON_DISTRIBUTIONS = ("pytest", "pluggy", "iniconfig", "packaging")
+# pytest and what it requires on the image's Python (3.11: no exceptiongroup, no tomli).
+PYTHON_DISTRIBUTIONS = ("pytest", "pluggy", "iniconfig", "packaging", "pygments")
 NPM_PACKAGE = "tandem-left-pad"
 NPM_VERSION = "1.0.0"
 NPM_INDEX = "module.exports = (s, n, c = ' ') => String(s).padStart(n, c);\n"

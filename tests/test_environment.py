@@ -6,7 +6,6 @@ standin_registry.py) the allowlist points at, reached through the real proxy.py 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 from pathlib import Path
 
@@ -24,6 +23,7 @@ pytestmark = [
 ]
 
 # Fetches a URL through the proxy variables the setup gets; prints what came back or the error.
+POLICY_URL = "/t/acme/settings/agent/"
 FETCH = (
     "import sys, urllib.request\n"
     "for url in sys.argv[1:]:\n"
@@ -196,7 +196,16 @@ def test_the_agents_commands_have_no_network_unless_allowed(team, alice, stage, 
     assert policy.approval_for("run_command", asked, [fetch], registries_allowed=True) == (
         Approval.ASKED
     )
-    ctx = dataclasses.replace(ctx, registries=True)
+    # An admin turns the team setting on (Settings); the next call's context carries it.
+    from django.test import Client
+
+    client = Client()
+    client.force_login(alice)
+    client.post(POLICY_URL, {"allowlist": "", "commands_reach_registries": "1"})
+    workspace.refresh_from_db()
+    workspace.repository.team.refresh_from_db()
+    assert workspace.repository.team.commands_reach_registries
+    ctx = agent._tool_context(workspace)
     reached = asyncio.run(tools.execute("run_command", asked, ctx))
     assert reached.ok and "got" in reached.output, reached.output
     assert registry.requests[before:] == ["/simple/pytest/"]

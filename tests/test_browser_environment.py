@@ -1,0 +1,128 @@
+"""The issue's "done when", in the browser against the production topology (Daphne, a Celery
+worker, the scripted fake provider): a Python repository whose test fails; its setup script
+installs pytest from the package registry (the local stand-in, the allowlist pointed at it)
+through the worker's egress proxy; the agent runs ``python -m pytest -q`` and the conversation
+shows the real failure; it edits the file; the rerun passes. The setup's card shows its output,
+live and after a reload.
+
+The stack is this module's own (its worker has the test image and the stand-in on its
+allowlist) on a Celery queue of its own, so the session's other worker never takes its runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from assistant import sandbox
+from assistant.models import Repository
+from tests import standin_registry
+from tests.conftest import start_stack
+from tests.test_agent import git
+from tests.test_browser import open_page, run_bubble, send, sign_in_to_conversation
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not Path(sandbox.BWRAP).exists(), reason="bubblewrap is not installed"),
+]
+CALC = "def add(a, b):\n    return a - b\n"
+TEST = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
+
+
+def tool(name: str, **args) -> str:
+    return f"[[tool {name} {json.dumps(args)}]]"
+
+
+@pytest.fixture(scope="module")
+def env_stack(django_db_setup, tmp_path_factory, sandbox_image):
+    from django.conf import settings
+
+    registry = standin_registry.start()
+    parent = Path(tempfile.mkdtemp(prefix="tandem-browser-env-"))
+    parent.chmod(0o711)  # the worker's sandbox runs as nobody under root
+    images_dir, _ = sandbox_image
+    running = start_stack(
+        tmp_path_factory.mktemp("env-stack"),
+        db_name=settings.DATABASES["default"]["NAME"],
+        redis_url=settings.REDIS_URL,
+        extra_env={
+            "CELERY_QUEUE": "tandem-test-environment",
+            "REPOS_ROOT": str(parent / "repos"),
+            "SANDBOX_IMAGES_DIR": str(images_dir),
+            "SANDBOX_EGRESS_ALLOW": registry.host,
+            "SANDBOX_EGRESS_ALLOW_PRIVATE": "1",
+            "AGENT_COMMAND_SECONDS": "60",
+        },
+    )
+    yield running, registry, parent
+    running.stop()
+    registry.stop()
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_setup_installs_pytest_then_the_agent_fixes_the_failing_test(
+    env_stack, new_context, conversation, team, alice, sandbox_image, settings
+):
+    stack, registry, parent = env_stack
+    settings.REPOS_ROOT = parent / "repos"
+    origin = parent / "calc"
+    origin.mkdir()
+    git(origin, "init", "-q", "-b", "main")
+    (origin / "calc.py").write_text(CALC)
+    (origin / "test_calc.py").write_text(TEST)
+    (origin / "requirements.txt").write_text("pytest\n")
+    git(origin, "add", "-A")
+    git(origin, "commit", "-qm", "Add calc with a failing test")
+    script = (
+        "python -m venv .venv\n"
+        f".venv/bin/pip install --no-cache-dir --index-url {registry.index_url} "
+        "--trusted-host 127.0.0.1 -r requirements.txt\n"
+    )
+    Repository.objects.create(
+        team=team, name="calc", url=str(origin), sandbox_image=sandbox_image[1],
+        setup_script=script,
+    )  # fmt: skip
+    team.command_allowlist = "python -m pytest"
+    team.save()
+
+    page = open_page(new_context, "alice", stack)
+    sign_in_to_conversation(page, alice.email, conversation)
+    page.get_by_test_id("attach-repository").get_by_role("button", name="Attach").click()
+    expect(page.get_by_test_id("repository")).to_contain_text("calc @ main")
+
+    run_id = send(
+        page,
+        "Run the tests and fix what fails "
+        + tool("run_command", command="python -m pytest -q")
+        + tool("edit_file", path="calc.py", old_text="a - b", new_text="a + b")
+        + tool("run_command", command="python -m pytest -q"),
+    )
+    bubble = run_bubble(page, run_id)
+    setup = bubble.locator("[data-tool=setup]")
+    expect(setup).to_have_attribute("data-status", "succeeded", timeout=90_000)
+    expect(setup.get_by_test_id("tool-output")).to_contain_text("Successfully installed")
+    first, second = bubble.locator("[data-tool=run_command]").all()
+    expect(second).to_have_attribute("data-status", "succeeded", timeout=60_000)
+    expect(first).to_have_attribute("data-status", "failed")
+    first.locator("summary").click()
+    expect(first.get_by_test_id("tool-output")).to_contain_text("1 failed")
+    expect(first.get_by_test_id("tool-output")).to_contain_text("assert -1 == 5")
+    second.locator("summary").click()
+    expect(second.get_by_test_id("tool-output")).to_contain_text("1 passed")
+    # Through the proxy to the stand-in: the index pages and the five wheels.
+    assert "/simple/pytest/" in registry.requests
+    assert sum(path.startswith("/files/") for path in registry.requests) == 5
+
+    # After a reload the setup's card is still there, before the commands, with its output.
+    page.reload()
+    setup = run_bubble(page, run_id).locator("[data-tool=setup]")
+    expect(setup).to_have_attribute("data-status", "succeeded")
+    setup.locator("summary").click()
+    expect(setup.get_by_test_id("tool-output")).to_contain_text("Successfully installed pytest")
+    tools_in_order = run_bubble(page, run_id).locator("[data-testid=tool-call]")
+    expect(tools_in_order.first).to_have_attribute("data-tool", "setup")
