@@ -96,7 +96,7 @@ class AllowlistPlugin(HttpProxyBasePlugin):
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
             raise refusal(f"{host}:{port} (the name does not resolve)") from exc
-        addresses = [info[4][0] for info in infos]
+        addresses = [str(info[4][0]) for info in infos]
         if not self.flags.tandem_allow_private:
             addresses = [a for a in addresses if public(a)]
             if not addresses:

@@ -38,8 +38,9 @@ def _normal(name: str) -> str:
 def wheel_of(name: str) -> tuple[str, bytes]:
     """(file name, bytes) of a pure-Python wheel rebuilt from the installed distribution."""
     dist = metadata.distribution(name)
-    version = dist.version
-    stem = f"{dist.metadata['Name'].replace('-', '_')}-{version}"
+    # The wheel is named after the installed .dist-info folder (its case and separators).
+    info_dir = next(f.parent.as_posix() for f in dist.files or () if f.name == "METADATA")
+    stem = info_dir.removesuffix(".dist-info")
     buf = io.BytesIO()
     record_lines = []
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as whl:
@@ -53,7 +54,7 @@ def wheel_of(name: str) -> tuple[str, bytes]:
             whl.writestr(posix, data)
             digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
             record_lines.append(f"{posix},sha256={digest.decode()},{len(data)}")
-        info = f"{stem}.dist-info"
+        info = info_dir
         record_lines.append(f"{info}/RECORD,,")
         whl.writestr(f"{info}/RECORD", "\n".join(record_lines) + "\n")
     return f"{stem}-py3-none-any.whl", buf.getvalue()

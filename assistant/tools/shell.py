@@ -53,8 +53,8 @@ async def run_command(ctx: ToolContext, args: dict[str, Any]) -> ToolResult:
     output = result.stdout + result.stderr
     if refused := traffic.refusals_sentence():
         notes.append(f"[{refused}]")
-    if why := sandbox_failure(result, ctx.limits):
-        notes.append(f"[the command was {why}]")
+    if stopped := sandbox_failure(result, ctx.limits):
+        notes.append(f"[the command was {stopped}]")
     elif result.exit_code:
         notes.append(f"[exit code {result.exit_code}]")
     output, clipped = clip(output)
