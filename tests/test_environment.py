@@ -72,6 +72,8 @@ def make_repo(team, parent: Path, image: str, script: str, name: str = "calc") -
     (origin / "requirements.txt").write_text("pytest\n")
     (origin / "calc.py").write_text("def add(a, b):\n    return a - b\n")
     (origin / "fetch.py").write_text(FETCH)
+    (origin / ".tandem").mkdir()
+    (origin / ".tandem" / "setup.sh").write_text("python -m venv .venv\n")
     git(origin, "add", "-A")
     git(origin, "commit", "-qm", "Initial commit")
     return Repository.objects.create(
@@ -179,7 +181,19 @@ def test_a_host_outside_the_allowlist_is_refused_during_setup(
 def test_the_agents_commands_have_no_network_unless_allowed(team, alice, stage, registry):
     image, parent = stage
     repo = make_repo(team, parent, image, "")
-    _, workspace = new_conversation(team, alice, repo)
+    conversation, workspace = new_conversation(team, alice, repo)
+    # No script yet: the first turn reads what the repository proposes (in the sandbox), runs
+    # nothing, and the Repositories page offers it to admins.
+    run = execute(send(conversation, alice, "Hello"))
+    assert not run.tool_calls.exists()
+    repo.refresh_from_db()
+    assert "sh .tandem/setup.sh" in repo.setup_proposal and not repo.setup_script
+    from django.test import Client
+
+    client = Client()
+    client.force_login(alice)
+    page = client.get("/t/acme/repos/").content.decode()
+    assert 'data-testid="setup-proposal"' in page and "sh .tandem/setup.sh" in page
     ctx = agent._tool_context(workspace)
     fetch = f"python3 -I fetch.py {registry.index_url}pytest/"
     # With proxy variables of its own: nowhere to go from the sandbox's network namespace.
@@ -197,10 +211,6 @@ def test_the_agents_commands_have_no_network_unless_allowed(team, alice, stage, 
         Approval.ASKED
     )
     # An admin turns the team setting on (Settings); the next call's context carries it.
-    from django.test import Client
-
-    client = Client()
-    client.force_login(alice)
     client.post(POLICY_URL, {"allowlist": "", "commands_reach_registries": "1"})
     workspace.refresh_from_db()
     workspace.repository.team.refresh_from_db()
