@@ -68,6 +68,8 @@ ADMIN_ONLY = {
     "repositories",
     "repository_fetch",
     "repository_remove",
+    "repository_setup",
+    "repository_rebuild",
     "team_agent_policy",
     "team_shares",
     "sharing_policy",
