@@ -938,7 +938,9 @@ class _Watch:
     async def _feed(self, data: bytes | None) -> None:
         if data is None or self.proc.stdin is None:
             return
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        # uvloop raises RuntimeError ("the handler is closed") where asyncio raises
+        # BrokenPipeError: the command exited (or never started) before reading its input.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
             self.proc.stdin.write(data)
             await self.proc.stdin.drain()
         self.proc.stdin.close()
