@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('assistant', '0008_usagerecord_to_usage'),
+        ('assistant', '0012_team_plugins'),
     ]
 
     operations = [

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('accounts', '0004_team_command_allowlist_guarded'),
+        ('accounts', '0005_team_docs_allowlist'),
     ]
 
     operations = [
