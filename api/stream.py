@@ -43,6 +43,7 @@ from redis.exceptions import RedisError
 from assistant import events
 from assistant.models import Conversation, Run
 from assistant.services import IN_FLIGHT
+from config import metrics
 from config.db import is_unavailable, release, unavailable_response
 
 from . import data, eventlog
@@ -132,6 +133,7 @@ async def _events(opened: Opened) -> AsyncIterator[bytes]:
     try:
         async with events.AccessWatch(opened.caller.user.pk, opened.team_id) as watch:
             ended = asyncio.ensure_future(watch.ended())
+            metrics.safely(metrics.SSE_OPEN.inc)
             try:
                 # Listening, then checked again: access that ended in between is not missed.
                 if not await _astill_allowed(opened):
@@ -139,6 +141,7 @@ async def _events(opened: Opened) -> AsyncIterator[bytes]:
                 async for chunk in _log_events(opened, ended):
                     yield chunk
             finally:
+                metrics.safely(metrics.SSE_OPEN.dec)
                 ended.cancel()
     except (RedisError, OSError, DatabaseError) as exc:
         # Redis or the database went away (restarting, say). The response has begun, so an

@@ -26,7 +26,7 @@ from typing import ClassVar
 from django.conf import settings
 from django.utils import timezone
 
-from config import logs
+from config import logs, metrics
 from config.db import db_sync_to_async
 
 from . import (
@@ -128,7 +128,7 @@ class DeltaPublisher:
         # (in-memory layer and state) sends them one by one, which costs nothing there.
         self.batcher = events.DeltaBatcher.for_this_loop() if settings.REDIS_URL else None
         self.last_sent: asyncio.Future | None = None
-        self.queue: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[int, str, float] | None] = asyncio.Queue()
         self.sender = None if self.batcher else asyncio.create_task(self._send_all())
         self.streaming = self._streaming.setdefault(id(self.loop), weakref.WeakSet())
         self.streaming.add(self)
@@ -163,7 +163,7 @@ class DeltaPublisher:
                 self.conversation_id, self.run_id, self.seq, text, self.whole
             )
         else:
-            self.queue.put_nowait((self.seq, text))
+            self.queue.put_nowait((self.seq, text, time.monotonic()))
 
     def whole(self, seq: int) -> tuple[int, str]:
         """(length in bytes, text) of the stream from its start through delta ``seq``."""
@@ -189,10 +189,11 @@ class DeltaPublisher:
 
     async def _send_all(self) -> None:
         while (item := await self.queue.get()) is not None:
-            seq, text = item
+            seq, text, emitted = item
             try:
                 await streams.append(self.run_id, seq, text)
                 await events.publish_delta(self.conversation_id, self.run_id, seq, text)
+                metrics.safely(metrics.DELTA_LAG.observe, time.monotonic() - emitted)
             except Exception:
                 # Live viewers miss this delta; the saved message still has it all.
                 log.exception("Could not publish delta %s of run %s", seq, self.run_id)

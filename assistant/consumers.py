@@ -17,6 +17,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
 from accounts.models import Membership
+from config import metrics
 
 from . import events, streams
 from .models import Conversation, Run, RunStatus
@@ -122,11 +123,16 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_NOT_FOUND)
             return
         await self.accept()
+        self.counted = True
+        metrics.safely(lambda: metrics.WEBSOCKETS_OPEN.labels("conversation").inc())
         await self._send_sync()
         await streams.presence_join(self.conversation_key, self.channel_name, self.user_name)
         await self._broadcast_presence()
 
     async def disconnect(self, code: int) -> None:
+        if getattr(self, "counted", False):
+            self.counted = False
+            metrics.safely(lambda: metrics.WEBSOCKETS_OPEN.labels("conversation").dec())
         if self.conversation is None:
             return
         await self.channel_layer.group_discard(self.group, self.channel_name)

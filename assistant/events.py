@@ -28,6 +28,8 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 
+from config import metrics
+
 from .models import Conversation, Message, Run, ToolCall
 
 log = logging.getLogger(__name__)
@@ -166,6 +168,8 @@ class DeltaBatcher:
     def __init__(self) -> None:
         self.layer = get_channel_layer()
         self.pending: list[tuple[str, str, int, str, asyncio.Future, Any]] = []
+        # When each pending delta was handed over (loop time), for the delta lag metric.
+        self.emitted: list[float] = []
         self.wakeup = asyncio.Event()
         self.cancel_requested: set[str] = set()
         self.task = asyncio.create_task(self._run())
@@ -183,6 +187,7 @@ class DeltaBatcher:
         the batch write the run's text again when Redis lost it (see _rewrite_lost)."""
         done = asyncio.get_running_loop().create_future()
         self.pending.append((conversation_id, run_id, seq, text, done, whole))
+        self.emitted.append(time.monotonic())
         self.wakeup.set()
         return done
 
@@ -191,8 +196,10 @@ class DeltaBatcher:
             await self.wakeup.wait()
             self.wakeup.clear()
             batch, self.pending = self.pending, []
+            emitted, self.emitted = self.emitted, []
             if batch:
                 await self._send(batch)
+                metrics.safely(_observe_lag, emitted, time.monotonic())
 
     async def _send(self, batch) -> None:
         from . import streams
@@ -252,6 +259,11 @@ class DeltaBatcher:
             await pipe.execute()
         except Exception:
             log.exception("Could not write the lost streams of %d run(s) again", len(lost))
+
+
+def _observe_lag(emitted: list[float], published: float) -> None:
+    for start in emitted:
+        metrics.DELTA_LAG.observe(published - start)
 
 
 def publish_sync(conversation_id: str, event: dict[str, Any]) -> None:

@@ -1,13 +1,36 @@
 import os
 
 from celery import Celery
-from celery.signals import worker_init, worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("tandem")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_init.connect
+def _metrics_start(sender, **kwargs):
+    """Clean the metrics directory of processes gone before this one counts (config/metrics.py)."""
+    from config.metrics import process_started
+
+    process_started()
+
+
+@worker_shutdown.connect
+def _metrics_stop(sender, **kwargs):
+    from config.metrics import process_exiting
+
+    process_exiting()
+
+
+@worker_process_shutdown.connect
+def _metrics_child_stop(sender, pid=None, **kwargs):
+    """A prefork pool's child going away (the default pool is threads: one process)."""
+    from config.metrics import process_exiting
+
+    process_exiting(pid)
 
 
 @worker_init.connect

@@ -7,8 +7,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 class HealthCheckMiddleware:
     """Answer /healthz (the process answers) and /readyz (the database, Redis and a worker
-    answer: config/readiness.py) before host validation and the HTTPS redirect: load balancers
-    and orchestrators probe instances by IP address over plain HTTP."""
+    answer: config/readiness.py) and /metrics (config/metrics.py) before host validation and the
+    HTTPS redirect: load balancers, orchestrators and Prometheus probe instances by IP address
+    over plain HTTP."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -20,6 +21,10 @@ class HealthCheckMiddleware:
             from .readiness import readyz
 
             return readyz(request)
+        if request.path == "/metrics":
+            from .metrics import metrics_view
+
+            return metrics_view(request)
         return self.get_response(request)
 
 

@@ -45,6 +45,14 @@ def main() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:
         pass
+    import atexit
+
+    from config import metrics
+
+    # Before anything counts: clear what earlier processes of this host left behind, and say
+    # goodbye on the way out (config/metrics.py).
+    metrics.process_started()
+    atexit.register(metrics.process_exiting)
     import django
 
     django.setup()

@@ -111,6 +111,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "config.logs.RequestContextMiddleware",  # a request id for every log line and response
+    "config.metrics.RequestMetricsMiddleware",  # request duration by route (config/metrics.py)
     "config.middleware.ContentSecurityPolicyMiddleware",  # on every response, /healthz too
     "config.middleware.HealthCheckMiddleware",
     "config.db.DatabaseDownMiddleware",  # 503 at once while PostgreSQL is known to be down
@@ -263,6 +264,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "assistant.remove_idle_prepared_trees",
         "schedule": 6 * 3600.0,
     },
+    # Audit events past AUDIT_RETENTION_DAYS (accounts/audit.py).
+    "audit-retention": {"task": "accounts.audit_retention", "schedule": 6 * 3600.0},
 }
 
 # --- Auth (django-allauth) -----------------------------------------------------------------
@@ -532,6 +535,21 @@ API_EVENT_LOG_LENGTH = envint("API_EVENT_LOG_LENGTH", 5000)
 API_EVENT_LOG_TTL = envint("API_EVENT_LOG_TTL", 3600)
 # An idle event stream sends a comment this often (proxies close silent connections).
 API_SSE_HEARTBEAT_SECONDS = 15
+
+# --- Metrics and the audit log (config/metrics.py, accounts/audit.py) ---------------------------
+# /metrics answers only when one of these is set (404 otherwise): a bearer token Prometheus
+# sends, and/or the networks (IPs or CIDRs) scrapes may come from; with both, both must hold.
+# The client's address is the one config/clientip.py resolves (TRUSTED_PROXIES).
+METRICS_TOKEN = env("METRICS_TOKEN")
+METRICS_ALLOW_IPS = envlist("METRICS_ALLOW_IPS")
+try:
+    METRICS_ALLOW_NETWORKS = [ipaddress.ip_network(ip, strict=False) for ip in METRICS_ALLOW_IPS]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"METRICS_ALLOW_IPS: {exc}")
+# Audit events older than this many days are deleted by a daily task (the only deletion path).
+AUDIT_RETENTION_DAYS = envint("AUDIT_RETENTION_DAYS", 365)
+if AUDIT_RETENTION_DAYS < 1:
+    raise ImproperlyConfigured("AUDIT_RETENTION_DAYS must be at least 1")
 
 # "text" (default): human-readable lines; "json": one JSON object per line with the request id
 # and the team, user, conversation and run where known (config/logs.py), for a log collector.

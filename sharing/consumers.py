@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from assistant import events, streams
 from assistant.models import Run, RunStatus
-from config import clientip
+from config import clientip, metrics
 
 from . import content, ratelimit, services
 from .models import ShareLink
@@ -153,6 +153,8 @@ class ShareConsumer(AsyncWebsocketConsumer):
         if not await _still_active(link.pk, user):
             await self.close(code=CLOSE_NOT_FOUND)
             return
+        self.counted = True
+        metrics.safely(lambda: metrics.WEBSOCKETS_OPEN.labels("share").inc())
         await self._send_sync()
         self.expiry = None
         if link.expires_at is not None:
@@ -160,6 +162,9 @@ class ShareConsumer(AsyncWebsocketConsumer):
             self.expiry = asyncio.create_task(self._close_at_expiry(seconds))
 
     async def disconnect(self, code: int) -> None:
+        if getattr(self, "counted", False):
+            self.counted = False
+            metrics.safely(lambda: metrics.WEBSOCKETS_OPEN.labels("share").dec())
         if self.link is None:
             return
         expiry = getattr(self, "expiry", None)

@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import Membership, Role, User
+from config import metrics
 
 from . import blocks
 from .client import Failure, call, post_webhook, web
@@ -108,6 +109,8 @@ def post_once(connection: SlackConnection, post: Post, *, attempt: int = 0) -> D
             delivery.posted = timezone.now()
             delivery.last_error = ""
         delivery.save()
+    outcome = "posted" if failure is None else "retry" if failure.retry_in is not None else "failed"
+    metrics.safely(lambda: metrics.SLACK_DELIVERIES.labels(post.kind, outcome).inc())
     if failure is not None:
         if failure.revoked:
             disable(connection, failure.error)

@@ -30,6 +30,7 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from assistant.errors import BudgetExceeded
+from config import metrics
 from config.db import db_sync_to_async
 
 if TYPE_CHECKING:
@@ -429,8 +430,11 @@ def status(team_id: int, user_id: int | None, now: datetime | None = None) -> St
 def check(*, team: Team, user: User | None) -> None:
     """Refuse, in words, when the team's budget or the member's tokens for today are used up
     (services.message_send calls this before it accepts a message)."""
-    refusal = status(team.pk, getattr(user, "pk", None)).refusal()
+    now = status(team.pk, getattr(user, "pk", None))
+    refusal = now.refusal()
     if refusal:
+        limit = "team" if now.budget_exhausted else "member"
+        metrics.safely(lambda: metrics.BUDGET_REFUSALS.labels(limit, "message").inc())
         raise BudgetExceeded(refusal)
 
 
@@ -473,9 +477,11 @@ def reserve_for(
         # The script answers *_SPENT only for a limit it was given (not NO_LIMIT).
         if code == TEAM_SPENT:
             assert limits.budget_usd is not None
+            metrics.safely(lambda: metrics.BUDGET_REFUSALS.labels("team", "call").inc())
             raise BudgetExceeded(team_refusal(limits.budget_usd, from_nano(total), now))
         if code == MEMBER_SPENT:
             assert limits.daily_tokens is not None
+            metrics.safely(lambda: metrics.BUDGET_REFUSALS.labels("member", "call").inc())
             raise BudgetExceeded(member_refusal(limits.daily_tokens, total))
         return
     raise RuntimeError("The budget totals could not be seeded")

@@ -13,6 +13,8 @@ import logging
 
 from django.db import transaction
 
+from config import metrics
+
 from . import budgets, pricing, rollups
 from .models import UsageKind, UsageRecord
 
@@ -40,6 +42,7 @@ def record_llm(*, run, model: str, usage, outcome: str) -> UsageRecord:
             outcome=outcome,
         )
         rollups.add(record)
+    metrics.safely(lambda: _count_llm(model, usage, outcome, cost))
     try:
         budgets.settle_for(
             team_id=team_id,
@@ -54,6 +57,14 @@ def record_llm(*, run, model: str, usage, outcome: str) -> UsageRecord:
         log.exception("Could not settle the budget totals for run %s", run.uuid)
     _announce_threshold(run, cost)
     return record
+
+
+def _count_llm(model: str, usage, outcome: str, cost) -> None:
+    metrics.LLM_CALLS.labels(model, outcome).inc()
+    metrics.LLM_TOKENS.labels(model, "prompt").inc(usage.prompt_tokens or 0)
+    metrics.LLM_TOKENS.labels(model, "completion").inc(usage.completion_tokens or 0)
+    metrics.LLM_COST.labels(model).inc(float(cost or 0))
+    metrics.LLM_LATENCY.labels(model, outcome).observe((usage.latency_ms or 0) / 1000)
 
 
 def _announce_threshold(run, cost) -> None:
@@ -96,4 +107,7 @@ def record_tool(*, run, name: str, duration_ms: int, outcome: str = "ok") -> Usa
             outcome=outcome,
         )
         rollups.add(record)
+    seconds = max(int(duration_ms or 0), 0) / 1000
+    metrics.safely(lambda: metrics.TOOL_EXECUTIONS.labels(name, outcome).inc())
+    metrics.safely(lambda: metrics.SANDBOX_SECONDS.labels(name).inc(seconds))
     return record
