@@ -187,3 +187,78 @@ class Invitation(models.Model):
     @property
     def is_usable(self) -> bool:
         return self.accepted is None and self.revoked is None and not self.is_expired
+
+
+# --- The audit log (accounts/audit.py) ----------------------------------------------------------
+
+
+class AuditAppendOnly(Exception):
+    """An attempt to change or delete an audit event through the app."""
+
+
+class AuditQuerySet(models.QuerySet["AuditEvent"]):
+    """No bulk change or deletion: the retention job (audit.purge_expired) deletes with SQL of
+    its own, which the database's trigger lets through for expired rows only."""
+
+    def update(self, **kwargs):  # type: ignore[no-untyped-def]
+        raise AuditAppendOnly("Audit events can't be changed.")
+
+    def delete(self):  # type: ignore[no-untyped-def]
+        raise AuditAppendOnly("Audit events can't be deleted (only by the retention job).")
+
+    def bulk_update(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AuditAppendOnly("Audit events can't be changed.")
+
+
+class AuditEvent(models.Model):
+    """Who did what to which object of which team, when and from where. Written once.
+
+    The actor and team are kept as ids without a database constraint (and as labels): an
+    audit event outlives the account or team it names, and deleting either must not try to
+    change or delete it (the trigger would refuse, and the deletion with it).
+    """
+
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    actor_label = models.CharField(max_length=254, blank=True)  # the email at the time
+    team = models.ForeignKey(
+        Team,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    team_label = models.CharField(max_length=100, blank=True)
+    action = models.CharField(max_length=40, db_index=True)
+    object_type = models.CharField(max_length=40, blank=True)
+    object_id = models.CharField(max_length=64, blank=True)
+    object_label = models.CharField(max_length=300, blank=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+
+    objects = AuditQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("-created", "-id")
+        indexes = [models.Index(fields=["team", "-created"], name="audit_team_created")]
+
+    def __str__(self) -> str:
+        return f"{self.created:%Y-%m-%d %H:%M} {self.actor_label or 'system'} {self.action}"
+
+    def save(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        if not self._state.adding:
+            raise AuditAppendOnly("Audit events can't be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AuditAppendOnly("Audit events can't be deleted (only by the retention job).")

@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
 
+from . import audit
 from .models import Invitation, Membership, Role, Team, User
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$")
@@ -74,6 +75,16 @@ def membership_remove(*, actor: Membership, target: Membership) -> None:
     if target.role == Role.OWNER and actor.role != Role.OWNER:
         raise TeamError("Only an owner can remove an owner.")
     _keep_an_owner(target, new_role=None)
+    audit.record(
+        audit.Action.MEMBER_REMOVED,
+        team=target.team,
+        actor=actor.user,
+        obj=target,
+        object_type="member",
+        object_id=str(target.user.uuid),
+        label=target.user.email,
+        before={"role": target.role},
+    )
     # Sockets and event streams close on the membership's deletion (accounts/signals.py).
     target.delete()
 
@@ -86,6 +97,18 @@ def membership_set_role(*, actor: Membership | None, target: Membership, role: s
     if role not in Role.values:
         raise TeamError("Unknown role.")
     _keep_an_owner(target, new_role=role)
+    if target.role != role:
+        audit.record(
+            audit.Action.MEMBER_ROLE,
+            team=target.team,
+            actor=actor.user if actor is not None else None,
+            obj=target,
+            object_type="member",
+            object_id=str(target.user.uuid),
+            label=target.user.email,
+            before={"role": target.role},
+            after={"role": role},
+        )
     target.role = role
     target.save(update_fields=["role"])
 
@@ -115,6 +138,14 @@ def invitation_create(
     token, token_hash = Invitation.new_token()
     invitation = Invitation.objects.create(
         team=team, email=email, role=role, token_hash=token_hash, created_by=created_by
+    )
+    audit.record(
+        audit.Action.MEMBER_INVITED,
+        team=team,
+        actor=created_by,
+        obj=invitation,
+        label=email or "a link",
+        after={"role": role, "email": email},
     )
     new = NewInvitation(invitation, token)
     if email:
@@ -152,6 +183,12 @@ def _send_invitation_email(new: NewInvitation, inviter: User) -> None:
 def invitation_revoke(*, invitation: Invitation) -> None:
     invitation.revoked = timezone.now()
     invitation.save(update_fields=["revoked"])
+    audit.record(
+        audit.Action.INVITATION_REVOKED,
+        team=invitation.team,
+        obj=invitation,
+        label=invitation.email or "a link",
+    )
 
 
 def invitation_lookup(token: str) -> Invitation | None:

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from . import selectors, services
+from . import audit, selectors, services
 from .http import AuthenticatedHttpRequest
 from .models import Role
 
@@ -166,3 +167,75 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
         messages.success(request, f"You joined {team.name}.")
         return redirect("conversation_list", slug=team.slug)
     return render(request, "accounts/invitation.html", {"invitation": invitation})
+
+
+# --- The audit log (team admins; site staff) -----------------------------------------------------
+
+AUDIT_PAGE_SIZE = 100
+
+
+def _audit_filters(request: HttpRequest) -> tuple[dict, list[str]]:
+    """The filters from the query string, and what was wrong with them, in words."""
+    from datetime import date
+
+    errors: list[str] = []
+    action = request.GET.get("action", "")
+    if action and action not in audit.Action.values:
+        errors.append(f"There is no action “{action}”.")
+        action = ""
+    dates: dict[str, date | None] = {}
+    for name in ("since", "until"):
+        raw = request.GET.get(name, "").strip()
+        try:
+            dates[name] = date.fromisoformat(raw) if raw else None
+        except ValueError:
+            errors.append(f"“{raw}” is not a date (YYYY-MM-DD).")
+            dates[name] = None
+    actor = request.GET.get("actor", "").strip()[:254]
+    return {"action": action, "actor": actor, **dates}, errors
+
+
+def _audit_page(request: HttpRequest, team, membership=None) -> HttpResponse:
+    from django.core.paginator import Paginator
+    from django.http import StreamingHttpResponse
+
+    filters, errors = _audit_filters(request)
+    events = audit.events_for(team=team, **filters)
+    if request.GET.get("format") == "csv":
+        name = f"audit-{team.slug if team else 'all'}.csv"
+        response = StreamingHttpResponse(
+            audit.csv_lines(events.iterator(chunk_size=500)), content_type="text/csv"
+        )
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        return response
+    page = Paginator(events, AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "team": team,
+        "membership": membership,
+        "page": page,
+        "filters": filters,
+        "errors": errors,
+        "actions": audit.Action.choices,
+        "query": query.urlencode(),
+        "settings_retention": settings.AUDIT_RETENTION_DAYS,
+    }
+    return render(request, "accounts/audit.html", context, status=400 if errors else 200)
+
+
+@login_required
+@require_http_methods(["GET"])
+def audit_log(request: HttpRequest, slug: str) -> HttpResponse:
+    """The team's audit log: admins only (404 to members and outsiders, as admin pages are)."""
+    membership = selectors.admin_membership_for(request.user, slug)
+    return _audit_page(request, membership.team, membership)
+
+
+@login_required
+@require_http_methods(["GET"])
+def staff_audit_log(request: HttpRequest) -> HttpResponse:
+    """Every team's audit log, for site staff (404 to anyone else)."""
+    if not request.user.is_staff:
+        raise Http404("No such page")
+    return _audit_page(request, None)

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from django.utils import timezone
 
+from accounts import audit
 from accounts.models import Membership
 
 from .keys import new_key
@@ -51,7 +52,20 @@ def apikey_create(
         scope=scope,
         expires=expires,
     )
+    audit.record(
+        audit.Action.APIKEY_CREATED,
+        team=membership.team,
+        actor=membership.user,
+        obj=key,
+        label=_label(key),
+        after={"scope": scope, "expires": expires.isoformat() if expires else None},
+    )
     return NewKey(key, raw)
+
+
+def _label(key: ApiKey) -> str:
+    # The prefix is what the keys page shows to tell keys apart; the key itself is never kept.
+    return f"{key.name or 'unnamed'} ({key.prefix}…)"
 
 
 def apikey_revoke(*, key: ApiKey) -> bool:
@@ -60,4 +74,6 @@ def apikey_revoke(*, key: ApiKey) -> bool:
         revoked_at=timezone.now()
     )
     key.refresh_from_db(fields=["revoked_at"])
+    if revoked:
+        audit.record(audit.Action.APIKEY_REVOKED, team=key.team, obj=key, label=_label(key))
     return bool(revoked)

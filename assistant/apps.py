@@ -22,3 +22,28 @@ class AssistantConfig(AppConfig):
         # Each run's tools: the team's switched-on plugins, documentation lookup.
         toolbox.register_provider(team_tools.plugins_provider)
         toolbox.register_provider(team_tools.web_provider)
+        self._audit()
+
+    def _audit(self) -> None:
+        from accounts import audit
+
+        from .models import Repository
+
+        A = audit.Action
+        audit.track(
+            Repository,
+            fields={
+                "name": A.REPO_CHANGED,
+                "url": A.REPO_CHANGED,
+                "default_branch": A.REPO_CHANGED,
+                "sandbox_image": A.REPO_CHANGED,
+                "setup_script": A.REPO_CHANGED,
+                "auth": A.REPO_CREDENTIALS,
+                "credential_encrypted": A.REPO_CREDENTIALS,
+            },
+            secrets=["credential_encrypted"],
+            created=A.REPO_ADDED,
+            deleted=A.REPO_REMOVED,
+            team=lambda repo: repo.team,
+            label=lambda repo: repo.name,
+        )

@@ -210,7 +210,8 @@ def repository_image(request: HttpRequest, slug: str) -> HttpResponse:
     if name not in {image.name for image in images.available()}:
         messages.error(request, f"There is no sandbox image “{name}” on this machine.")
         return redirect("repositories", slug=slug)
-    Repository.objects.filter(pk=repo.pk).update(sandbox_image=name)
+    repo.sandbox_image = name
+    repo.save(update_fields=["sandbox_image"])  # through the model: the audit log sees it
     messages.success(request, f"“{repo.name}” now runs its commands in the image {name}.")
     return redirect("repositories", slug=slug)
 

@@ -12,6 +12,7 @@ from django.db.models import Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from accounts import audit
 from accounts.models import Team, User
 from config.db import db_sync_to_async, release_now
 
@@ -274,6 +275,15 @@ def tool_call_decide(*, call: ToolCall, user: User, decision: str, is_admin: boo
         if not decided:
             call.refresh_from_db()
             raise ChatError(_already_decided(call))
+        audit.record(
+            audit.Action.COMMAND_APPROVED if approved else audit.Action.COMMAND_DENIED,
+            team=run.conversation.team,
+            actor=user,
+            obj=call,
+            object_type="command",
+            label=str(_json_object(call.arguments).get("command", "") or call.name),
+            after={"decision": decision, "run": str(run.uuid)},
+        )
         if decision == Decision.ALWAYS:
             args = _json_object(call.arguments)
             try:

@@ -124,7 +124,7 @@ class JsonFormatter(logging.Formatter):
 # 32 hex digits); anything else is replaced, so a client can't write what it likes into logs.
 _GOOD_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 request_log = logging.getLogger("tandem.request")
-PROBES = ("/healthz", "/readyz")
+PROBES = ("/healthz", "/readyz", "/metrics")
 
 
 class RequestContextMiddleware:

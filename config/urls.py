@@ -22,6 +22,7 @@ urlpatterns = [
     path("t/<slug:slug>/usage/", include("usage.urls")),
     path("staff/usage/", include("usage.staff_urls")),
     path("staff/plugins/", include(plugin_staff_urlpatterns)),
+    path("staff/audit/", account_views.staff_audit_log, name="staff_audit_log"),
     path("", include("sharing.urls")),  # /t/<slug>/…/shares/ and the shared page /s/<token>/
     path("", include("slack.urls")),  # /slack/… (from Slack) and /t/<slug>/slack/…
     *run_urlpatterns,

@@ -11,6 +11,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from accounts import audit
 from accounts.models import Membership, Team, User
 from assistant.models import Conversation, Message, Role, Run, RunStatus
 
@@ -69,6 +70,14 @@ def create_link(
         expires_at=now + delta if delta else None,
         created=now,
     )
+    audit.record(
+        audit.Action.SHARE_CREATED,
+        team=conversation.team,
+        actor=user,
+        obj=link,
+        label=link.title,
+        after={"audience": audience, "mode": mode, "expires_at": _iso(link.expires_at)},
+    )
     from assistant import hooks  # listeners (Slack) queue their work after commit
 
     hooks.send(hooks.conversation_shared, link=link, by=user)
@@ -91,8 +100,19 @@ def revoke_link(*, link: ShareLink, user: User | None) -> bool:
     )
     link.refresh_from_db(fields=["revoked_at", "revoked_by"])
     if done:
+        audit.record(
+            audit.Action.SHARE_REVOKED,
+            team=link.conversation.team,
+            actor=user,
+            obj=link,
+            label=link.title,
+        )
         _disconnect_on_commit(link.group, CLOSE_REVOKED)
     return bool(done)
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when else None
 
 
 def _disconnect_on_commit(group: str, code: int) -> None:
@@ -107,6 +127,15 @@ def set_policy(*, team: Team, allow_public_links: bool, user: User) -> SharingPo
     """Turning public links off revokes every public link of the team: "only where the admins
     allow" has to hold for links made before, too, and live viewers are cut off."""
     policy, _ = SharingPolicy.objects.select_for_update().get_or_create(team=team)
+    if policy.allow_public_links != allow_public_links:
+        audit.record(
+            audit.Action.TEAM_SHARING,
+            team=team,
+            actor=user,
+            obj=policy,
+            before={"allow_public_links": policy.allow_public_links},
+            after={"allow_public_links": allow_public_links},
+        )
     policy.allow_public_links = allow_public_links
     policy.updated_by = user
     policy.updated = timezone.now()

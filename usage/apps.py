@@ -14,3 +14,17 @@ class UsageConfig(AppConfig):
         from .meter import UsageMeter
 
         hooks.register_meter(UsageMeter())
+
+        from accounts import audit
+
+        from .models import ModelPrice
+
+        price = audit.Action.TEAM_PRICE
+        audit.track(
+            ModelPrice,
+            fields={"input_usd_per_mtok": price, "output_usd_per_mtok": price},
+            created=price,
+            deleted=price,
+            team=lambda row: row.team,
+            label=lambda row: row.model,
+        )
