@@ -42,6 +42,11 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 log = logging.getLogger(__name__)
 
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Metrics without labels open their file as they are declared, below: the directory must
+    # be there first (process_started cleans it, sparing this process's own files).
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
 # --- What is counted -----------------------------------------------------------------------------
 # Label values are bounded sets: URL route names (never a path with ids in it), models a team
 # configured, tool names, outcomes.

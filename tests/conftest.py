@@ -30,6 +30,7 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 PASSWORD = "correct horse battery staple 42"
+STACK_METRICS_TOKEN = "stack-metrics-token"
 
 
 def free_port() -> int:
@@ -98,6 +99,10 @@ def start_stack(tmp: Path, *, db_name: str, redis_url: str, extra_env: dict | No
         "PYTHONUNBUFFERED": "1",
         # Each server process borrows from a pool of its own, as in production.
         "DATABASE_POOL_SIZE": "10",
+        # Metrics as a host runs them: every process counts into one directory, and the web
+        # process's /metrics adds them up (tests/test_metrics.py).
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
+        "METRICS_TOKEN": STACK_METRICS_TOKEN,
         **(extra_env or {}),
     }
     # Empty, not absent: test_settings would set it again. The servers must hit Django's
