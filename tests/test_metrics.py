@@ -173,3 +173,22 @@ def test_a_run_on_the_worker_shows_in_the_webs_metrics(stack, conversation, alic
     # Every family Tandem exports is declared; those this run touched have samples.
     assert {"tandem_llm_calls", "tandem_delta_lag_seconds", "tandem_runs"} <= set(after)
     assert Path(stack.env["PROMETHEUS_MULTIPROC_DIR"]).is_dir()
+
+
+def test_the_grafana_dashboard_uses_only_metrics_tandem_exports():
+    import re
+
+    from django.conf import settings
+
+    dashboard = json.loads((settings.BASE_DIR / "deploy/grafana/tandem.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert exprs and all(expr.strip() for expr in exprs)
+    named = set()
+    for expr in exprs:
+        found = re.findall(r"\b(tandem_[a-z_]+)", expr)
+        assert found, f"no Tandem metric in {expr!r}"
+        named |= {re.sub(r"_(bucket|count|sum|total|created)$", "", name) for name in found}
+    assert named - metrics.EXPORTED == set(), "the dashboard names metrics Tandem doesn't export"
+    assert metrics.EXPORTED - named == set(), "a metric Tandem exports has no panel"
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
