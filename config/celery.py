@@ -18,6 +18,17 @@ def _metrics_start(sender, **kwargs):
     process_started()
 
 
+@worker_ready.connect
+def _metrics_serve(sender, **kwargs):
+    """A worker in a container of its own answers Prometheus itself (METRICS_WORKER_PORT)."""
+    from django.conf import settings
+
+    if settings.METRICS_WORKER_PORT:
+        from config.metrics import serve_worker_metrics
+
+        serve_worker_metrics(settings.METRICS_WORKER_PORT)
+
+
 @worker_shutdown.connect
 def _metrics_stop(sender, **kwargs):
     from config.metrics import process_exiting

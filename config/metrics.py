@@ -199,16 +199,18 @@ def _queue_lengths() -> dict[str, int]:
 _scrape_time = ScrapeTimeCollector()
 
 
-def registry() -> CollectorRegistry:
+def registry(*, scrape_time: bool = True) -> CollectorRegistry:
     multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not multiproc_dir:
         # One process: its own counters, plus what is read at scrape time.
         scrape = CollectorRegistry(auto_describe=False)
-        scrape.register(_scrape_time)
+        if scrape_time:
+            scrape.register(_scrape_time)
         return _Combined(REGISTRY, scrape)
     combined = CollectorRegistry(auto_describe=False)
     MultiProcessCollector(combined, path=multiproc_dir)
-    combined.register(_scrape_time)
+    if scrape_time:
+        combined.register(_scrape_time)
     return combined
 
 
@@ -225,41 +227,88 @@ class _Combined(CollectorRegistry):
 # --- /metrics ----------------------------------------------------------------------------------
 
 
-def metrics_view(request: HttpRequest) -> HttpResponse:
-    """The metrics, to a caller with the token (``Authorization: Bearer …``) and/or from an
-    allowed network; both are required when both are set."""
+NOT_FOUND = "Not found.\n"
+TOKEN_REQUIRED = "A metrics token is required: Authorization: Bearer <METRICS_TOKEN>.\n"
+
+
+def refusal(address: str | None, authorization: str) -> tuple[int, str] | None:
+    """(status, text) when this caller may not read the metrics, None when they may: the token
+    (``Authorization: Bearer …``) and/or an allowed network, both when both are set."""
     from . import clientip
 
     token, networks = settings.METRICS_TOKEN, settings.METRICS_ALLOW_NETWORKS
     if not token and not networks:
-        return _not_found()
+        return 404, NOT_FOUND
     if networks:
-        address = clientip.parse_address(clientip.of_request(request))
-        if address is None or not any(
-            address.version == net.version and address in net for net in networks
+        parsed = clientip.parse_address(address)
+        if parsed is None or not any(
+            parsed.version == net.version and parsed in net for net in networks
         ):
-            # Not from an allowed network: as if there were nothing here.
-            return _not_found()
+            return 404, NOT_FOUND  # not from an allowed network: as if there were nothing here
     if token:
-        given = request.headers.get("Authorization", "")
-        scheme, _, value = given.partition(" ")
+        scheme, _, value = authorization.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             value.strip().encode(), token.encode()
         ):
-            response = HttpResponse(
-                "A metrics token is required: Authorization: Bearer <METRICS_TOKEN>.\n",
-                status=401,
-                content_type="text/plain",
-            )
-            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
-            return response
-    return HttpResponse(generate_latest(registry()), content_type=CONTENT_TYPE_LATEST)
+            return 401, TOKEN_REQUIRED
+    return None
 
 
-def _not_found() -> HttpResponse:
-    # Plain: this is answered before the session and the user are known (config/middleware.py),
-    # so the site's 404 page, which names the user's teams, can't be rendered.
-    return HttpResponse("Not found.\n", status=404, content_type="text/plain")
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    from . import clientip
+
+    refused = refusal(clientip.of_request(request), request.headers.get("Authorization", ""))
+    if refused is None:
+        return HttpResponse(generate_latest(registry()), content_type=CONTENT_TYPE_LATEST)
+    # Plain text: this is answered before the session and the user are known
+    # (config/middleware.py), so the site's 404 page, which names the user's teams, can't be.
+    response = HttpResponse(refused[1], status=refused[0], content_type="text/plain")
+    if refused[0] == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+    return response
+
+
+# --- A worker's own endpoint (workers in containers of their own) ------------------------------
+
+
+def serve_worker_metrics(port: int, host: str = "0.0.0.0"):  # noqa: S104 (scraped from outside)
+    """Serve /metrics from a Celery worker, on a thread of its own (METRICS_WORKER_PORT).
+
+    Where a worker shares a host and PROMETHEUS_MULTIPROC_DIR with a web process, the web's
+    /metrics already includes it. In a container or pod of its own it has no web process
+    beside it, so it answers Prometheus itself, with the same token / network rules (the
+    caller's address is the socket's peer: no proxy stands in front of a scrape). The runs and
+    queue gauges are left to the web processes, which read them from the database."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] != "/metrics":
+                self._answer(404, NOT_FOUND.encode(), "text/plain")
+                return
+            refused = refusal(self.client_address[0], self.headers.get("Authorization", ""))
+            if refused is not None:
+                self._answer(refused[0], refused[1].encode(), "text/plain")
+                return
+            self._answer(200, generate_latest(registry(scrape_time=False)), CONTENT_TYPE_LATEST)
+
+        def _answer(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            if status == 401:
+                self.send_header("WWW-Authenticate", 'Bearer realm="metrics"')
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # a scrape every few seconds is not worth a log line
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="tandem-metrics", daemon=True).start()
+    return server
 
 
 PROBES = ("/healthz", "/readyz", "/metrics")

@@ -547,6 +547,9 @@ try:
     METRICS_ALLOW_NETWORKS = [ipaddress.ip_network(ip, strict=False) for ip in METRICS_ALLOW_IPS]
 except ValueError as exc:
     raise ImproperlyConfigured(f"METRICS_ALLOW_IPS: {exc}")
+# A Celery worker in a container of its own answers /metrics itself on this port (0: off; a
+# worker beside a web process on one host is in the web's /metrics already).
+METRICS_WORKER_PORT = envint("METRICS_WORKER_PORT", 0)
 # Audit events older than this many days are deleted by a daily task (the only deletion path).
 AUDIT_RETENTION_DAYS = envint("AUDIT_RETENTION_DAYS", 365)
 if AUDIT_RETENTION_DAYS < 1:

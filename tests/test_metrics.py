@@ -192,3 +192,23 @@ def test_the_grafana_dashboard_uses_only_metrics_tandem_exports():
     assert metrics.EXPORTED - named == set(), "a metric Tandem exports has no panel"
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_a_worker_in_its_own_container_answers_prometheus_itself():
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = metrics.serve_worker_metrics(port, host="127.0.0.1")
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        with override_settings(METRICS_TOKEN="w0rker", METRICS_ALLOW_NETWORKS=[]):
+            assert httpx.get(url, timeout=5).status_code == 401
+            assert httpx.get(url.replace("/metrics", "/other"), timeout=5).status_code == 404
+            answer = httpx.get(url, headers={"Authorization": "Bearer w0rker"}, timeout=5)
+        with override_settings(METRICS_TOKEN="", METRICS_ALLOW_NETWORKS=[]):
+            assert httpx.get(url, timeout=5).status_code == 404  # off unless configured
+    finally:
+        server.shutdown()
+    assert answer.status_code == 200
+    assert "tandem_http_request_duration_seconds" in answer.text
+    assert "tandem_runs" not in answer.text  # the web processes report those
