@@ -181,14 +181,14 @@ def track(
     created_action = created  # the receiver below has an argument of that name
     uid = f"audit-{model._meta.label}"
 
-    def remember(sender, instance, raw=False, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def remember(sender, instance, raw=False, **kwargs) -> None:
         if raw or instance._state.adding or instance.pk is None:
             return
         instance._audit_before = (
             sender._default_manager.filter(pk=instance.pk).values(*names).first()
         )
 
-    def saved(sender, instance, created: bool, raw=False, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def saved(sender, instance, created: bool, raw=False, **kwargs) -> None:
         if raw:
             return
         now = {name: getattr(instance, name) for name in names}
@@ -216,7 +216,7 @@ def track(
                 before=before, after=after,
             )  # fmt: skip
 
-    def gone(sender, instance, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def gone(sender, instance, **kwargs) -> None:
         if deleted:
             record(deleted, team=team(instance), obj=instance, label=label(instance))
 

@@ -200,13 +200,13 @@ class AuditQuerySet(models.QuerySet["AuditEvent"]):
     """No bulk change or deletion: the retention job (audit.purge_expired) deletes with SQL of
     its own, which the database's trigger lets through for expired rows only."""
 
-    def update(self, **kwargs):  # type: ignore[no-untyped-def]
+    def update(self, **kwargs):
         raise AuditAppendOnly("Audit events can't be changed.")
 
-    def delete(self):  # type: ignore[no-untyped-def]
+    def delete(self):
         raise AuditAppendOnly("Audit events can't be deleted (only by the retention job).")
 
-    def bulk_update(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def bulk_update(self, *args, **kwargs):
         raise AuditAppendOnly("Audit events can't be changed.")
 
 
@@ -255,10 +255,10 @@ class AuditEvent(models.Model):
     def __str__(self) -> str:
         return f"{self.created:%Y-%m-%d %H:%M} {self.actor_label or 'system'} {self.action}"
 
-    def save(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def save(self, *args, **kwargs) -> None:
         if not self._state.adding:
             raise AuditAppendOnly("Audit events can't be changed.")
         super().save(*args, **kwargs)
 
-    def delete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def delete(self, *args, **kwargs):
         raise AuditAppendOnly("Audit events can't be deleted (only by the retention job).")

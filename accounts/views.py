@@ -4,7 +4,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -195,7 +195,7 @@ def _audit_filters(request: HttpRequest) -> tuple[dict, list[str]]:
     return {"action": action, "actor": actor, **dates}, errors
 
 
-def _audit_page(request: HttpRequest, team, membership=None) -> HttpResponse:
+def _audit_page(request: HttpRequest, team, membership=None) -> HttpResponseBase:
     from django.core.paginator import Paginator
     from django.http import StreamingHttpResponse
 
@@ -226,7 +226,7 @@ def _audit_page(request: HttpRequest, team, membership=None) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET"])
-def audit_log(request: HttpRequest, slug: str) -> HttpResponse:
+def audit_log(request: HttpRequest, slug: str) -> HttpResponseBase:
     """The team's audit log: admins only (404 to members and outsiders, as admin pages are)."""
     membership = selectors.admin_membership_for(request.user, slug)
     return _audit_page(request, membership.team, membership)
@@ -234,7 +234,7 @@ def audit_log(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET"])
-def staff_audit_log(request: HttpRequest) -> HttpResponse:
+def staff_audit_log(request: HttpRequest) -> HttpResponseBase:
     """Every team's audit log, for site staff (404 to anyone else)."""
     if not request.user.is_staff:
         raise Http404("No such page")

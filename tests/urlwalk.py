@@ -91,6 +91,7 @@ ADMIN_ONLY = {
     "mcp_server_remove",
     "mcp_server_refresh",
     "mcp_tool_update",
+    "audit_log",
 }
 
 
