@@ -37,7 +37,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ class _Combined(CollectorRegistry):
         super().__init__(auto_describe=False)
         self._registries = registries
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterable[Metric]:
         for one in self._registries:
             yield from one.collect()
 
