@@ -277,13 +277,24 @@ class _Echo:
         return value
 
 
-def csv_lines(events: Iterable[AuditEvent]) -> Iterator[str]:
-    """CSV text, a line at a time (streamed: an export may be long). Cells that a spreadsheet
-    would run as a formula are prefixed with a quote."""
+CSV_PAGE = 500
+
+
+def csv_chunks(events: models.QuerySet[AuditEvent]) -> Iterator[str]:
+    """The export as CSV text, one chunk per page of CSV_PAGE events (an export may be long:
+    it is streamed). Each page is a query of its own, continuing after the last event sent
+    (newest first), so no cursor is held between chunks and any thread may read the next.
+    Cells that a spreadsheet would run as a formula are prefixed with a quote."""
     writer = csv.writer(_Echo())
     yield writer.writerow(CSV_HEADER)
-    for row in csv_rows(events):
-        yield writer.writerow([_inert(cell) for cell in row])
+    page = list(events[:CSV_PAGE])
+    while page:
+        yield "".join(writer.writerow([_inert(c) for c in row]) for row in csv_rows(page))
+        if len(page) < CSV_PAGE:
+            return
+        last = page[-1]
+        after = models.Q(created__lt=last.created) | models.Q(created=last.created, id__lt=last.pk)
+        page = list(events.filter(after)[:CSV_PAGE])
 
 
 def _inert(cell: str) -> str:

@@ -409,3 +409,20 @@ def test_members_and_outsiders_get_404_staff_see_everything(client, team, other_
     page = client.get(reverse("staff_audit_log"))
     assert page.status_code == 200
     assert page.content.decode().count("<tr>") == 1 + 2
+
+
+def test_the_export_pages_through_every_event(client, team, alice, monkeypatch):
+    """Each page of the export is a query continuing after the last event sent."""
+    monkeypatch.setattr(audit, "CSV_PAGE", 2)
+    same_time = timezone.now()
+    for n in range(5):  # events of one instant too: the id breaks the tie
+        AuditEvent.objects.create(
+            action=A.TEAM_SETTINGS,
+            team=team,
+            object_label=f"e{n}",
+            created=same_time if n < 3 else same_time - timedelta(minutes=n),
+        )
+    client.force_login(alice)
+    export = client.get(reverse("audit_log", args=[team.slug]), {"format": "csv"})
+    rows = list(csv.reader(io.StringIO(b"".join(export.streaming_content).decode())))
+    assert [r[6] for r in rows[1:]] == ["e2", "e1", "e0", "e3", "e4"]
