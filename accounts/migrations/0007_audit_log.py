@@ -51,7 +51,7 @@ def unguard(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('accounts', '0004_team_command_allowlist_guarded'),
+        ('accounts', '0006_team_commands_reach_registries'),
     ]
 
     operations = [
