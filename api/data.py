@@ -9,7 +9,7 @@ from django.db.models import Sum
 
 from accounts.models import Team, User
 from assistant import events, streams
-from assistant.models import Conversation, Message, Run, RunStatus, ToolCall
+from assistant.models import Conversation, Message, RepoJob, RepoJobKind, Run, RunStatus, ToolCall
 from usage.models import UsageRecord
 
 
@@ -34,6 +34,18 @@ def conversation_data(conversation: Conversation) -> dict[str, Any]:
             "name": workspace.repository.name,
             "branch": workspace.branch,
             "work_branch": workspace.work_branch,
+            "status": "ready",
+            "error": "",
+        }
+    elif attach := _latest_attach(conversation):
+        # Being prepared by a worker, or failed (then "error" says why, in words).
+        repository = {
+            "id": str(attach.repository.uuid),
+            "name": attach.repository.name,
+            "branch": attach.branch,
+            "work_branch": "",
+            "status": "preparing" if attach.pending else "failed",
+            "error": attach.error,
         }
     return {
         "id": str(conversation.uuid),
@@ -44,6 +56,11 @@ def conversation_data(conversation: Conversation) -> dict[str, Any]:
         "created_by": conversation.created_by.name if conversation.created_by else None,
         "repository": repository,
     }
+
+
+def _latest_attach(conversation: Conversation) -> RepoJob | None:
+    jobs = conversation.repo_jobs.filter(kind=RepoJobKind.ATTACH).select_related("repository")
+    return jobs.defer("patch").order_by("-created").first()
 
 
 def message_data(message: Message) -> dict[str, Any]:

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from django.core.handlers.asgi import ASGIRequest
 from django.http import (
     HttpRequest,
+    HttpResponse,
     HttpResponseBase,
     JsonResponse,
-    StreamingHttpResponse,
 )
 from django.urls import reverse
 from django.utils import timezone
 
-from assistant import repos, services
+from assistant import services
 from assistant.models import Conversation, ToolCall, ToolCallStatus, Workspace
 
 from . import data
@@ -152,24 +150,29 @@ def conversation_patch(
     request: HttpRequest, caller: Caller, conversation_id: uuid.UUID
 ) -> HttpResponseBase:
     """Everything the conversation changed, for `git apply` on its base commit — the page's
-    Download patch: streamed from git, cut (saying so) at PATCH_MAX_BYTES."""
-    from assistant import diffs
-    from assistant.repo_views import _async_chunks, _prepended
+    Download patch: written by a worker into the database, cut (saying so) at PATCH_MAX_BYTES.
+    202 ``{"status": "preparing"}`` with Retry-After until it is there: ask again."""
+    from assistant.models import RepoJob, RepoJobStatus
 
     found = _conversation(request, caller, conversation_id)
     workspace = _workspace(found)
     try:
-        chunks = iter(diffs.patch_stream(workspace=workspace))
-        first = next(chunks, b"")
-    except repos.RepoError as exc:
-        raise ApiError(409, "repository_error", str(exc))
-    if not first:
+        job = services.workspace_patch(
+            conversation=found, user=caller.user, again=bool(request.GET.get("again"))
+        )
+    except services.ChatError as exc:
+        code = "no_changes" if "not changed" in str(exc) else "conflict"
+        raise ApiError(409, code, str(exc))
+    if job.pending:
+        waiting = JsonResponse({"status": "preparing", "job": str(job.uuid)}, status=202)
+        waiting["Retry-After"] = "1"
+        return waiting
+    if job.status == RepoJobStatus.FAILED:
+        raise ApiError(409, "repository_error", job.error)
+    body = RepoJob.objects.filter(pk=job.pk).values_list("patch", flat=True).get()
+    if not body:
         raise ApiError(409, "no_changes", "This conversation has not changed any files yet.")
-    sync_body = _prepended(first, chunks)
-    body: Iterator[bytes] | AsyncIterator[bytes] = sync_body
-    if isinstance(request, ASGIRequest):
-        body = _async_chunks(sync_body)  # read git a chunk at a time, never the whole patch
-    response = StreamingHttpResponse(body, content_type="text/x-diff; charset=utf-8")
+    response = HttpResponse(bytes(body), content_type="text/x-diff; charset=utf-8")
     name = re.sub(
         r"[^A-Za-z0-9._-]", "_", f"tandem-{workspace.repository.name}-{found.uuid.hex[:8]}.patch"
     )

@@ -17,7 +17,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.models import Membership, Team
-from assistant import repos, services
+from assistant import services
 from assistant.errors import BudgetExceeded
 from assistant.models import Conversation, Repository, Run, ToolCall
 
@@ -153,10 +153,11 @@ def _conversation_create(request: HttpRequest, caller: Caller) -> JsonResponse:
             team=membership.team, author=caller.user, title=title
         )
         if repo is not None:
-            try:
-                repos.create_workspace(conversation=conversation, repo=repo, branch=branch)
-            except repos.RepoError as exc:
-                raise ApiError(422, "repository_error", str(exc))
+            # A worker clones it (repository.status "preparing", then "ready" or "failed" with
+            # its error); a message sent meanwhile waits for it.
+            services.workspace_attach(
+                conversation=conversation, repo=repo, branch=branch, user=caller.user
+            )
     conversation = _conversations(caller, None).get(pk=conversation.pk)
     return JsonResponse(data.conversation_data(conversation), status=201)
 

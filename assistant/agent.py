@@ -423,6 +423,15 @@ def _workspace_of(run: Run) -> Workspace | None:
     )
 
 
+def _waits_for_workspace(run_id: str) -> bool:
+    from .models import RepoJob, RepoJobKind
+    from .services import JOB_PENDING
+
+    return RepoJob.objects.filter(
+        conversation__runs__uuid=run_id, kind=RepoJobKind.ATTACH, status__in=JOB_PENDING
+    ).exists()
+
+
 def _tokens_used(run: Run) -> int:
     return hooks.meter().tokens_used(run)
 
@@ -480,6 +489,8 @@ async def execute_run(run_id: str) -> None:
     """Execute one run, once. Safe to call twice for the same run: the second finds it
     already claimed and returns. A parked run that was approved is queued again and comes
     back here, to go on from where it stopped."""
+    if await db_sync_to_async(_waits_for_workspace)(run_id):
+        return  # left queued: the job preparing the workspace queues it again once done
     start = await _aclaim_and_read(run_id)
     if start is None:
         return
@@ -591,6 +602,7 @@ def _record_changes(run: Run, workspace: Workspace, tree_after: str) -> None:
         diffs.record(run)
     except Exception:
         log.exception("Could not store the changes of run %s", run.uuid)
+    repos.record_usage(workspace=workspace)  # its size, for the repository page
 
 
 _arecord_changes = db_sync_to_async(_record_changes)

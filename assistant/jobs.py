@@ -7,6 +7,10 @@ worker (production) or a thread of the embedded server, never the request itself
   (a snapshot) and its diff stored here, then the page is told to refresh the bubble.
 - ``undo``: revert one turn's changes (``git apply -R``) and read the files again (the patch
   download's tree); the bubble is refreshed with the outcome.
+- ``repo_job``: what a page or the API asked of a repository (a ``RepoJob`` row): fetch it,
+  prepare a conversation's workspace (attach), push its changes, write its patch. The row
+  says queued → running → done or failed (in words); pages poll it. With these the web process
+  never reads REPOS_ROOT: only workers mount the repositories.
 """
 
 from __future__ import annotations
@@ -133,3 +137,107 @@ def undo(run_id: str) -> None:
         except repos.RepoError:
             log.exception("Could not read the files after undoing run %s", run_id)
     events.publish_sync(str(run.conversation.uuid), {"t": "run.updated", "run": run_id})
+
+
+# --- Repository jobs (RepoJob rows) --------------------------------------------------------------
+
+
+def repo_job(job_id: str) -> None:
+    """Do one RepoJob, once: claimed by a conditional UPDATE (a redelivered task finds it taken),
+    its outcome recorded on the row."""
+    from django.utils import timezone
+
+    from . import repos
+    from .models import RepoJob, RepoJobStatus
+
+    job = (
+        RepoJob.objects.select_related("repository__team", "conversation__team", "requested_by")
+        .filter(uuid=job_id)
+        .first()
+    )
+    if job is None:
+        return
+    queued = RepoJob.objects.filter(pk=job.pk, status=RepoJobStatus.QUEUED)
+    if not queued.update(status=RepoJobStatus.RUNNING):
+        return
+    fields: dict = {"status": RepoJobStatus.DONE}
+    try:
+        fields.update(_DO[job.kind](job))
+    except repos.RepoError as exc:
+        fields = {"status": RepoJobStatus.FAILED, "error": str(exc)}
+    except Exception:
+        log.exception("Repository job %s (%s) failed", job_id, job.kind)
+        fields = {"status": RepoJobStatus.FAILED, "error": "Tandem had an internal error."}
+    RepoJob.objects.filter(pk=job.pk).update(finished=timezone.now(), **fields)
+    if job.kind == "attach":
+        _release_waiting_runs(job)
+
+
+def _fetch(job) -> dict:
+    from . import repos
+
+    repos.ensure_mirror(repo=job.repository)  # last_fetched, its error and branches on the row
+    return {}
+
+
+def _attach(job) -> dict:
+    from . import repos
+
+    workspace = repos.create_workspace(
+        conversation=job.conversation, repo=job.repository, branch=job.branch
+    )
+    repos.record_usage(workspace=workspace)
+    return {"branch": workspace.branch}
+
+
+def _release_waiting_runs(job) -> None:
+    """Runs sent while the workspace was being prepared waited queued (agent.execute_run):
+    queue them again now that it is there (or could not be made)."""
+    from . import runner
+    from .models import Run, RunStatus
+
+    waiting = Run.objects.filter(conversation=job.conversation, status=RunStatus.QUEUED)
+    for run_id in waiting.values_list("uuid", flat=True):
+        runner.enqueue_run(str(run_id))
+
+
+def _push(job) -> dict:
+    from . import repos
+    from .models import Run, Workspace
+    from .services import IN_FLIGHT
+
+    conversation = job.conversation
+    workspace = Workspace.objects.filter(conversation=conversation).first()
+    if workspace is None:
+        raise repos.RepoError("This conversation no longer has a repository.")
+    if Run.objects.filter(conversation=conversation, status__in=IN_FLIGHT).exists():
+        raise repos.RepoError("Wait until the assistant has finished before pushing.")
+    if not repos.has_changes(workspace=workspace):
+        raise repos.RepoError("There is nothing to push: no file was changed.")
+    user = job.requested_by
+    if user is None:
+        raise repos.RepoError("The person who asked for the push no longer has an account.")
+    repos.commit_all(
+        workspace=workspace,
+        message=f"{conversation.display_title}\n\nMade with Tandem in a conversation "
+        f"of the team {conversation.team.name}.",
+        author_name=user.name,
+        author_email=user.email,
+    )
+    return {"result": repos.push(workspace=workspace, remote_branch=job.branch)}
+
+
+def _patch(job) -> dict:
+    """The patch download, written whole into the row (at most PATCH_MAX_BYTES and a last line
+    that says it was cut): the web then serves it from the database."""
+    from . import diffs, repos
+    from .models import Workspace
+
+    workspace = Workspace.objects.filter(conversation=job.conversation).first()
+    if workspace is None:
+        raise repos.RepoError("This conversation no longer has a repository.")
+    workspace.tree = job.tree or workspace.tree
+    return {"patch": b"".join(diffs.patch_stream(workspace=workspace))}
+
+
+_DO = {"fetch": _fetch, "attach": _attach, "push": _push, "patch": _patch}

@@ -280,6 +280,10 @@ class Repository(models.Model):
     # conversation runs the setup again instead of reusing what is kept.
     environment_generation = models.PositiveIntegerField(default=0)
 
+    # The mirror's branch names, the default first, as of the last fetch that worked: what the
+    # attach form offers. Stored by the worker so the web never reads the mirror.
+    branches = models.JSONField(default=list, blank=True)
+
     class Meta:
         ordering = ["name", "id"]
         constraints = [models.UniqueConstraint(fields=["team", "name"], name="repo_team_name")]
@@ -329,6 +333,11 @@ class Workspace(models.Model):
     # the setup failed for that key (not retried until the key changes); blank: not yet.
     environment = models.CharField(max_length=80, blank=True)
     created = models.DateTimeField(default=timezone.now)
+    # What its file system holds (git directory and tree), measured by the worker after the
+    # workspace is made and after each turn (repos.usage): the repository page reads these.
+    used_bytes = models.BigIntegerField(null=True, blank=True)
+    used_files = models.BigIntegerField(null=True, blank=True)
+    measured = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"workspace {self.uuid} ({self.work_branch})"
@@ -353,3 +362,54 @@ class TeamPlugin(models.Model):
 
     def __str__(self) -> str:
         return f"{self.team_id}:{self.name}={'on' if self.enabled else 'off'}"
+
+
+class RepoJobKind(models.TextChoices):
+    FETCH = "fetch", "Fetch"
+    ATTACH = "attach", "Prepare the workspace"
+    PUSH = "push", "Push"
+    PATCH = "patch", "Patch"
+
+
+class RepoJobStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class RepoJob(models.Model):
+    """Git work a person asked for from a page or the API, done by a worker (assistant/jobs.py):
+    the web process only writes this row and reads it back, so it needs no repositories volume.
+    """
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    kind = models.CharField(max_length=10, choices=RepoJobKind.choices)
+    status = models.CharField(
+        max_length=10, choices=RepoJobStatus.choices, default=RepoJobStatus.QUEUED
+    )
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="jobs")
+    # Attach, push and patch: the conversation whose workspace it is (made by attach).
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, null=True, blank=True, related_name="repo_jobs"
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    branch = models.CharField(max_length=255, blank=True)  # attach: base; push: the remote's
+    tree = models.CharField(max_length=64, blank=True)  # patch: the snapshot it is made from
+    result = models.CharField(max_length=200, blank=True)  # push: the commit pushed
+    patch = models.BinaryField(null=True, blank=True)  # patch: at most PATCH_MAX_BYTES
+    error = models.TextField(blank=True)  # why it failed, in words
+    created = models.DateTimeField(default=timezone.now)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["conversation", "kind", "-created"], name="repojob_conv")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} job {self.uuid} ({self.status})"
+
+    @property
+    def pending(self) -> bool:
+        return self.status in (RepoJobStatus.QUEUED, RepoJobStatus.RUNNING)

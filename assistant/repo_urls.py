@@ -7,6 +7,11 @@ from . import repo_views
 urlpatterns = [
     path("repos/", repo_views.repository_list, name="repositories"),
     path("repos/fetch/", repo_views.repository_fetch, name="repository_fetch"),
+    path(
+        "repos/<uuid:repository_id>/status/",
+        repo_views.repository_status,
+        name="repository_status",
+    ),
     path("repos/image/", repo_views.repository_image, name="repository_image"),
     path("repos/setup/", repo_views.repository_setup, name="repository_setup"),
     path("repos/rebuild/", repo_views.repository_rebuild, name="repository_rebuild"),

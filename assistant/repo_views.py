@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from asgiref.sync import sync_to_async
 from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.handlers.asgi import ASGIRequest
 from django.db import transaction
 from django.db.models import F
 from django.http import (
@@ -24,7 +21,6 @@ from django.http import (
     HttpResponse,
     HttpResponseBadRequest,
     HttpResponseBase,
-    StreamingHttpResponse,
 )
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -33,8 +29,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts.http import AuthenticatedHttpRequest
 from accounts.selectors import admin_membership_for, membership_for
 
-from . import diffs, images, repos, runner, selectors, services
-from .models import RepoAuth, Repository
+from . import images, quota, repos, runner, selectors, services
+from .models import RepoAuth, RepoJob, RepoJobKind, RepoJobStatus, Repository, Workspace
 
 
 class SecretTextarea(forms.Textarea):
@@ -164,16 +160,18 @@ def repository_list(request: HttpRequest, slug: str) -> HttpResponse:
         return redirect("repositories", slug=slug)
     repositories = list(team.repositories.all())
     built = images.available()  # the images folder and its manifests, read once for every row
-    recent = timezone.now() - timedelta(minutes=10)
-    for repo in repositories:
-        # Just added, and its first fetch (in the background) not done yet.
-        pending = not repo.last_fetched and not repo.last_fetch_error and repo.created > recent
-        repo.fetch_pending = pending  # type: ignore[attr-defined]  # a flag for the template only
+    _flag_fetching(repositories)
+    usage = _usage(repositories)
     context = {
         "team": team,
         "membership": membership,
         "form": form,
-        "repositories": [(r, images.choices(r.sandbox_image, built)) for r in repositories],
+        "repositories": [
+            (r, images.choices(r.sandbox_image, built), usage[r.pk]) for r in repositories
+        ],
+        # The quota each workspace has, where this machine makes them (quota.py).
+        "quota_bytes": 0 if quota.unavailable_reason() else settings.WORKSPACE_QUOTA_MB << 20,
+        "quota_files": settings.WORKSPACE_QUOTA_FILES,
         "env_dirs": settings.SETUP_ENV_DIRS,
     }
     status = 422 if form.is_bound else 200
@@ -182,20 +180,59 @@ def repository_list(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def repository_fetch(request: HttpRequest, slug: str) -> HttpResponse:
+def repository_fetch(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
+    """Fetch now, in a worker: the row says "fetching…" until its outcome is recorded."""
     membership = admin_membership_for(request.user, slug)
     repo = _posted_repository(request, membership.team)
     if isinstance(repo, HttpResponse):
         return repo
-    try:
-        repos.ensure_mirror(repo=repo)  # records last_fetched / last_fetch_error on the row
-        names = repos.branches(repo=repo)
-    except repos.RepoError as exc:
-        messages.error(request, f"Fetching “{repo.name}” failed. {exc}")
-    else:
-        listed = ", ".join(names) if names else "none"
-        messages.success(request, f"Fetched “{repo.name}”. Branches: {listed}.")
+    services.repository_fetch(repo=repo, user=request.user)
+    messages.success(request, f"Fetching “{repo.name}”…")
     return redirect("repositories", slug=slug)
+
+
+@login_required
+@require_GET
+def repository_status(request: HttpRequest, slug: str, repository_id) -> HttpResponse:
+    """A repository's fetch status alone: polled by htmx while a fetch is under way."""
+    membership = admin_membership_for(request.user, slug)
+    repo = get_object_or_404(Repository, uuid=repository_id, team=membership.team)
+    _flag_fetching([repo])
+    context = {"repo": repo, "team": membership.team}
+    return render(request, "assistant/_repository_fetch_status.html", context)
+
+
+def _flag_fetching(repositories: list[Repository]) -> None:
+    """Mark the rows with a fetch queued or under way (a person's, or the first one)."""
+    busy = set(
+        RepoJob.objects.filter(
+            repository__in=repositories, kind=RepoJobKind.FETCH, status__in=services.JOB_PENDING
+        ).values_list("repository_id", flat=True)
+    )
+    recent = timezone.now() - timedelta(minutes=10)
+    for repo in repositories:
+        # Just added, and its first fetch (in the background) not done yet.
+        first = not repo.last_fetched and not repo.last_fetch_error and repo.created > recent
+        repo.fetch_pending = first or repo.pk in busy  # type: ignore[attr-defined]
+
+
+def _usage(repositories: list[Repository]) -> dict[int, dict]:
+    """Per repository: its workspaces' sizes as the worker last measured them (repos.usage),
+    each and in total, beside the quota each workspace has."""
+    found: dict[int, dict] = {
+        repo.pk: {"workspaces": [], "bytes": 0, "files": 0} for repo in repositories
+    }
+    workspaces = (
+        Workspace.objects.filter(repository__in=repositories)
+        .select_related("conversation")
+        .order_by("-created")
+    )
+    for workspace in workspaces:
+        entry = found[workspace.repository_id]
+        entry["workspaces"].append(workspace)
+        entry["bytes"] += workspace.used_bytes or 0
+        entry["files"] += workspace.used_files or 0
+    return found
 
 
 @login_required
@@ -287,7 +324,9 @@ def repository_remove(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def conversation_repository(request: HttpRequest, slug: str, conversation_id) -> HttpResponse:
+def conversation_repository(
+    request: AuthenticatedHttpRequest, slug: str, conversation_id
+) -> HttpResponse:
     """Attach a repository and branch to a conversation: it gets its own workspace."""
     membership = membership_for(request.user, slug)
     conversation = selectors.conversation_for(membership, conversation_id)
@@ -299,12 +338,16 @@ def conversation_repository(request: HttpRequest, slug: str, conversation_id) ->
     if isinstance(repo, HttpResponse):
         return repo
     branch = request.POST.get("branch", "").strip()
+    if len(branch) > 255:
+        messages.error(request, "A branch name has at most 255 characters.")
+        return back
     try:
-        workspace = repos.create_workspace(conversation=conversation, repo=repo, branch=branch)
-    except repos.RepoError as exc:
+        # A worker clones it; the header says "preparing the workspace…" until it is there.
+        services.workspace_attach(
+            conversation=conversation, repo=repo, branch=branch, user=request.user
+        )
+    except services.ChatError as exc:
         messages.error(request, str(exc))
-    else:
-        messages.success(request, f"Attached “{repo.name}” @ {workspace.branch}.")
     return back
 
 
@@ -325,58 +368,47 @@ def _refused(request: HttpRequest, conversation, heading: str, text: str) -> Htt
     return render(request, "assistant/refused.html", context, status=409)
 
 
-def _in_flight(conversation) -> bool:
-    return conversation.runs.filter(status__in=services.IN_FLIGHT).exists()
-
-
 @login_required
 @require_GET
-def conversation_patch(request: HttpRequest, slug: str, conversation_id) -> HttpResponseBase:
+def conversation_patch(
+    request: AuthenticatedHttpRequest, slug: str, conversation_id
+) -> HttpResponseBase:
     """Everything the conversation changed up to its last finished turn, as a patch for
-    `git apply` on its base commit: streamed from git as it comes, never held whole, and cut
-    at PATCH_MAX_BYTES with a last line that says so."""
+    `git apply` on its base commit. A worker writes it into the database (cut at
+    PATCH_MAX_BYTES with a last line that says so); until then this answers 202 and asks again.
+    ``?again=1`` replaces a patch that failed."""
     conversation, workspace = _workspace(request, slug, conversation_id)
     heading = "No patch to download"
-    if _in_flight(conversation):
-        # The tree is still changing: a patch now would be half a turn.
-        text = "Wait until the assistant has finished before downloading the patch."
-        return _refused(request, conversation, heading, text)
     try:
-        chunks = iter(diffs.patch_stream(workspace=workspace))
-        first = next(chunks, b"")
-    except repos.RepoError as exc:
+        job = services.workspace_patch(
+            conversation=conversation, user=request.user, again=bool(request.GET.get("again"))
+        )
+    except services.ChatError as exc:
         return _refused(request, conversation, heading, str(exc))
-    if not first:
+    if job.pending:
+        return _preparing(request, conversation)
+    if job.status == RepoJobStatus.FAILED:
+        return _refused(request, conversation, heading, job.error)
+    body = RepoJob.objects.filter(pk=job.pk).values_list("patch", flat=True).get()
+    if not body:
         text = "This conversation has not changed any files yet."
         return _refused(request, conversation, heading, text)
-    sync_body = _prepended(first, chunks)
-    body: Iterator[bytes] | AsyncIterator[bytes] = sync_body
-    if isinstance(request, ASGIRequest):
-        # Under ASGI Django would first read a sync iterator whole (into a list), the very
-        # thing this avoids: hand it an async one that reads git a chunk at a time.
-        body = _async_chunks(sync_body)
-    response = StreamingHttpResponse(body, content_type="text/x-diff; charset=utf-8")
+    response = HttpResponse(bytes(body), content_type="text/x-diff; charset=utf-8")
     name = f"tandem-{workspace.repository.name}-{conversation.uuid.hex[:8]}.patch"
     response["Content-Disposition"] = f'attachment; filename="{_safe_filename(name)}"'
     return response
 
 
-def _prepended(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    try:
-        yield first
-        yield from rest
-    finally:
-        getattr(rest, "close", lambda: None)()  # stops git when the download stops
-
-
-async def _async_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-    step = sync_to_async(lambda: next(chunks, None), thread_sensitive=False)  # None: the end
-    try:
-        while (chunk := await step()) is not None:
-            yield chunk
-    finally:
-        # A download stopped half-way: stop git too (closing the generator kills it).
-        await sync_to_async(getattr(chunks, "close", lambda: None), thread_sensitive=False)()
+def _preparing(request: HttpRequest, conversation) -> HttpResponse:
+    """202 while a worker writes the patch: a fragment for the page's script (which asks
+    again), else a page that reloads itself."""
+    text = "Preparing the patch… This page reloads until it is ready."
+    if request.headers.get("HX-Request"):
+        return render(request, "assistant/_composer_error.html", {"error": text}, status=202)
+    context = {"heading": "Preparing the patch", "text": text, "conversation": conversation}
+    response = render(request, "assistant/refused.html", {**context, "reload": 1}, status=202)
+    response["Retry-After"] = "1"
+    return response
 
 
 def _safe_filename(name: str) -> str:
@@ -389,28 +421,13 @@ def conversation_push(
     request: AuthenticatedHttpRequest, slug: str, conversation_id
 ) -> HttpResponse:
     """Commit the conversation's changes (authored by the person pushing) and push them to
-    a new branch of the remote. Never forced: an existing branch of that name is refused."""
+    a new branch of the remote, in a worker; the header shows how it went. Never forced: an
+    existing branch of that name is refused."""
     conversation, workspace = _workspace(request, slug, conversation_id)
     back = redirect("conversation_detail", slug=slug, conversation_id=conversation.uuid)
-    branch = request.POST.get("branch", "").strip() or workspace.work_branch
-    if _in_flight(conversation):
-        text = "Wait until the assistant has finished before pushing."
-        return _refused(request, conversation, "Nothing was pushed", text)
-    user = request.user
+    branch = request.POST.get("branch", "").strip()[:255] or workspace.work_branch
     try:
-        if not repos.has_changes(workspace=workspace):
-            messages.error(request, "There is nothing to push: no file was changed.")
-            return back
-        repos.commit_all(
-            workspace=workspace,
-            message=f"{conversation.display_title}\n\nMade with Tandem in a conversation "
-            f"of the team {conversation.team.name}.",
-            author_name=user.name,
-            author_email=user.email,
-        )
-        sha = repos.push(workspace=workspace, remote_branch=branch)
-    except repos.RepoError as exc:
-        messages.error(request, str(exc))
-        return back
-    messages.success(request, f"Pushed {sha[:10]} to the branch “{branch}”.")
+        services.workspace_push(conversation=conversation, branch=branch, user=request.user)
+    except services.ChatError as exc:
+        return _refused(request, conversation, "Nothing was pushed", str(exc))
     return back

@@ -512,7 +512,7 @@ def ensure_mirror(*, repo: Repository) -> Path:
     except RepoError as exc:
         _record_fetch(repo, error=str(exc))
         raise
-    _record_fetch(repo, error="")
+    _record_fetch(repo, error="", branches=branches(repo=repo))
     return path
 
 
@@ -544,10 +544,12 @@ def _fetch(mirror: Path, url: str, remote: dict[str, str]) -> None:
         _git(f"--git-dir={mirror}", "symbolic-ref", "HEAD", os.fsdecode(match[1]), doing="Fetching")
 
 
-def _record_fetch(repo: Repository, *, error: str) -> None:
+def _record_fetch(repo: Repository, *, error: str, branches: list[str] | None = None) -> None:
     fields: dict[str, Any] = {"last_fetch_error": error}
     if not error:
         fields["last_fetched"] = timezone.now()
+    if branches is not None:
+        fields["branches"] = branches  # the attach form's list: the web never reads the mirror
     Repository.objects.filter(pk=repo.pk).update(**fields)
     for name, value in fields.items():
         setattr(repo, name, value)
@@ -652,6 +654,38 @@ def _clone(workspace: Workspace) -> None:
     )  # fmt: skip
     if code:
         raise RepoError(f"{doing} failed: {_explain(err, None)}")
+
+
+def usage(*, workspace: Workspace) -> tuple[int, int]:
+    """Bytes and files (inodes: directories count) the workspace holds, git directory included:
+    what counts against its quota. Its own file system's statfs where it has one; else counted
+    in the sandbox. Never by walking the agent's tree with the server's rights."""
+    directory = _workspace_dir(workspace)
+    if os.path.ismount(directory):
+        fs = os.statvfs(directory)
+        return (fs.f_blocks - fs.f_bfree) * fs.f_frsize, fs.f_files - fs.f_ffree
+    doing = "Measuring the workspace"
+    # du and find never follow symbolic links; /workspace is the tree with its git directory.
+    code, out, err = _ws_sh(
+        workspace, "du -s -B1 /workspace | cut -f1 && find /workspace | wc -l", doing=doing
+    )
+    figures = out.split()
+    if code or len(figures) != 2 or not all(f.isdigit() for f in figures):
+        raise RepoError(f"{doing} failed: {_explain(err, None)}")
+    return int(figures[0]), int(figures[1])
+
+
+def record_usage(*, workspace: Workspace) -> None:
+    """Store what the workspace holds (``usage``) on its row, for the repository page; a
+    measurement that fails is logged and leaves the last one."""
+    try:
+        used, files = usage(workspace=workspace)
+    except RepoError:
+        log.warning("Could not measure workspace %s", workspace.uuid, exc_info=True)
+        return
+    Workspace.objects.filter(pk=workspace.pk).update(
+        used_bytes=used, used_files=files, measured=timezone.now()
+    )
 
 
 def remove_workspace(*, workspace: Workspace) -> None:

@@ -22,6 +22,10 @@ from .models import (
     FINISHED_STATUSES,
     Conversation,
     Message,
+    RepoJob,
+    RepoJobKind,
+    RepoJobStatus,
+    Repository,
     Role,
     Run,
     RunStatus,
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 
 TITLE_CHARS = 80
 IN_FLIGHT = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING)
+JOB_PENDING = (RepoJobStatus.QUEUED, RepoJobStatus.RUNNING)
 
 
 class RunInFlight(ChatError):
@@ -52,7 +57,10 @@ def refuse_while_in_flight(conversation: Conversation) -> None:
     and start two runs on one workspace."""
     from .models import Workspace
 
-    if not Workspace.objects.filter(conversation_id=conversation.pk).exists():
+    # A workspace being prepared counts: the runs sent meanwhile wait for it, then run on it.
+    if not Workspace.objects.filter(conversation_id=conversation.pk).exists() and not (
+        attach_pending(conversation)
+    ):
         return
     Conversation.objects.select_for_update().filter(pk=conversation.pk).first()
     if Run.objects.filter(conversation_id=conversation.pk, status__in=IN_FLIGHT).exists():
@@ -544,3 +552,97 @@ def _fail_cut_off(run: Run, **only_if) -> bool:
         },
     )
     return True
+
+
+# --- Repository jobs: the git work a page asks for, done by a worker (jobs.repo_job) ------------
+
+
+def _repo_job(**fields) -> RepoJob:
+    from . import jobs
+
+    job = RepoJob.objects.create(**fields)
+    jobs.enqueue("repo_job", str(job.uuid))
+    return job
+
+
+def repository_fetch(*, repo: Repository, user: User) -> RepoJob:
+    """Fetch the repository now; the row (and the repository's) say how it went."""
+    pending = repo.jobs.filter(kind=RepoJobKind.FETCH, status__in=JOB_PENDING).first()
+    return pending or _repo_job(kind=RepoJobKind.FETCH, repository=repo, requested_by=user)
+
+
+def attach_pending(conversation: Conversation) -> RepoJob | None:
+    return RepoJob.objects.filter(
+        conversation_id=conversation.pk, kind=RepoJobKind.ATTACH, status__in=JOB_PENDING
+    ).first()
+
+
+@transaction.atomic
+def workspace_attach(
+    *, conversation: Conversation, repo: Repository, branch: str, user: User
+) -> RepoJob:
+    """Give the conversation its own clone of ``branch`` (blank: the default), made by a worker.
+    Messages sent meanwhile wait for it."""
+    from .models import Workspace
+
+    if repo.team_id != conversation.team_id:
+        raise ChatError("That repository belongs to another team.")
+    Conversation.objects.select_for_update().filter(pk=conversation.pk).first()
+    if Workspace.objects.filter(conversation_id=conversation.pk).exists():
+        raise ChatError("This conversation already works on a repository.")
+    if pending := attach_pending(conversation):
+        if pending.repository_id == repo.pk and pending.branch == branch:
+            return pending  # the same request twice (a double click)
+        raise ChatError("This conversation's workspace is being prepared already.")
+    return _repo_job(
+        kind=RepoJobKind.ATTACH,
+        repository=repo,
+        conversation=conversation,
+        branch=branch,
+        requested_by=user,
+    )
+
+
+@transaction.atomic
+def workspace_push(*, conversation: Conversation, branch: str, user: User) -> RepoJob:
+    """Commit the conversation's changes as ``user`` and push them to a new branch of the
+    remote (never forced), in a worker."""
+    workspace = getattr(conversation, "workspace", None)
+    if workspace is None:
+        raise ChatError("This conversation has no repository.")
+    Conversation.objects.select_for_update().filter(pk=conversation.pk).first()
+    if conversation.runs.filter(status__in=IN_FLIGHT).exists():
+        raise ChatError("Wait until the assistant has finished before pushing.")
+    if conversation.repo_jobs.filter(kind=RepoJobKind.PUSH, status__in=JOB_PENDING).exists():
+        raise ChatError("A push of this conversation is under way already.")
+    return _repo_job(
+        kind=RepoJobKind.PUSH,
+        repository=workspace.repository,
+        conversation=conversation,
+        branch=branch or workspace.work_branch,
+        requested_by=user,
+    )
+
+
+def workspace_patch(*, conversation: Conversation, user: User, again: bool = False) -> RepoJob:
+    """The patch of the conversation's last finished turn (Workspace.tree): the job that has
+    written or is writing it, else a new one. ``again``: a new one in place of a failed one."""
+    workspace = getattr(conversation, "workspace", None)
+    if workspace is None:
+        raise ChatError("This conversation has no repository.")
+    if conversation.runs.filter(status__in=IN_FLIGHT).exists():
+        # The tree is still changing: a patch now would be half a turn.
+        raise ChatError("Wait until the assistant has finished before downloading the patch.")
+    if not workspace.tree:
+        raise ChatError("This conversation has not changed any files yet.")
+    made = conversation.repo_jobs.filter(kind=RepoJobKind.PATCH, tree=workspace.tree)
+    if again:
+        made = made.exclude(status=RepoJobStatus.FAILED)
+    found = made.order_by("-created").defer("patch").first()
+    return found or _repo_job(
+        kind=RepoJobKind.PATCH,
+        repository=workspace.repository,
+        conversation=conversation,
+        tree=workspace.tree,
+        requested_by=user,
+    )

@@ -66,7 +66,20 @@ def undo(run_id: str) -> None:
         jobs.undo(run_id)
 
 
-JOBS = {"record_diff": record_diff, "finish_stopped": finish_stopped, "undo": undo}
+@shared_task(name="assistant.repo_job", acks_late=True, ignore_result=True)
+def repo_job(job_id: str) -> None:
+    from . import jobs
+
+    with logs.bind(repo_job=job_id):
+        jobs.repo_job(job_id)
+
+
+JOBS = {
+    "record_diff": record_diff,
+    "finish_stopped": finish_stopped,
+    "undo": undo,
+    "repo_job": repo_job,
+}
 
 
 @shared_task(name="assistant.fetch_repository", ignore_result=True)

@@ -11,6 +11,11 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/delete/", views.conversation_delete, name="conversation_delete"),
     path("approvals/", views.approvals, name="approvals"),
     path("approvals/badge/", views.approvals_badge, name="approvals_badge"),
+    path(
+        "c/<uuid:conversation_id>/repository/status/",
+        views.conversation_repository_status,
+        name="conversation_repository_status",
+    ),
 ]
 
 # Runs are addressed without the team: fragments rendered for the WebSocket don't know it, and

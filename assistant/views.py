@@ -42,6 +42,26 @@ SIDEBAR_LENGTH = 40
 
 
 @login_required
+@require_GET
+def conversation_repository_status(
+    request: AuthenticatedHttpRequest, slug: str, conversation_id
+) -> HttpResponse:
+    """The header's repository part alone: polled by htmx while a worker prepares the
+    workspace or pushes, so the outcome shows without a reload."""
+    membership = membership_for(request.user, slug)
+    conversation = selectors.conversation_for(membership, conversation_id)
+    workspace = selectors.workspace_of(conversation)
+    context: dict[str, Any] = {
+        "team": membership.team,
+        "membership": membership,
+        "conversation": conversation,
+        "workspace": workspace,
+        **repository_context(conversation, workspace),
+    }
+    return render(request, "assistant/_conversation_repository.html", context)
+
+
+@login_required
 @require_POST
 def conversation_create(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     membership = membership_for(request.user, slug)
@@ -72,11 +92,32 @@ def _turns(conversation, workspace) -> list[dict]:
     return turns
 
 
-def _attachable(conversation, workspace) -> list[dict]:
-    """The team's repositories with their known branches, for the attach form (none once the
-    conversation has a workspace)."""
-    from . import repos
+def repository_context(conversation, workspace) -> dict[str, Any]:
+    """What the header's repository part shows: the attach form, or the workspace being
+    prepared, or the workspace with its latest push; ``polling`` while a worker is on it."""
+    from .models import RepoJobKind
 
+    latest = {}
+    for kind in (RepoJobKind.ATTACH, RepoJobKind.PUSH):
+        jobs = conversation.repo_jobs.filter(kind=kind).select_related("repository")
+        latest[kind] = jobs.defer("patch").order_by("-created").first()
+    attach, push = latest[RepoJobKind.ATTACH], latest[RepoJobKind.PUSH]
+    if workspace is not None:
+        attach = None
+    elif push is not None:
+        push = None  # a push of a workspace since removed
+    return {
+        "repositories": _attachable(conversation, workspace),
+        "attach_job": attach,
+        "push_job": push,
+        "polling": any(job is not None and job.pending for job in (attach, push)),
+    }
+
+
+def _attachable(conversation, workspace) -> list[dict]:
+    """The team's repositories with their known branches (as of their last fetch, stored on the
+    row: the web never reads a mirror), for the attach form (none once the conversation has a
+    workspace)."""
     if workspace is not None:
         return []
     team = conversation.team
@@ -88,11 +129,9 @@ def _attachable(conversation, workspace) -> list[dict]:
     )
     choices = []
     for repo in team.repositories.all():
-        try:
-            names = repos.branches(repo=repo) if repos.mirror_path(repo=repo).exists() else []
-        except repos.RepoError:
-            names = []
-        choices.append({"repo": repo, "branches": names, "broken": bool(repo.last_fetch_error)})
+        choices.append(
+            {"repo": repo, "branches": repo.branches, "broken": bool(repo.last_fetch_error)}
+        )
     # The default (first) choice: a healthy one, the last used if it is; broken ones last.
     choices.sort(key=lambda c: (c["broken"], c["repo"].pk != last_used))
     return choices
@@ -128,7 +167,7 @@ def conversation_detail(
     }
     if request.htmx and request.htmx.target == "messages":
         return render(request, "assistant/_messages.html", context)
-    context["repositories"] = _attachable(conversation, workspace)
+    context.update(repository_context(conversation, workspace))
     context["found"] = [
         selectors.Found(c) for c in selectors.conversations_of(membership.team)[:SIDEBAR_LENGTH]
     ]

@@ -179,27 +179,34 @@ def test_a_bad_conversation_body_is_refused(api, key, team, raw, status, code):
     assert not team.conversations.exists()
 
 
-def test_create_a_conversation_on_a_repository(api, key, team, tmp_path):
+def test_create_a_conversation_on_a_repository(api, key, team, tmp_path, queued_jobs):
+    from assistant import jobs
     from assistant.models import Repository
     from tests.urlwalk import _origin
 
     repo = Repository.objects.create(team=team, name="app", url=str(_origin()))
     by_name = call(api, "POST", "conversations", key=key, body={"repository": "app"})
     assert by_name.status_code == 201, by_name.content
+    # A worker prepares the workspace; until then the repository says so.
     assert by_name.json()["repository"]["name"] == "app"
-    assert by_name.json()["repository"]["branch"] == "main"
+    assert by_name.json()["repository"]["status"] == "preparing"
+    jobs.repo_job(*queued_jobs[-1][1])
+    got = call(api, "GET", f"conversations/{by_name.json()['id']}", key=key).json()
+    assert got["repository"]["status"] == "ready" and got["repository"]["branch"] == "main"
     by_id = call(
         api, "POST", "conversations", key=key, body={"repository": str(repo.uuid), "branch": "main"}
     )
     assert by_id.status_code == 201
     assert by_id.json()["repository"]["id"] == str(repo.uuid)
-    # A repository that can't be attached leaves no conversation behind.
+    # A branch that isn't there: the conversation is made, its repository says why in words.
     response = call(
         api, "POST", "conversations", key=key, body={"repository": "app", "branch": "nope"}
     )
-    error = assert_error(response, 422, "repository_error")
-    assert "nope" in error["message"]
-    assert team.conversations.count() == 2
+    assert response.status_code == 201
+    jobs.repo_job(*queued_jobs[-1][1])
+    got = call(api, "GET", f"conversations/{response.json()['id']}", key=key).json()
+    assert got["repository"]["status"] == "failed" and "nope" in got["repository"]["error"]
+    assert team.conversations.count() == 3
 
 
 def test_another_teams_repository_is_unknown(api, key, other_team):

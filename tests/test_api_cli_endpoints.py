@@ -199,9 +199,15 @@ def test_diff_and_patch_of_a_conversation(
     ]
     assert "-answer = 41\n+answer = 42" in turn["text"]
 
+    # A worker writes the patch: 202 until it is there, then the bytes from the database.
+    waiting = call(api, "GET", f"{base}/patch", key=key)
+    assert waiting.status_code == 202 and waiting.json()["status"] == "preparing"
+    assert waiting["Retry-After"] == "1"
+    assert asked[-1][0] == "repo_job"
+    jobs.repo_job(asked[-1][1])
     patch = call(api, "GET", f"{base}/patch", key=key)
     assert patch.status_code == 200 and patch["Content-Type"].startswith("text/x-diff")
-    assert b"+answer = 42" in b"".join(patch.streaming_content)
+    assert b"+answer = 42" in patch.content
     assert "attachment" in patch["Content-Disposition"]
 
     for path in (f"{base}/diff", f"{base}/patch"):

@@ -192,7 +192,11 @@ def test_a_turn_without_a_stored_diff_is_handed_to_the_worker(workspace, alice, 
     assert RunDiff.objects.get(run=run).files[0]["path"] == "x.txt"
 
 
-def test_the_patch_download_streams_and_says_when_it_was_cut(settings, workspace, alice):
+def test_the_patch_is_written_by_the_worker_and_says_when_it_was_cut(
+    settings, workspace, alice, queued_jobs
+):
+    from assistant import jobs
+
     client = Client()
     client.force_login(alice)
     url = f"/t/acme/c/{workspace.conversation.uuid}/patch/"
@@ -200,16 +204,26 @@ def test_the_patch_download_streams_and_says_when_it_was_cut(settings, workspace
     settings.PATCH_MAX_BYTES = 50_000
     _, after = turn(workspace, lambda tree: text_file(tree / "big.txt", 200_000))
     Workspace.objects.filter(pk=workspace.pk).update(tree=after)
+    waiting = client.get(url)
+    assert waiting.status_code == 202 and b"Preparing the patch" in waiting.content
+    assert b'http-equiv="refresh"' in waiting.content  # the page asks again by itself
+    assert client.get(url).status_code == 202 and len(queued_jobs) == 1  # one job, not two
+    jobs.repo_job(*queued_jobs[0][1])
     response = client.get(url)
-    assert response.status_code == 200 and response.streaming
-    body = b"".join(response.streaming_content)
+    assert response.status_code == 200
+    body = response.content
     assert len(body) < 50_000 + 1000
     assert body.startswith(b"diff --git a/big.txt b/big.txt")
     assert body.rstrip().endswith(b"will not apply. Push the branch to get all of it.")
-    # Below the cap it is whole, and applies (test_agent checks that), with no notice.
+    # Below the cap it is whole, and applies (test_agent checks that), with no notice. A new
+    # turn (another tree) gets a new patch.
     settings.PATCH_MAX_BYTES = 1_000_000
-    whole = b"".join(client.get(url).streaming_content)
-    assert b"# Tandem" not in whole and len(whole) > 200_000
+    _, later = turn(workspace, lambda tree: text_file(tree / "more.txt", 1_000))
+    Workspace.objects.filter(pk=workspace.pk).update(tree=later)
+    assert client.get(url).status_code == 202
+    jobs.repo_job(*queued_jobs[1][1])
+    whole = client.get(url).content
+    assert b"# Tandem" not in whole and len(whole) > 200_000 and b"more.txt" in whole
 
 
 # --- The real stack -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from django.test import Client, TestCase
 
 from assistant import repos
-from assistant.models import RepoAuth, Repository, Workspace
+from assistant.models import RepoAuth, RepoJob, Repository, Workspace
 from tests.test_repos import GIT_ENV
 
 pytestmark = pytest.mark.django_db
@@ -119,26 +119,46 @@ def test_members_get_404_on_the_admin_pages(alice, bob, repo):
     assert "/t/acme/repos/" in text(client_for(alice).get("/t/acme/"))
 
 
-def test_fetch_now_records_the_fetch_and_lists_the_branches(alice, repo):
+def test_fetch_now_records_the_fetch_and_lists_the_branches(alice, repo, inline_jobs):
     client = client_for(alice)
     response = client.post("/t/acme/repos/fetch/", {"repository": repo.uuid}, follow=True)
     assert response.status_code == 200
-    assert "Fetched “demo”. Branches: main, feature." in text(response)
+    assert "Fetching “demo”…" in text(response)
+    assert [name for name, _ in inline_jobs] == ["repo_job"]
     repo.refresh_from_db()
     assert repo.last_fetched is not None and repo.last_fetch_error == ""
+    assert repo.branches == ["main", "feature"]  # stored for the web, the default first
     assert repos.mirror_path(repo=repo).exists()
     page = text(client.get("/t/acme/repos/"))
     assert 'data-testid="last-fetched"' in page and "never-fetched" not in page
+    assert "Branches: main, feature" in page
 
 
-def test_a_failed_fetch_is_shown_in_words(alice, team, tmp_path):
+def test_a_fetch_under_way_is_shown_and_polled(alice, repo, queued_jobs):
+    client = client_for(alice)
+    client.post("/t/acme/repos/fetch/", {"repository": repo.uuid})
+    client.post("/t/acme/repos/fetch/", {"repository": repo.uuid})  # the same job, not two
+    assert len(queued_jobs) == 1
+    page = text(client.get("/t/acme/repos/"))
+    status_url = f"/t/acme/repos/{repo.uuid}/status/"
+    assert 'data-testid="fetch-pending"' in page and f'hx-get="{status_url}"' in page
+    assert 'data-testid="fetch-pending"' in text(client.get(status_url))
+
+    from assistant import jobs
+
+    jobs.repo_job(*queued_jobs[0][1])
+    fragment = text(client.get(status_url))
+    assert 'data-testid="last-fetched"' in fragment and "hx-get" not in fragment
+
+
+def test_a_failed_fetch_is_shown_in_words(alice, team, tmp_path, inline_jobs):
     repo = Repository.objects.create(team=team, name="gone", url=str(tmp_path / "nowhere"))
     client = client_for(alice)
-    response = client.post("/t/acme/repos/fetch/", {"repository": repo.uuid}, follow=True)
-    assert "Fetching “gone” failed." in text(response)
+    client.post("/t/acme/repos/fetch/", {"repository": repo.uuid}, follow=True)
     repo.refresh_from_db()
     assert repo.last_fetched is None and repo.last_fetch_error
     assert "Last fetch failed: " + repo.last_fetch_error in text(client.get("/t/acme/repos/"))
+    assert RepoJob.objects.get(repository=repo).status == "failed"
 
 
 def test_remove_deletes_the_repository(alice, repo):
@@ -157,12 +177,14 @@ def test_fetch_and_remove_of_another_teams_repository_are_404(alice, team, other
     assert client.post("/t/acme/repos/fetch/", {"repository": "nope"}).status_code == 400
 
 
-def test_attach_creates_a_workspace_and_the_header_shows_it(bob, conversation, repo):
+def test_attach_creates_a_workspace_and_the_header_shows_it(
+    alice, bob, conversation, repo, inline_jobs
+):
     client = client_for(bob)  # a plain member may attach
     url = f"/t/acme/c/{conversation.uuid}/"
     assert 'data-testid="attach-repository"' in text(client.get(url))
     repos.ensure_mirror(repo=repo)
-    # Once mirrored, its branches are offered as suggestions.
+    # Once mirrored, its branches (stored at fetch time) are offered as suggestions.
     assert '<option value="feature">demo</option>' in text(client.get(url))
     response = client.post(url + "repository/", {"repository": repo.uuid, "branch": "feature"})
     assert response.status_code == 302 and response["Location"] == url
@@ -172,19 +194,68 @@ def test_attach_creates_a_workspace_and_the_header_shows_it(bob, conversation, r
     page = text(client.get(url))
     assert "Repository: demo @ feature" in page
     assert 'data-testid="attach-repository"' not in page
+    # Measured by the worker once made (in the sandbox here: no loop mount in these tests),
+    # and shown on the repository page from the row.
+    assert workspace.used_bytes and workspace.used_files and workspace.measured
+    assert workspace.used_files >= 4  # the tree, FEATURE.md, README.md, the git directory…
+    repos_page = text(client_for(alice).get("/t/acme/repos/"))
+    assert f"{workspace.used_files} files" in repos_page and "Refactor the parser" in repos_page
 
 
-def test_attach_without_a_branch_takes_the_default(bob, conversation, repo):
+def test_while_the_workspace_is_prepared_the_header_says_so(bob, conversation, repo, queued_jobs):
+    client = client_for(bob)
+    url = f"/t/acme/c/{conversation.uuid}/"
+    client.post(url + "repository/", {"repository": repo.uuid})
+    page = text(client.get(url))
+    assert "Preparing the workspace of “demo”" in page
+    assert f'hx-get="{url}repository/status/"' in page and 'hx-trigger="every 1s"' in page
+    assert 'data-testid="attach-repository"' not in page
+    # A second Attach meanwhile is refused in words; the same one twice is one job.
+    response = client.post(url + "repository/", {"repository": repo.uuid, "branch": "feature"})
+    assert "being prepared already" in text(client.get(url))
+    client.post(url + "repository/", {"repository": repo.uuid})
+    assert len(queued_jobs) == 1 and response.status_code == 302
+
+    from assistant import jobs
+
+    jobs.repo_job(*queued_jobs[0][1])
+    fragment = text(client.get(url + "repository/status/"))
+    assert "Repository: demo @ main" in fragment and "hx-get" not in fragment
+
+
+def test_a_message_sent_while_the_workspace_is_prepared_waits_for_it(
+    bob, conversation, repo, queued_jobs, no_runs
+):
+    from assistant import agent, jobs, services
+    from assistant.models import Run
+
+    client = client_for(bob)
+    client.post(f"/t/acme/c/{conversation.uuid}/repository/", {"repository": repo.uuid})
+    sent = services.message_send(conversation=conversation, author=bob, content="hi")
+    run_id = str(sent.run.uuid)
+    # Picked up now, it would stay queued (agent.execute_run returns before its claim) …
+    assert agent._waits_for_workspace(run_id)
+    # … and one request at a time holds for a workspace being prepared.
+    with pytest.raises(services.RunInFlight):
+        services.message_send(conversation=conversation, author=bob, content="again")
+    no_runs.clear()
+    jobs.repo_job(*queued_jobs[0][1])
+    assert no_runs == [run_id]  # queued again once the workspace is there
+    assert not agent._waits_for_workspace(run_id)
+    assert Run.objects.get(uuid=run_id).status == "queued"
+
+
+def test_attach_without_a_branch_takes_the_default(bob, conversation, repo, inline_jobs):
     client = client_for(bob)
     client.post(f"/t/acme/c/{conversation.uuid}/repository/", {"repository": repo.uuid})
     assert Workspace.objects.get(conversation=conversation).branch == "main"
 
 
-def test_attach_errors_are_shown_in_words(bob, conversation, repo):
+def test_attach_errors_are_shown_in_words(bob, conversation, repo, inline_jobs):
     client = client_for(bob)
     url = f"/t/acme/c/{conversation.uuid}/repository/"
     response = client.post(url, {"repository": repo.uuid, "branch": "nope"}, follow=True)
-    assert "The repository has no branch “nope”." in text(response)
+    assert "could not be prepared: The repository has no branch “nope”." in text(response)
     assert not Workspace.objects.filter(conversation=conversation).exists()
     response = client.post(url, {"branch": "main"}, follow=True)
     assert "Choose a repository." in text(response)

@@ -58,6 +58,7 @@ TEAM_PARAMS = {
     "plugin": "plugin",  # a tool plugin's name (assistant/plugins.py), switched per team
     "server_id": "server_id",  # an MCP server of the team (the Tools page)
     "tool_id": "tool_id",  # a tool of that server
+    "repository_id": "repository_id",  # a repository of the team
 }
 
 # Pages only owners and admins may use: a plain member gets 404 there.
@@ -67,6 +68,7 @@ ADMIN_ONLY = {
     "invitation_revoke",
     "repositories",
     "repository_fetch",
+    "repository_status",
     "repository_remove",
     "repository_setup",
     "repository_rebuild",
@@ -238,6 +240,7 @@ def make_world(*, team, owner, member) -> dict:
         "call_id": call.uuid,
         "link_id": link.uuid,
         "plugin": "devops",
+        "repository_id": repo.uuid,
         "conversation": conversation,
         "run": sent.run,
     }

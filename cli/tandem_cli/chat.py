@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from . import config
@@ -229,7 +230,17 @@ class Chat:
         target = rest.strip()
         if target.startswith(">"):
             target = target[1:].strip()
-        body = self.api.request("GET", f"conversations/{self.need_conversation()}/patch").content
+        path = f"conversations/{self.need_conversation()}/patch"
+        response = self.api.request("GET", path)
+        # 202: a worker is writing the patch; ask again as the server says, for ten minutes.
+        for _ in range(600):
+            if response.status_code != 202:
+                break
+            time.sleep(float(response.headers.get("Retry-After", "1")))
+            response = self.api.request("GET", path)
+        else:
+            raise CliError("The server is still preparing the patch; try again later.")
+        body = response.content
         if not target or target == "-":
             sys.stdout.buffer.write(body)
             sys.stdout.flush()

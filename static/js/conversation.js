@@ -526,8 +526,16 @@
     event.preventDefault();
     try {
       // As htmx would ask: a refusal comes back as a fragment in words, not a whole page.
-      const response = await fetch(link.href, { headers: { "HX-Request": "true" } });
-      if (!response.ok) {
+      // 202: a worker is writing the patch (the web has no repositories); ask again shortly.
+      let response = await fetch(link.href, { headers: { "HX-Request": "true" } });
+      for (let tries = 0; response.status === 202 && tries < 600; tries++) {
+        errorBox.innerHTML = "";
+        errorBox.append(notice("Preparing the patch…"));
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        response = await fetch(link.href, { headers: { "HX-Request": "true" } });
+      }
+      errorBox.innerHTML = "";
+      if (!response.ok || response.status === 202) {
         const words = document.createElement("template");
         words.innerHTML = await response.text();
         const text = words.content.textContent.trim();
