@@ -61,7 +61,8 @@ def test_attach_edit_approve_diff_undo(stack, new_context, conversation, team, a
 
     # Attach the repository (default branch).
     page.get_by_test_id("attach-repository").get_by_role("button", name="Attach").click()
-    expect(page.get_by_test_id("repository")).to_contain_text("answer @ main")
+    # A worker prepares the workspace; the header polls until it is there.
+    expect(page.get_by_test_id("repository")).to_contain_text("answer @ main", timeout=30_000)
     workspace = Workspace.objects.get(conversation=conversation)
     tree = repos.workspace_path(workspace=workspace)
 
