@@ -613,8 +613,8 @@ async def _agent_loop(turn: Turn) -> None:
     while True:
         # Calls are saved with the step that asked for them, numbered from 1: a run that has
         # made no model call yet has none to run (and skips the query).
-        for call in await _aopen_calls(turn.run) if turn.run.steps else []:
-            await _run_call(turn, call)
+        if turn.run.steps:
+            await _run_calls(turn, await _aopen_calls(turn.run))
         if turn.run.steps >= settings.AGENT_MAX_STEPS:
             raise CannotContinue(
                 f"The assistant stopped after {turn.run.steps} steps, the most one reply may "
@@ -734,7 +734,15 @@ async def _until_stopped(turn: Turn, work, *, streaming: bool = False):
     task = asyncio.ensure_future(work)
     publisher = turn.publisher
     while True:
-        done, _ = await asyncio.wait({task}, timeout=CANCEL_POLL_SECONDS)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=CANCEL_POLL_SECONDS)
+        except asyncio.CancelledError:
+            # This waiter was cancelled (the execution is being torn down): the work must not
+            # go on alone (a sandboxed command is killed when its task is cancelled).
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise
         if done:
             return task.result()
         if time.monotonic() - turn.last_beat >= HEARTBEAT_SECONDS:
@@ -771,6 +779,77 @@ def _parse_arguments(text: str) -> tuple[object, str | None]:
         return None, f"The arguments were not valid JSON ({exc.msg} at character {exc.pos})."
 
 
+async def _run_calls(turn: Turn, calls: list[ToolCall]) -> None:
+    """One answer's calls, in the model's order. Consecutive read-only calls that need no
+    approval run together (AGENT_PARALLEL_TOOLS at a time); any other call is a barrier: it
+    starts once those before it have finished, and those after it wait for it. Results go
+    back to the model in its order whatever order they finish in (the prompt is built from
+    the rows, by index)."""
+    batch: list[ToolCall] = []
+    for call in calls:
+        if _concurrent(turn, call):
+            batch.append(call)
+            continue
+        await _run_batch(turn, batch)
+        batch = []
+        await _run_call(turn, call)
+    await _run_batch(turn, batch)
+
+
+def _concurrent(turn: Turn, call: ToolCall) -> bool:
+    """Whether a call may run beside others: a read-only tool that runs without asking, with
+    arguments that parse (anything else goes through _run_call alone)."""
+    entry = turn.toolbox.get(call.name)
+    if entry is None or not entry.tool.read_only or entry.policy != toolboxes.AUTO:
+        return False
+    return _parse_arguments(call.arguments)[1] is None
+
+
+async def _run_batch(turn: Turn, calls: list[ToolCall]) -> None:
+    """Read-only calls at once, at most AGENT_PARALLEL_TOOLS running. They start (row and
+    tool.started event) in the model's order; each says tool.finished when it is done. Stop
+    reaches every running call (each watches for it) and no further call starts."""
+    if len(calls) < 2:
+        for call in calls:
+            await _run_call(turn, call)
+        return
+    slots = asyncio.Semaphore(max(1, settings.AGENT_PARALLEL_TOOLS))
+    stopped = asyncio.Event()
+    tasks: list[asyncio.Task] = []
+
+    async def finish(call: ToolCall, args: object) -> None:
+        try:
+            await _execute_call(turn, call, args)
+        except Stopped:
+            stopped.set()
+            raise
+        finally:
+            slots.release()
+
+    try:
+        for call in calls:
+            await slots.acquire()
+            if stopped.is_set() or await streams.is_cancel_requested(turn.run_id):
+                slots.release()
+                stopped.set()
+                break
+            args, _ = _parse_arguments(call.arguments)
+            await _start_call(turn, call, Approval.NOT_NEEDED)
+            tasks.append(asyncio.create_task(finish(call, args)))
+    except BaseException:
+        for task in tasks:
+            task.cancel()  # torn down (or failed to start one): the others stop too
+        raise
+    finally:
+        # Whatever happened here (a cancelled execution included), no call is left running.
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, Stopped):
+            raise outcome
+    if stopped.is_set():
+        raise Stopped
+
+
 async def _run_call(turn: Turn, call: ToolCall) -> None:
     call.run = turn.run  # events and receivers read it: no query for each
     args, error = _parse_arguments(call.arguments)
@@ -782,6 +861,7 @@ async def _run_call(turn: Turn, call: ToolCall) -> None:
             f"The {call.name} tool is switched off for this team (policy: never), so it was "
             "not run. Do without it, or ask a team admin to change its policy."
         )
+    approval = None
     if call.status == ToolCallStatus.PENDING and error is None:
         approval = _approval_for(turn, entry, call.name, args)
         if approval == Approval.ASKED:
@@ -790,27 +870,46 @@ async def _run_call(turn: Turn, call: ToolCall) -> None:
             await _publish_call(turn, "tool.awaiting", call)
             await _ahook(hooks.approval_needed, call=call)
             raise Parked
-        await _asave(call, approval=approval)
-    await turn.publisher.drain()
-    await _asave(call, status=ToolCallStatus.RUNNING, started=timezone.now())
-    await _publish_call(turn, "tool.started", call)
+    await _start_call(turn, call, approval)
     if error is not None:
-        result = tools.ToolResult(ok=False, output=error)
-    else:
-        ctx = _tool_context(turn.workspace)
-        try:
-            result = await _until_stopped(turn, turn.toolbox.execute(call.name, args, ctx))
-        except Stopped:
-            await _asave(
-                call, status=ToolCallStatus.CANCELLED, output="Stopped.", finished=timezone.now()
-            )
-            await _publish_call(turn, "tool.finished", call)
-            assert call.finished is not None and call.started is not None  # both saved above
-            ran_ms = int((call.finished - call.started).total_seconds() * 1000)
-            await ausage_record_tool(
-                run=turn.run, call=call, duration_ms=ran_ms, outcome="cancelled"
-            )
-            raise
+        await _end_call(turn, call, tools.ToolResult(ok=False, output=error))
+        return
+    await _execute_call(turn, call, args)
+
+
+async def _start_call(turn: Turn, call: ToolCall, approval: str | None) -> None:
+    """The call runs from now: its row says so and viewers get tool.started."""
+    call.run = turn.run
+    await turn.publisher.drain()
+    changes: dict = {"status": ToolCallStatus.RUNNING, "started": timezone.now()}
+    if approval is not None:
+        changes["approval"] = approval
+    await _asave(call, **changes)
+    await _publish_call(turn, "tool.started", call)
+
+
+async def _execute_call(turn: Turn, call: ToolCall, args: object) -> None:
+    """Run a started call in the sandbox (watching for Stop), record and meter it."""
+    ctx = _tool_context(turn.workspace)
+    try:
+        result = await _until_stopped(turn, turn.toolbox.execute(call.name, args, ctx))
+    except Stopped:
+        await _asave(
+            call, status=ToolCallStatus.CANCELLED, output="Stopped.", finished=timezone.now()
+        )
+        await _publish_call(turn, "tool.finished", call)
+        assert call.finished is not None and call.started is not None  # both saved
+        ran_ms = int((call.finished - call.started).total_seconds() * 1000)
+        await ausage_record_tool(run=turn.run, call=call, duration_ms=ran_ms, outcome="cancelled")
+        raise
+    await _end_call(turn, call, result)
+    turn.changed = turn.changed or policy.changes_files(
+        call.name, args, turn.toolbox.read_only(call.name)
+    )
+    await ausage_record_tool(run=turn.run, call=call, duration_ms=result.duration_ms)
+
+
+async def _end_call(turn: Turn, call: ToolCall, result: tools.ToolResult) -> None:
     await _asave(
         call,
         status=ToolCallStatus.SUCCEEDED if result.ok else ToolCallStatus.FAILED,
@@ -821,11 +920,6 @@ async def _run_call(turn: Turn, call: ToolCall) -> None:
         finished=timezone.now(),
     )
     await _publish_call(turn, "tool.finished", call)
-    if error is None:  # arguments that don't parse never reach the sandbox
-        turn.changed = turn.changed or policy.changes_files(
-            call.name, args, turn.toolbox.read_only(call.name)
-        )
-        await ausage_record_tool(run=turn.run, call=call, duration_ms=result.duration_ms)
 
 
 def _approval_for(turn: Turn, entry: toolboxes.Entry | None, name: str, args: object) -> str:

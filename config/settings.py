@@ -453,6 +453,9 @@ AGENT_MAX_STEPS = envint("AGENT_MAX_STEPS", 25)
 AGENT_MAX_TOKENS = envint("AGENT_MAX_TOKENS", 500_000)
 # Wall-clock limit of one tool call in the sandbox (a test suite, say).
 AGENT_COMMAND_SECONDS = envint("AGENT_COMMAND_SECONDS", 120)
+# Read-only tool calls of one model answer (read_file, grep, glob, list_files, git_status,
+# git_diff) run this many at a time; a write or a command waits for those before it.
+AGENT_PARALLEL_TOOLS = envint("AGENT_PARALLEL_TOOLS", 4)
 # Documentation lookup (assistant/tools/web.py). fetch_url reads only hosts on a team's
 # documentation allowlist, from the worker, with the address rules of the teams' model bases:
 # never link-local or metadata addresses; private and loopback ones only with this switch.

@@ -157,6 +157,82 @@ def test_it_reads_greps_and_edits_then_answers(conversation, alice, workspace, t
     assert "-    return 41" in diff and "+    return 42" in diff
 
 
+def test_read_only_calls_of_one_answer_run_together_and_in_order(
+    conversation, alice, workspace, tree, no_runs, monkeypatch, settings
+):
+    """Issue 13: the read-only calls of one answer overlap in the sandbox (at most
+    AGENT_PARALLEL_TOOLS at a time), an edit waits for them and the calls after it wait for the
+    edit; rows, events and the results the model gets are in the model's order."""
+    import time
+
+    from assistant import events
+
+    settings.AGENT_PARALLEL_TOOLS = 3
+    windows: list[tuple[str, float, float]] = []  # (what, sandbox start, sandbox end)
+    real_run, real_publish = sandbox.run, events.publish
+
+    async def timed_run(argv, **kwargs):
+        start = time.monotonic()
+        try:
+            return await real_run(argv, **kwargs)
+        finally:
+            request = kwargs.get("stdin") or b""
+            if request.startswith(b'{"op": '):  # a tool's helper (not the server's own git)
+                what = json.loads(request)
+                windows.append((f"{what['op']} {what['args']}", start, time.monotonic()))
+
+    published: list[tuple[str, str]] = []  # (event, call id)
+
+    async def recorded(conversation_id, event):
+        if event["t"] in ("tool.started", "tool.finished"):
+            published.append((event["t"], event["call"]["id"]))
+        await real_publish(conversation_id, event)
+
+    monkeypatch.setattr(sandbox, "run", timed_run)
+    monkeypatch.setattr(events, "publish", recorded)
+    script = (
+        tool("read_file", path="app.py")
+        + tool("grep", pattern="return")
+        + tool("list_files", pattern="*")
+        + tool("read_file", path="README.md")
+        + tool("edit_file", path="app.py", old_text="return 41", new_text="return 42")
+        + tool("read_file", path="app.py")
+        + tool("git_status")
+        + "[[parallel=1]]"
+    )
+    run = execute(send(conversation, alice, "Look around, then fix it " + script))
+
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    calls = calls_of(run)
+    names = ["read_file", "grep", "list_files", "read_file", "edit_file", "read_file", "git_status"]
+    assert [c.name for c in calls] == names and {c.step for c in calls} == {1}
+    failed = [(c.name, c.status, c.output[-300:]) for c in calls if c.status != "succeeded"]
+    assert not failed
+    assert "return 41" in calls[0].output and "Computes the answer" in calls[3].output
+    assert "return 42" in calls[5].output  # after the edit, never beside it
+    by_index = dict(enumerate(sorted(windows, key=lambda w: w[1])))
+    assert len(by_index) == 7
+    first, edit, after = [by_index[i] for i in range(4)], by_index[4], [by_index[5], by_index[6]]
+    assert edit[0].startswith("edit_file")
+    # Overlap: some read-only call started before another one had ended; never more than 3.
+    overlapping = max(sum(1 for w in first if w[1] <= t < w[2]) for _, t, _ in first)
+    assert 2 <= overlapping <= 3, first
+    # The edit is a barrier both ways.
+    assert edit[1] >= max(w[2] for w in first) and min(w[1] for w in after) >= edit[2]
+    # Viewers: started in the model's order, each finished after its own start, the edit
+    # started only once everything before it had finished.
+    index = {str(c.uuid): c.index for c in calls}
+    published = [(kind, index[call_id]) for kind, call_id in published]
+    started = [i for kind, i in published if kind == "tool.started"]
+    assert started == list(range(7))
+    for i in range(7):
+        assert published.index(("tool.started", i)) < published.index(("tool.finished", i))
+    edit_start = published.index(("tool.started", 4))
+    assert all(published.index(("tool.finished", i)) < edit_start for i in range(4))
+    # The model got the results in its order: the reply quotes the last one (git_status).
+    assert reply_of(run).startswith("Tool result received: " + calls[6].output[:20])
+
+
 def test_an_edit_that_fails_is_reported_to_the_model(conversation, alice, workspace, tree, no_runs):
     script = tool("edit_file", path="app.py", old_text="return 99", new_text="return 0")
     run = execute(send(conversation, alice, script))
