@@ -440,6 +440,44 @@ def test_stop_during_a_command_kills_it(settings, conversation, team, alice, wor
     wait_until(lambda: not sleepers(seconds), what="the command's process is gone")
 
 
+def test_stop_cancels_every_read_only_call_running_together(
+    settings, conversation, alice, workspace, monkeypatch
+):
+    import asyncio
+
+    settings.AGENT_PARALLEL_TOOLS = 2
+    running: list[str] = []
+    cancelled: list[str] = []
+    real_run = sandbox.run
+
+    async def slow_run(argv, **kwargs):
+        request = kwargs.get("stdin") or b""
+        if not request.startswith(b'{"op": '):
+            return await real_run(argv, **kwargs)
+        # A read-only call that takes its time (a grep over a huge tree, say): only Stop ends
+        # it within the test.
+        running.append(json.loads(request)["args"]["path"])
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(json.loads(request)["args"]["path"])
+            raise
+        return await real_run(argv, **kwargs)
+
+    monkeypatch.setattr(sandbox, "run", slow_run)
+    script = "".join(tool("read_file", path=p) for p in ("app.py", "README.md", "app.py"))
+    run = send(conversation, alice, script + "[[parallel=1]]")
+    future = run_on_worker_loop(str(run.uuid))
+    wait_until(lambda: len(running) == 2, what="two calls run together", timeout=60)
+    services.run_cancel(run=run)
+    future.result(60)
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED
+    assert sorted(cancelled) == ["README.md", "app.py"] and len(running) == 2
+    statuses = [c.status for c in calls_of(run)]
+    assert statuses == [ToolCallStatus.CANCELLED, ToolCallStatus.CANCELLED, ToolCallStatus.PENDING]
+
+
 def test_the_step_limit_ends_the_run_in_words(settings, conversation, alice, workspace):
     settings.AGENT_MAX_STEPS = 2
     script = "".join(tool("read_file", path="app.py") for _ in range(3))
