@@ -14,6 +14,15 @@
    the ratio. The sandbox's first call on a fresh worktree is reported on its own: as root it
    grants the sandbox uid access to the tree (a walk of every file, once per worktree).
 
+3. With an image: the same start-up with ``image=NAME`` (the sandbox mounts the image's ``/usr``
+   and ``/etc`` instead of the host's), beside the host's system, interleaved. NAME: ``--image``,
+   else the first image built under SANDBOX_IMAGES_DIR (``--images-dir``), else the one the test
+   suite caches in /var/cache/tandem-test-images. Skipped, saying so, where none is built.
+4. A batch of read-only tool calls as one model answer asks for them (``--batch`` calls:
+   read_file and grep over the ``--files`` tree, through the tools themselves), one after another
+   and as the agent runs them (AGENT_PARALLEL_TOOLS at a time), ``--repeat`` times each,
+   interleaved; medians of the batch's wall time and the speed-up.
+
 Prints a table and writes it to docs/benchmarks.md under "## Sandbox (bench/tools.py)",
 replacing only that section.
 """
@@ -37,7 +46,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from assistant import cgroups, sandbox  # noqa: E402
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+TEST_IMAGES = Path("/var/cache/tandem-test-images")
+
+
+def _images_dir(argv: list[str]) -> None:
+    """SANDBOX_IMAGES_DIR before Django reads it: --images-dir, else the site's when it holds an
+    image, else the test suite's cache."""
+    if "--images-dir" in argv:
+        os.environ["SANDBOX_IMAGES_DIR"] = argv[argv.index("--images-dir") + 1]
+    elif "SANDBOX_IMAGES_DIR" not in os.environ and TEST_IMAGES.is_dir():
+        built = sorted(TEST_IMAGES.glob("*/*/root/usr"))
+        if built:
+            os.environ["SANDBOX_IMAGES_DIR"] = str(built[0].parent.parent.parent)
+
+
+_images_dir(sys.argv)
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+
+from assistant import cgroups, images, sandbox, tools  # noqa: E402
 
 HEADING = "## Sandbox (bench/tools.py)"
 PATTERN = "needle_[0-9]+"
@@ -62,9 +93,11 @@ async def time_direct(argv: list[str], cwd: Path) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-async def time_sandboxed(argv: list[str], wt: Path) -> tuple[float, sandbox.SandboxResult]:
+async def time_sandboxed(
+    argv: list[str], wt: Path, image: str | None = None
+) -> tuple[float, sandbox.SandboxResult]:
     started = time.perf_counter()
-    result = await sandbox.run(argv, worktree=wt)
+    result = await sandbox.run(argv, worktree=wt, image=image)
     assert result.exit_code in (0, 1) and not result.killed_reason, result
     return (time.perf_counter() - started) * 1000, result
 
@@ -82,6 +115,72 @@ async def startup(calls: int, wt: Path) -> dict:
         finally:
             cgroups.new_call_group = with_group
     return {"direct": direct, "sandboxed": boxed, "no_cgroup": bare}
+
+
+async def startup_image(calls: int, wt: Path, image: str) -> dict:
+    """Start-up with the image's system beside the host's, interleaved."""
+    await time_sandboxed(["true"], wt, image)  # its /etc copy is made once per process
+    host, boxed, direct = [], [], []
+    for _ in range(calls):
+        direct.append(await time_direct(["true"], wt))
+        host.append((await time_sandboxed(["true"], wt))[0])
+        boxed.append((await time_sandboxed(["true"], wt, image))[0])
+    return {"direct": direct, "host": host, "image": boxed}
+
+
+def pick_image(name: str) -> str:
+    """The image to measure: --image, else the first built; "" when there is none."""
+    if name:
+        images.get(name)  # a clear ImageError when it is not built
+        return name
+    built = [image for image in images.available() if not image.is_host]
+    return built[0].name if built else ""
+
+
+BATCH_GREPS = ("needle_1[0-9]+", "omega return", "class value")  # what a model looks for
+
+
+async def batch(root: Path, calls: int, repeat: int) -> dict:
+    """A model answer's read-only calls, one after another and as the agent runs them."""
+    ctx = tools.ToolContext(tree=root)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*.py"))
+    chosen: list[tuple[str, dict]] = []
+    for i in range(calls):  # reads and searches, as a model looking around asks for them
+        if i % 3 == 1:
+            chosen.append(("grep", {"pattern": BATCH_GREPS[i // 3 % len(BATCH_GREPS)]}))
+        else:
+            chosen.append(("read_file", {"path": files[i * len(files) // calls]}))
+    width = max(1, settings.AGENT_PARALLEL_TOOLS)
+
+    async def one(name: str, args: dict) -> None:
+        tool = tools.get(name)
+        assert tool is not None
+        result = await tool.run(ctx, args)
+        assert result.ok, (name, result.output[:300])
+
+    async def together() -> None:
+        slots = asyncio.Semaphore(width)
+
+        async def limited(name: str, args: dict) -> None:
+            async with slots:
+                await one(name, args)
+
+        await asyncio.gather(*(limited(n, a) for n, a in chosen))
+
+    async def in_turn() -> None:
+        for name, args in chosen:
+            await one(name, args)
+
+    await in_turn()  # warm-up: page cache, /etc copy
+    sequential, concurrent = [], []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        await in_turn()
+        sequential.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        await together()
+        concurrent.append((time.perf_counter() - started) * 1000)
+    return {"sequential": sequential, "concurrent": concurrent, "calls": calls, "width": width}
 
 
 def make_tree(root: Path, files: int) -> int:
@@ -119,6 +218,50 @@ async def grep(root: Path, repeat: int, files: int) -> dict:
     plain_count = sum(int(line.rsplit(":", 1)[1]) for line in proc.stdout.splitlines())
     assert counts == {plain_count} and plain_count >= hits, (counts, plain_count, hits)
     return {"plain": plain, "sandboxed": boxed, "first": first_ms, "matches": plain_count}
+
+
+def report_image(found: dict | None, name: str, calls: int) -> list[str]:
+    if found is None:
+        return [
+            "",
+            "With an image: not measured — no sandbox image is built on this machine "
+            "(`manage.py sandboximage build NAME`, or `make test`, which caches a small one).",
+        ]
+    d, h, i = found["direct"], found["host"], found["image"]
+    dm, hm, im = statistics.median(d), statistics.median(h), statistics.median(i)
+    return [
+        "",
+        f"With an image: `true`, {calls} calls each, interleaved, with the image `{name}` "
+        f"({images.human_size(images.get(name).size_bytes)}, packages: "
+        f"{', '.join(images.get(name).packages) or '?'}) and with the host's system.",
+        "",
+        "| | median | p95 | overhead (median) |",
+        "|---|---|---|---|",
+        f"| direct | {dm:.1f} ms | {pct(d, 0.95):.1f} ms | |",
+        f"| sandboxed, host's system | {hm:.1f} ms | {pct(h, 0.95):.1f} ms | {hm - dm:.1f} ms |",
+        f"| sandboxed, image `{name}` | {im:.1f} ms | {pct(i, 0.95):.1f} ms | "
+        f"**{im - dm:.1f} ms** |",
+        "",
+        f"Goal <= 15 ms of overhead with an image at the median: "
+        f"{'met' if im - dm <= 15 else 'NOT met'}.",
+    ]
+
+
+def report_batch(b: dict, files: int, repeat: int) -> list[str]:
+    sm, cm = statistics.median(b["sequential"]), statistics.median(b["concurrent"])
+    return [
+        "",
+        f"A batch of {b['calls']} read-only tool calls (read_file and grep through the tools, over "
+        f"the {files}-file tree), as one model answer asks for them; median of {repeat} "
+        "batches each, interleaved.",
+        "",
+        "| | median | p95 | speed-up |",
+        "|---|---|---|---|",
+        f"| one after another (before) | {sm:.0f} ms | {pct(b['sequential'], 0.95):.0f} ms | "
+        "1.00 |",
+        f"| together, {b['width']} at a time (AGENT_PARALLEL_TOOLS) | {cm:.0f} ms | "
+        f"{pct(b['concurrent'], 0.95):.0f} ms | {sm / cm:.2f} |",
+    ]
 
 
 def report(start: dict, g: dict, calls: int, files: int, repeat: int) -> str:
@@ -194,6 +337,8 @@ def report(start: dict, g: dict, calls: int, files: int, repeat: int) -> str:
         "building it: 12.6-13.5 ms overhead at load 2-3, 15-20 ms while the streaming benchmark "
         "or the full suite ran); the per-round overheads show the spread within one run.",
     ]
+    rows += report_image(start.get("image"), start.get("image_name", ""), start["image_calls"])
+    rows += report_batch(start["batch"], files, repeat)
     return "\n".join(rows) + "\n"
 
 
@@ -216,6 +361,9 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=11)
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
+    ap.add_argument("--image", default="", help="the sandbox image to measure (default: first)")
+    ap.add_argument("--images-dir", default="", help="SANDBOX_IMAGES_DIR for this run")
+    ap.add_argument("--batch", type=int, default=8, help="read-only calls in one batch")
     args = ap.parse_args()
 
     # As root the sandbox runs as nobody, which must be able to reach the trees: 0711.
@@ -252,6 +400,14 @@ def main() -> None:
         tree = base / "tree"
         tree.mkdir()
         g = asyncio.run(grep(tree, args.repeat, args.files))
+        print(f"batch: {args.batch} read-only calls, {args.repeat} times each way ...", flush=True)
+        start["batch"] = asyncio.run(batch(tree, args.batch, args.repeat))
+        name = pick_image(args.image)
+        start["image_calls"] = per_round
+        if name:
+            print(f"image: {per_round} x `true` with the image {name} ...", flush=True)
+            start["image"] = asyncio.run(startup_image(per_round, small, name))
+            start["image_name"] = name
     finally:
         shutil.rmtree(base, ignore_errors=True)
     text = report(start, g, args.calls, args.files, args.repeat)
