@@ -562,6 +562,8 @@ def _repo_job(**fields) -> RepoJob:
 
     job = RepoJob.objects.create(**fields)
     jobs.enqueue("repo_job", str(job.uuid))
+    # Where jobs run at once (tests' inline jobs), what the caller shows is the outcome.
+    job.refresh_from_db(fields=["status", "error", "result", "finished"])
     return job
 
 

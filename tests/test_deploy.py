@@ -193,12 +193,12 @@ def test_compose_topology():
     assert services["web"]["deploy"]["replicas"] == 2
     assert services["worker"]["deploy"]["replicas"] == 2
     assert services["beat"]["deploy"]["replicas"] == 1
-    # Repositories: the workers and the web (which clones, lists branches, serves patches and
-    # pushes); beat only schedules, so it mounts nothing.
-    for name in ("web", "worker"):
-        assert "repos:/repos" in services[name]["volumes"]
+    # Repositories: the workers only (every piece of git work is a worker job: issue 15); beat
+    # only schedules, so it mounts nothing.
+    assert "repos:/repos" in services["worker"]["volumes"]
+    assert not any(volume.startswith("repos:") for volume in services["web"]["volumes"])
     assert "volumes" not in services["beat"]
-    assert services["web"]["environment"]["REPOS_ROOT"] == "/repos"
+    assert services["worker"]["environment"]["REPOS_ROOT"] == "/repos"
     # Health checks: services the others wait for, and the readiness of Tandem's own.
     for name in ("postgres", "redis", "web", "worker", "nginx"):
         assert services[name]["healthcheck"]["test"], name
