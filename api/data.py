@@ -59,6 +59,9 @@ def conversation_data(conversation: Conversation) -> dict[str, Any]:
 
 
 def _latest_attach(conversation: Conversation) -> RepoJob | None:
+    prefetched = getattr(conversation, "attach_jobs", None)  # api.views._conversations
+    if prefetched is not None:
+        return prefetched[0] if prefetched else None
     jobs = conversation.repo_jobs.filter(kind=RepoJobKind.ATTACH).select_related("repository")
     return jobs.defer("patch").order_by("-created").first()
 

@@ -163,8 +163,21 @@ def _conversation_create(request: HttpRequest, caller: Caller) -> JsonResponse:
 
 
 def _conversations(caller: Caller, team_slug: str | None) -> QuerySet[Conversation]:
-    return Conversation.objects.filter(caller.in_teams("", team_slug)).select_related(
-        "team", "created_by", "workspace__repository"
+    from django.db.models import Prefetch
+
+    from assistant.models import RepoJob, RepoJobKind
+
+    # Each one's workspace being prepared (or failed), in one query for a whole page.
+    attaching = (
+        RepoJob.objects.filter(kind=RepoJobKind.ATTACH)
+        .select_related("repository")
+        .defer("patch")
+        .order_by("-created")
+    )
+    return (
+        Conversation.objects.filter(caller.in_teams("", team_slug))
+        .select_related("team", "created_by", "workspace__repository")
+        .prefetch_related(Prefetch("repo_jobs", queryset=attaching, to_attr="attach_jobs"))
     )
 
 

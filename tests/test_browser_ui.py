@@ -104,7 +104,8 @@ def test_an_empty_patch_is_said_in_the_page(stack, new_context, conversation, te
     page = open_page(new_context, "alice", stack)
     sign_in_to_conversation(page, "alice@example.com", conversation)
     page.get_by_test_id("attach-repository").get_by_role("button", name="Attach").click()
-    expect(page.get_by_test_id("repository")).to_contain_text("answer @ main")
+    # A worker prepares the workspace; the header polls until it is there.
+    expect(page.get_by_test_id("repository")).to_contain_text("answer @ main", timeout=30_000)
     url = page.url
 
     page.get_by_test_id("patch").click()
