@@ -136,12 +136,19 @@ def start_sweeper() -> None:
 async def _sweep_forever() -> None:
     from config.db import db_sync_to_async
 
-    from .services import fail_orphaned_runs, fail_stale_runs, requeue_lost_runs
+    from .services import (
+        fail_orphaned_runs,
+        fail_stale_repo_jobs,
+        fail_stale_runs,
+        requeue_lost_runs,
+    )
 
     sweeps: list[tuple[Any, int, str]] = [
         (db_sync_to_async(fail_orphaned_runs), ORPHAN_SWEEP_SECONDS, "whose worker is gone"),
         (db_sync_to_async(requeue_lost_runs), ORPHAN_SWEEP_SECONDS, "queued in a lost Redis"),
         (db_sync_to_async(fail_stale_runs), SWEEP_SECONDS, "whose heartbeat stopped"),
+        # Repository jobs (attach, fetch, push, patch) whose worker died mid-job.
+        (db_sync_to_async(fail_stale_repo_jobs), SWEEP_SECONDS, "(repository jobs) stuck"),
     ]
     loop = asyncio.get_running_loop()
     due = [0.0] * len(sweeps)

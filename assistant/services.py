@@ -648,3 +648,33 @@ def workspace_patch(*, conversation: Conversation, user: User, again: bool = Fal
         tree=workspace.tree,
         requested_by=user,
     )
+
+
+# Longer than any git operation of a job may take (NETWORK_TIMEOUT is 10 minutes): a job still
+# running after this lost its worker (killed mid-job; acks_late redelivers only queued ones).
+REPO_JOB_STALE = timedelta(minutes=30)
+
+
+def fail_stale_repo_jobs(*, older_than: timedelta = REPO_JOB_STALE) -> int:
+    """Fail repository jobs whose worker stopped mid-job, in words, so a conversation is not
+    left "preparing" forever; runs that waited for a workspace go on (without it)."""
+    from . import runner
+
+    cutoff = timezone.now() - older_than
+    count = 0
+    for job in RepoJob.objects.filter(status=RepoJobStatus.RUNNING, created__lt=cutoff):
+        failed = RepoJob.objects.filter(pk=job.pk, status=RepoJobStatus.RUNNING).update(
+            status=RepoJobStatus.FAILED,
+            error="It was interrupted: the worker doing it stopped. Try again.",
+            finished=timezone.now(),
+        )
+        if not failed:
+            continue  # it finished, or another sweeper got there first
+        count += 1
+        if job.kind == RepoJobKind.ATTACH and job.conversation_id is not None:
+            waiting = Run.objects.filter(
+                conversation_id=job.conversation_id, status=RunStatus.QUEUED
+            )
+            for run_id in waiting.values_list("uuid", flat=True):
+                runner.enqueue_run(str(run_id))
+    return count

@@ -346,3 +346,28 @@ def test_attach_defaults_to_the_last_used_healthy_repository(
     options = [page.index(f'value="{r.uuid}"') for r in (used, other, broken)]
     assert options == sorted(options)
     assert "aaa-broken (last fetch failed)" in page
+
+
+def test_a_job_whose_worker_died_is_failed_in_words_and_the_runs_go_on(
+    bob, conversation, repo, queued_jobs, no_runs
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from assistant import services
+
+    client = client_for(bob)
+    client.post(f"/t/acme/c/{conversation.uuid}/repository/", {"repository": repo.uuid})
+    run = services.message_send(conversation=conversation, author=bob, content="hi").run
+    job = RepoJob.objects.get(conversation=conversation)
+    RepoJob.objects.filter(pk=job.pk).update(status="running")  # claimed, then its worker died
+    assert services.fail_stale_repo_jobs() == 0  # a running job is left alone for a while …
+    RepoJob.objects.filter(pk=job.pk).update(created=timezone.now() - timedelta(hours=1))
+    no_runs.clear()
+    assert services.fail_stale_repo_jobs() == 1  # … then failed, once
+    assert services.fail_stale_repo_jobs() == 0
+    assert no_runs == [str(run.uuid)]
+    page = text(client.get(f"/t/acme/c/{conversation.uuid}/"))
+    assert "could not be prepared: It was interrupted" in page
+    assert 'data-testid="attach-repository"' in page  # and Attach is offered again
