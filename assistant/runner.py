@@ -144,11 +144,19 @@ async def _sweep_forever() -> None:
     )
 
     sweeps: list[tuple[Any, int, str]] = [
-        (db_sync_to_async(fail_orphaned_runs), ORPHAN_SWEEP_SECONDS, "whose worker is gone"),
-        (db_sync_to_async(requeue_lost_runs), ORPHAN_SWEEP_SECONDS, "queued in a lost Redis"),
-        (db_sync_to_async(fail_stale_runs), SWEEP_SECONDS, "whose heartbeat stopped"),
+        (db_sync_to_async(fail_orphaned_runs), ORPHAN_SWEEP_SECONDS, "run(s) whose worker is gone"),
+        (
+            db_sync_to_async(requeue_lost_runs),
+            ORPHAN_SWEEP_SECONDS,
+            "run(s) queued in a lost Redis",
+        ),
+        (db_sync_to_async(fail_stale_runs), SWEEP_SECONDS, "run(s) whose heartbeat stopped"),
         # Repository jobs (attach, fetch, push, patch) whose worker died mid-job.
-        (db_sync_to_async(fail_stale_repo_jobs), SWEEP_SECONDS, "(repository jobs) stuck"),
+        (
+            db_sync_to_async(fail_stale_repo_jobs),
+            SWEEP_SECONDS,
+            "repository job(s) whose worker died",
+        ),
     ]
     loop = asyncio.get_running_loop()
     due = [0.0] * len(sweeps)
@@ -160,8 +168,8 @@ async def _sweep_forever() -> None:
             try:
                 count = await sweep()
                 if count:
-                    log.warning("Settled %d run(s) %s", count, what)
+                    log.warning("Settled %d %s", count, what)
             except Exception as exc:
                 # The database or Redis is away (a restart): next time.
-                log.warning("Sweeping runs %s failed: %r", what, exc)
+                log.warning("Sweeping %s failed: %r", what, exc)
         await asyncio.sleep(ORPHAN_SWEEP_SECONDS)

@@ -10,7 +10,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('assistant', '0008_usagerecord_to_usage'),
+        ('assistant', '0009_run_worker'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
