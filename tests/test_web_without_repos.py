@@ -112,8 +112,12 @@ def test_the_web_process_works_without_the_repositories(
         what="the workspace is ready",
         timeout=120,
     )
-    workspace = Workspace.objects.get(conversation=conversation)
-    assert workspace.used_bytes and workspace.used_files  # measured by the worker
+    # Measured by the worker right after the clone (the row is there a moment before).
+    workspace = wait_until(
+        lambda: Workspace.objects.filter(conversation=conversation, measured__isnull=False).first(),
+        what="the workspace is measured",
+    )
+    assert workspace.used_bytes and workspace.used_files
 
     # A reply that edits a file, run by the worker; its diff is on the page.
     edit = {"path": "app.py", "old_text": "return 41", "new_text": "return 42"}
