@@ -10,7 +10,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('assistant', '0011_message_content_trigram_index'),
+        ('assistant', '0012_team_plugins'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
