@@ -10,7 +10,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('assistant', '0012_team_plugins'),
+        ('assistant', '0013_repository_setup_script_workspace_environment'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
