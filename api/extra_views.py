@@ -8,20 +8,18 @@ is done by the services the web pages use.
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
 from django.http import (
     HttpRequest,
-    HttpResponse,
     HttpResponseBase,
     JsonResponse,
 )
 from django.urls import reverse
 from django.utils import timezone
 
-from assistant import services
+from assistant import repo_views, services
 from assistant.models import Conversation, ToolCall, ToolCallStatus, Workspace
 
 from . import data
@@ -152,7 +150,7 @@ def conversation_patch(
     """Everything the conversation changed, for `git apply` on its base commit — the page's
     Download patch: written by a worker into the database, cut (saying so) at PATCH_MAX_BYTES.
     202 ``{"status": "preparing"}`` with Retry-After until it is there: ask again."""
-    from assistant.models import RepoJob, RepoJobStatus
+    from assistant.models import RepoJobStatus
 
     found = _conversation(request, caller, conversation_id)
     workspace = _workspace(found)
@@ -169,15 +167,11 @@ def conversation_patch(
         return waiting
     if job.status == RepoJobStatus.FAILED:
         raise ApiError(409, "repository_error", job.error)
-    body = RepoJob.objects.filter(pk=job.pk).values_list("patch", flat=True).get()
-    if not body:
+    size = repo_views.patch_length(job.pk)
+    if not size:
         raise ApiError(409, "no_changes", "This conversation has not changed any files yet.")
-    response = HttpResponse(bytes(body), content_type="text/x-diff; charset=utf-8")
-    name = re.sub(
-        r"[^A-Za-z0-9._-]", "_", f"tandem-{workspace.repository.name}-{found.uuid.hex[:8]}.patch"
-    )
-    response["Content-Disposition"] = f'attachment; filename="{name}"'
-    return response
+    name = f"tandem-{workspace.repository.name}-{found.uuid.hex[:8]}.patch"
+    return repo_views.patch_response(request, job.pk, size, name)
 
 
 @endpoint("POST")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -13,7 +14,8 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
+from django.core.handlers.asgi import ASGIRequest
+from django.db import connection, transaction
 from django.db.models import F
 from django.http import (
     Http404,
@@ -21,6 +23,7 @@ from django.http import (
     HttpResponse,
     HttpResponseBadRequest,
     HttpResponseBase,
+    StreamingHttpResponse,
 )
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -28,6 +31,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.http import AuthenticatedHttpRequest
 from accounts.selectors import admin_membership_for, membership_for
+from config.db import db_sync_to_async
 
 from . import images, quota, repos, runner, selectors, services
 from .models import RepoAuth, RepoJob, RepoJobKind, RepoJobStatus, Repository, Workspace
@@ -389,14 +393,12 @@ def conversation_patch(
         return _preparing(request, conversation)
     if job.status == RepoJobStatus.FAILED:
         return _refused(request, conversation, heading, job.error)
-    body = RepoJob.objects.filter(pk=job.pk).values_list("patch", flat=True).get()
-    if not body:
+    size = patch_length(job.pk)
+    if not size:
         text = "This conversation has not changed any files yet."
         return _refused(request, conversation, heading, text)
-    response = HttpResponse(bytes(body), content_type="text/x-diff; charset=utf-8")
     name = f"tandem-{workspace.repository.name}-{conversation.uuid.hex[:8]}.patch"
-    response["Content-Disposition"] = f'attachment; filename="{_safe_filename(name)}"'
-    return response
+    return patch_response(request, job.pk, size, name)
 
 
 def _preparing(request: HttpRequest, conversation) -> HttpResponse:
@@ -431,3 +433,45 @@ def conversation_push(
     except services.ChatError as exc:
         return _refused(request, conversation, "Nothing was pushed", str(exc))
     return back
+
+
+PATCH_CHUNK_BYTES = 1024 * 1024
+
+
+def patch_length(job_id: int) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT octet_length(patch) FROM assistant_repojob WHERE id = %s", [job_id])
+        row = cursor.fetchone()
+    return int(row[0] or 0) if row else 0
+
+
+def _patch_chunk(job_id: int, start: int) -> bytes:
+    # substring of a bytea is 1-based; PostgreSQL and SQLite both take this form.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT substr(patch, %s, %s) FROM assistant_repojob WHERE id = %s",
+            [start + 1, PATCH_CHUNK_BYTES, job_id],
+        )
+        row = cursor.fetchone()
+    return bytes(row[0]) if row and row[0] is not None else b""
+
+
+def patch_response(request: HttpRequest, job_id: int, size: int, filename: str) -> HttpResponseBase:
+    """The stored patch, a megabyte at a time: the web process never holds a whole patch (up to
+    PATCH_MAX_BYTES) in memory. Under ASGI an async iterator (each read on the pool), so Django
+    does not collect the body; under WSGI a plain one."""
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, size, PATCH_CHUNK_BYTES):
+            yield _patch_chunk(job_id, start)
+
+    async def achunks() -> AsyncIterator[bytes]:
+        read = db_sync_to_async(_patch_chunk)
+        for start in range(0, size, PATCH_CHUNK_BYTES):
+            yield await read(job_id, start)
+
+    body = achunks() if isinstance(request, ASGIRequest) else chunks()
+    response = StreamingHttpResponse(body, content_type="text/x-diff; charset=utf-8")
+    response["Content-Length"] = str(size)
+    response["Content-Disposition"] = f'attachment; filename="{_safe_filename(filename)}"'
+    return response

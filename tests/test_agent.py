@@ -577,7 +577,7 @@ def test_the_patch_has_every_change_of_the_conversation(conversation, alice, wor
     response = client.get(url)
     assert response.status_code == 200
     assert response["Content-Disposition"].startswith("attachment;")
-    patch = response.content  # written by the worker (a job, run at once here)
+    patch = b"".join(response.streaming_content)  # written by the worker (a job, run at once here)
     # It applies to the base commit and gives the conversation's files.
     check = Path(tempfile.mkdtemp(prefix="tandem-patch-"))
     try:

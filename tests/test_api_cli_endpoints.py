@@ -207,7 +207,7 @@ def test_diff_and_patch_of_a_conversation(
     jobs.repo_job(asked[-1][1])
     patch = call(api, "GET", f"{base}/patch", key=key)
     assert patch.status_code == 200 and patch["Content-Type"].startswith("text/x-diff")
-    assert b"+answer = 42" in patch.content
+    assert b"+answer = 42" in b"".join(patch.streaming_content)
     assert "attachment" in patch["Content-Disposition"]
 
     for path in (f"{base}/diff", f"{base}/patch"):

@@ -211,7 +211,7 @@ def test_the_patch_is_written_by_the_worker_and_says_when_it_was_cut(
     jobs.repo_job(*queued_jobs[0][1])
     response = client.get(url)
     assert response.status_code == 200
-    body = response.content
+    body = b"".join(response.streaming_content)
     assert len(body) < 50_000 + 1000
     assert body.startswith(b"diff --git a/big.txt b/big.txt")
     assert body.rstrip().endswith(b"will not apply. Push the branch to get all of it.")
@@ -222,7 +222,7 @@ def test_the_patch_is_written_by_the_worker_and_says_when_it_was_cut(
     Workspace.objects.filter(pk=workspace.pk).update(tree=later)
     assert client.get(url).status_code == 202
     jobs.repo_job(*queued_jobs[1][1])
-    whole = client.get(url).content
+    whole = b"".join(client.get(url).streaming_content)
     assert b"# Tandem" not in whole and len(whole) > 200_000 and b"more.txt" in whole
 
 
@@ -328,6 +328,10 @@ def test_a_turn_writing_300_mb_leaves_the_web_process_small(
             assert 'data-testid="too-large-notice"' in html
 
         print("after the pages", rss_kb(web))
+        # The worker writes the patch (a job); the page answers 202 until it is there.
+        while session.get(f"{page}patch/", timeout=30).status_code == 202:
+            assert time.monotonic() < deadline + 60, "the patch was never written"
+            time.sleep(0.3)
         with session.get(f"{page}patch/", stream=True, timeout=60) as response:
             assert response.status_code == 200
             size, tail = 0, b""
