@@ -41,7 +41,9 @@ if _xdist.startswith("gw") and _xdist[2:].isdigit() and int(_xdist[2:]) > 0:
     _n = int(_xdist[2:])
     _redis = urlsplit(os.environ["REDIS_URL"])
     _db = int(_redis.path.strip("/") or 0)
-    os.environ["REDIS_URL"] = urlunsplit(_redis._replace(path=f"/{(_db + _n) % 16}"))
+    # Two numbers a worker: tests that need a broker of their own take the next one
+    # (test_slack_worker), which must not be another worker's.
+    os.environ["REDIS_URL"] = urlunsplit(_redis._replace(path=f"/{(_db + 2 * _n) % 16}"))
     os.environ["TANDEM_DATA_DIR"] = f"{os.environ['TANDEM_DATA_DIR']}-{_xdist}"
 
 from .settings import *  # noqa: E402,F403
