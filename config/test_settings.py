@@ -35,7 +35,9 @@ os.environ.setdefault(
 # test database (…_gw1); Redis and the data folder are split here, before the settings read
 # them, so one worker's Celery stack never claims another's runs and no flush crosses over.
 _xdist = os.environ.get("PYTEST_XDIST_WORKER", "")
-if _xdist.startswith("gw") and _xdist[2:].isdigit() and int(_xdist[2:]) > 0:
+# Once: the servers a test starts inherit both the worker's name and the split environment.
+_split = os.environ.get("TANDEM_XDIST_SPLIT") == _xdist
+if _xdist.startswith("gw") and _xdist[2:].isdigit() and int(_xdist[2:]) > 0 and not _split:
     from urllib.parse import urlsplit, urlunsplit
 
     _n = int(_xdist[2:])
@@ -45,6 +47,7 @@ if _xdist.startswith("gw") and _xdist[2:].isdigit() and int(_xdist[2:]) > 0:
     # (test_slack_worker), which must not be another worker's.
     os.environ["REDIS_URL"] = urlunsplit(_redis._replace(path=f"/{(_db + 2 * _n) % 16}"))
     os.environ["TANDEM_DATA_DIR"] = f"{os.environ['TANDEM_DATA_DIR']}-{_xdist}"
+    os.environ["TANDEM_XDIST_SPLIT"] = _xdist
 
 from .settings import *  # noqa: E402,F403
 

@@ -260,11 +260,19 @@ def test_a_turn_writing_300_mb_leaves_the_web_process_small(
     team,
     alice,
     origin,  # noqa: F811
+    monkeypatch,
 ):
     import requests
     from django.conf import settings as django_settings
 
     from assistant.services import message_send
+    from assistant.tasks import execute_run
+
+    # The run goes to this test's stack, on its own queue (see below).
+    monkeypatch.setattr(
+        "assistant.runner.enqueue_run",
+        lambda run_id: execute_run.apply_async(args=[run_id], queue="tandem-test-diffs"),
+    )
     from tests.conftest import start_stack
     from tests.helpers import session_cookie
 
@@ -272,7 +280,9 @@ def test_a_turn_writing_300_mb_leaves_the_web_process_small(
         tmp_path_factory.mktemp("stack-diffs"),
         db_name=django_settings.DATABASES["default"]["NAME"],
         redis_url=django_settings.REDIS_URL,
-        extra_env={"PATCH_MAX_BYTES": str(20 * MB)},
+        # A queue of its own: the session's stack shares this broker, and its worker (with
+        # the default PATCH_MAX_BYTES) must not take this stack's jobs.
+        extra_env={"PATCH_MAX_BYTES": str(20 * MB), "CELERY_QUEUE": "tandem-test-diffs"},
     )
     ws = None
     try:
