@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -67,9 +68,18 @@ def refuse_while_in_flight(conversation: Conversation) -> None:
         raise RunInFlight(BUSY)
 
 
+# Inline Markdown a title shows as plain words: [text](url), **bold**, *em*, `code`, ~~gone~~.
+_MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_MD_MARKS = re.compile(r"(\*\*|__|~~|`+)(.+?)\1")
+_MD_EMPHASIS = re.compile(r"(?<![\w*])([*_])(?=\S)(.+?)(?<=\S)\1(?![\w*])")
+
+
 def _title_from(content: str) -> str:
     first_line = next((line.strip() for line in content.splitlines() if line.strip()), "")
     first_line = first_line.lstrip("#>*- ").strip()
+    first_line = _MD_LINK.sub(r"\1", first_line)
+    first_line = _MD_MARKS.sub(r"\2", first_line)
+    first_line = _MD_EMPHASIS.sub(r"\2", first_line).strip()
     if len(first_line) > TITLE_CHARS:
         first_line = first_line[: TITLE_CHARS - 1].rstrip() + "…"
     return first_line

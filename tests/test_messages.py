@@ -101,6 +101,22 @@ def test_it_titles_a_conversation_from_its_first_message(bob, team, no_runs):
     assert conversation.title == "Fix the login bug"
 
 
+@pytest.mark.parametrize(
+    "first, title",
+    [
+        ("Write a **Python** function that adds", "Write a Python function that adds"),
+        ("Why does `make test` fail on _main_?", "Why does make test fail on main?"),
+        ("See [the docs](https://example.com/x) and ~~not~~ this", "See the docs and not this"),
+        ("Compute 2 * 3 * 4 and snake_case_names", "Compute 2 * 3 * 4 and snake_case_names"),
+    ],
+)
+def test_the_title_shows_markdown_as_plain_words(alice, team, no_runs, first, title):
+    conversation = conversation_create(team=team, author=alice)
+    message_send(conversation=conversation, author=alice, content=first)
+    conversation.refresh_from_db()
+    assert conversation.title == title
+
+
 def test_it_shortens_a_long_first_line_for_the_title(alice, team, no_runs):
     conversation = conversation_create(team=team, author=alice)
     message_send(conversation=conversation, author=alice, content="word " * 40)
