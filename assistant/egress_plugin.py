@@ -1,8 +1,9 @@
 """The egress proxy's rule, as a proxy.py plugin: CONNECT and plain HTTP only to allowlisted
 hosts, and never to a non-public address unless the site allows it (tests).
 
-Loaded by the proxy.py process the worker starts (``assistant.egress``), not by Django: it
-imports nothing of Tandem. Its configuration comes as proxy.py flags defined here.
+Loaded by the proxy.py process the worker starts (``assistant.egress``), not by Django: of
+Tandem it imports only ``assistant.hosts`` (the standard library alone). Its configuration
+comes as proxy.py flags defined here.
 
 The name is resolved here, checked, and the checked address is the one proxy.py connects to
 (``resolve_dns``): a name that resolves to a public address when checked and to 127.0.0.1 a
@@ -18,6 +19,8 @@ from typing import Any
 from proxy.common.flag import flags
 from proxy.http.exception import HttpRequestRejected
 from proxy.http.proxy import HttpProxyBasePlugin
+
+from assistant import hosts
 
 flags.add_argument(
     "--tandem-allow",
@@ -47,10 +50,7 @@ def allowed(host: str, port: int, allowlist: list[str]) -> bool:
         ports = (int(entry_port),) if entry_port else DEFAULT_PORTS
         if port not in ports:
             continue
-        if name.startswith("*."):
-            if host.endswith(name[1:]) and host != name[2:]:
-                return True
-        elif host == name:
+        if hosts.matches(host, name):
             return True
     return False
 

@@ -29,6 +29,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 from django.conf import settings
 
+from assistant import hosts
 from assistant.llm.bases import BaseRefused, CheckingResolver, Rules, check_saved
 
 from .base import Tool, ToolContext, ToolResult, clip, params
@@ -87,14 +88,7 @@ def _is_ip(text: str) -> bool:
 
 
 def host_allowed(host: str, allowlist: list[str]) -> bool:
-    host = host.rstrip(".").lower()
-    for entry in allowlist:
-        if entry.startswith("*."):
-            if host.endswith(entry[1:]) and host != entry[2:]:
-                return True
-        elif host == entry:
-            return True
-    return False
+    return any(hosts.matches(host, entry) for entry in allowlist)
 
 
 # --- fetch_url ----------------------------------------------------------------------------------
