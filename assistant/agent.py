@@ -34,6 +34,7 @@ from . import (
     egress,
     environment,
     events,
+    file_links,
     hooks,
     llm,
     policy,
@@ -599,9 +600,12 @@ def _record_changes(run: Run, workspace: Workspace, tree_after: str) -> None:
     Workspace.objects.filter(pk=workspace.pk).update(tree=tree_after)
     run.tree_after = tree_after
     try:
-        diffs.record(run)
+        diff = diffs.record(run)
     except Exception:
         log.exception("Could not store the changes of run %s", run.uuid)
+    else:
+        if diff is not None:  # files it made can be linked from its reply
+            file_links.add(workspace, [f["path"] for f in diff.files if f["status"] in ("A", "R")])
     repos.record_usage(workspace=workspace)  # its size, for the repository page
 
 

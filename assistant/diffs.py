@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 from django.conf import settings
 
-from . import repos
+from . import diff_html, repos
 from .models import Run, RunDiff, Workspace
 
 log = logging.getLogger(__name__)
@@ -207,15 +207,14 @@ def compute(*, workspace: Workspace, old: str, new: str) -> dict:
     text = "".join(texts)
     clipped = stopped or total > len(changes) or any(c.clipped for c in changes)
     clipped = clipped or any(not c.shown and not c.too_large for c in changes)
-    from .rendering import highlight_diff_uncached
-
+    files = [asdict(c) for c in changes]
     return {
-        "files": [asdict(c) for c in changes],
+        "files": files,
         "files_total": total,
         "added": sum(c.added or 0 for c in changes),
         "deleted": sum(c.deleted or 0 for c in changes),
         "text": text,
-        "html": highlight_diff_uncached(text) if text else "",
+        "html": diff_html.render(text, files) if text else "",
         "clipped": clipped,
         "error": "",
     }

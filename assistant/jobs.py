@@ -240,4 +240,39 @@ def _patch(job) -> dict:
     return {"patch": b"".join(diffs.patch_stream(workspace=workspace))}
 
 
-_DO = {"fetch": _fetch, "attach": _attach, "push": _push, "patch": _patch}
+def _file(job) -> dict:
+    """One file of the snapshot the job names, for the read-only file view (file_links.py):
+    from git objects in the sandbox, refused in words when it is not a small text file."""
+    from . import file_links, repos
+    from .models import RepoJobStatus, Workspace
+
+    workspace = Workspace.objects.filter(conversation=job.conversation).first()
+    if workspace is None:
+        raise repos.RepoError("This conversation no longer has a repository.")
+    entry = repos.tree_entry(workspace=workspace, tree=job.tree, path=job.path)
+    why, words = "", ""
+    limit = file_links.max_bytes()
+    if entry is None:
+        why, words = "missing", "There is no such file in this conversation's workspace."
+    elif entry.mode == "040000":
+        why, words = "folder", "This is a folder, not a file."
+    elif entry.mode == "120000":
+        why, words = "link", "This is a symbolic link; links are not followed."
+    elif entry.mode == "160000":
+        why, words = "submodule", "This is a submodule, another repository; it can't be shown."
+    elif entry.size is not None and entry.size > limit:
+        why = "too_large"
+        words = f"This file is too large to show here ({entry.size:,} bytes; at most {limit:,})."
+    if why:
+        return {"status": RepoJobStatus.FAILED, "result": why, "error": words}
+    data = repos.read_blobs(workspace=workspace, ids=[entry.id]).get(entry.id, b"")
+    if b"\0" in data[:8000]:  # git's own test for a binary file
+        return {
+            "status": RepoJobStatus.FAILED,
+            "result": "binary",
+            "error": "This is a binary file; it can't be shown as text.",
+        }
+    return {"patch": data}
+
+
+_DO = {"fetch": _fetch, "attach": _attach, "push": _push, "patch": _patch, "file": _file}

@@ -329,6 +329,9 @@ class Workspace(models.Model):
     # The files as a git tree after the last finished turn or undo (blank before the first):
     # the patch download is the diff from base_commit to it, without a snapshot of the tree.
     tree = models.CharField(max_length=64, blank=True)
+    # The repository's files (paths), as of the last turn's start plus the files turns added:
+    # what a path in a reply may link to (file_links.py), decided without reading the tree.
+    paths = models.JSONField(default=list, blank=True)
     # The prepared tree's key its environment came from (environment.py); "failed:KEY" when
     # the setup failed for that key (not retried until the key changes); blank: not yet.
     environment = models.CharField(max_length=80, blank=True)
@@ -369,6 +372,7 @@ class RepoJobKind(models.TextChoices):
     ATTACH = "attach", "Prepare the workspace"
     PUSH = "push", "Push"
     PATCH = "patch", "Patch"
+    FILE = "file", "Read a file"
 
 
 class RepoJobStatus(models.TextChoices):
@@ -397,9 +401,12 @@ class RepoJob(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     branch = models.CharField(max_length=255, blank=True)  # attach: base; push: the remote's
-    tree = models.CharField(max_length=64, blank=True)  # patch: the snapshot it is made from
-    result = models.CharField(max_length=200, blank=True)  # push: the commit pushed
-    patch = models.BinaryField(null=True, blank=True)  # patch: at most PATCH_MAX_BYTES
+    tree = models.CharField(max_length=64, blank=True)  # patch, file: the snapshot it reads
+    path = models.TextField(blank=True)  # file: the path in that snapshot
+    # push: the commit pushed; file: why it was refused, as a word ("missing", "binary", …)
+    result = models.CharField(max_length=200, blank=True)
+    # patch: at most PATCH_MAX_BYTES; file: its bytes (at most FILE_VIEW_MAX_BYTES)
+    patch = models.BinaryField(null=True, blank=True)
     error = models.TextField(blank=True)  # why it failed, in words
     created = models.DateTimeField(default=timezone.now)
     finished = models.DateTimeField(null=True, blank=True)

@@ -20,6 +20,8 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import get_lexer_by_name, guess_lexer
 from pygments.util import ClassNotFound
 
+from . import diff_html
+
 _formatter = HtmlFormatter(nowrap=True)
 
 ALLOWED_TAGS = {
@@ -80,10 +82,11 @@ def message_context(message) -> dict[str, Any]:
 
 
 def run_context(
-    run, snapshot_text: str = "", snapshot_seq: int = 0, *, workspace=None
+    run, snapshot_text: str = "", snapshot_seq: int = 0, *, workspace=None, links=None
 ) -> dict[str, Any]:
     """Template context for a run bubble from a Run row (with its assistant message, if any,
-    its tool calls, and the turn's changes when ``workspace`` is given)."""
+    its tool calls, and the turn's changes when ``workspace`` is given); ``links``
+    (file_links.Links) makes the workspace's paths in the reply links."""
     message = getattr(run, "assistant_message", None) if run.is_finished else None
     text, seq = snapshot_text, snapshot_seq
     if run.status == "waiting":
@@ -102,6 +105,7 @@ def run_context(
         "seq": seq,
         "segments": segments(text, [tool_call_context(call) for call in calls], live=live),
         "changes": run_changes(run, workspace) if workspace is not None else None,
+        "links": links,
         "undo_pending": bool(getattr(run, "undo_requested_by_id", None)),
         "undo_error": getattr(run, "undo_error", ""),
     }
@@ -204,11 +208,6 @@ def run_changes(run, workspace=None, *, redact: Callable[[str], str] | None = No
         return {"pending": True}
     if stored.error:
         return {"error": stored.error}
-    diff, html = stored.text, stored.html
-    if redact is not None:
-        redacted = redact(diff)
-        if redacted != diff:
-            diff, html = redacted, highlight_diff(redacted)
     files = []
     for f in stored.files:
         f = dict(f)
@@ -216,6 +215,11 @@ def run_changes(run, workspace=None, *, redact: Callable[[str], str] | None = No
         f["old_path"] = redact(f["old_path"]) if redact and f["old_path"] else f["old_path"]
         f["size_text"] = _human_size(f.get("size"))
         files.append(f)
+    diff, html = stored.text, stored.html
+    redacted = redact(diff) if redact is not None else diff
+    if redacted != diff or (diff and not html.startswith(diff_html.MARK)):
+        # A share page's redaction changed it, or a row stored before diffs had line numbers.
+        html = highlight_diff(redacted, json.dumps(files))
     return {
         "files": files,
         "files_total": stored.files_total,
@@ -243,11 +247,8 @@ def _human_size(size: int | None) -> str:
     return ""
 
 
-def highlight_diff_uncached(diff: str) -> str:
-    # Pygments escapes the text itself; nothing of the diff is ever HTML.
-    return highlight(diff, get_lexer_by_name("diff"), _formatter)
-
-
-# Share pages whose redaction changed a diff; each entry is at most a few times
-# DIFF_MAX_TOTAL_BYTES.
-highlight_diff = lru_cache(maxsize=32)(highlight_diff_uncached)
+@lru_cache(maxsize=32)
+def highlight_diff(diff: str, files_json: str) -> str:
+    """A diff rendered at page time (share pages whose redaction changed it, rows stored in
+    the older format): each entry is at most a few times DIFF_MAX_TOTAL_BYTES."""
+    return diff_html.render(diff, json.loads(files_json))

@@ -17,7 +17,7 @@ import tomllib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from . import repos
+from . import file_links, repos
 from .models import Workspace
 from .repos import RepoError, TreeEntry
 
@@ -173,6 +173,7 @@ def build(*, workspace: Workspace) -> str:
     """The repository context for the system prompt, as Markdown; RepoError if git fails."""
     tree = repos.snapshot(workspace=workspace)
     entries = repos.tree_entries(workspace=workspace, tree=tree)
+    file_links.remember(workspace, entries)  # listed anyway: what replies may link to
     repo = _Repo(entries)
     header = (
         f"# Repository: {_inline(workspace.repository.name)} (branch {_inline(workspace.branch)})"

@@ -985,6 +985,32 @@ def tree_entries(*, workspace: Workspace, tree: str) -> list[TreeEntry]:
     return entries
 
 
+# $1: a snapshot id (or RepoError as in _on_trees), $2: one path: its entry, never more.
+_TREE_ENTRY = """
+t=$(g rev-parse --verify --quiet "$1^{tree}") || exit 5
+g ls-tree -z -l --full-tree "$t" -- "$2"
+"""
+
+
+def tree_entry(*, workspace: Workspace, tree: str, path: str) -> TreeEntry | None:
+    """The entry of one path in a snapshot (a file, link, folder or submodule), or None. The
+    path is taken literally (no pathspec magic or globs) and never leaves the snapshot."""
+    if not _SHA.fullmatch(tree or ""):
+        raise RepoError("That is not a snapshot of this workspace.")
+    # sandbox_git.ENV sets GIT_LITERAL_PATHSPECS: the path is a name, never a pattern.
+    code, out, err = _ws_sh(workspace, _TREE_ENTRY, tree, path, doing="Finding the file")
+    if code == 5:
+        raise RepoError("That is not a snapshot of this workspace.")
+    if code:
+        raise RepoError(f"Finding the file failed: {_explain(err, None)}")
+    for record in out.split(b"\0"):
+        meta, _, name = record.partition(b"\t")
+        if name.decode("utf-8", "surrogateescape") == path:
+            mode, _, oid, size_text = meta.decode().split()
+            return TreeEntry(mode, oid, None if size_text == "-" else int(size_text), path)
+    return None
+
+
 def read_blobs(*, workspace: Workspace, ids: list[str]) -> dict[str, bytes]:
     """Blob contents by id, in one git process; ids that are not blobs here are left out."""
     ids = [value for value in dict.fromkeys(ids) if _SHA.fullmatch(value or "")]

@@ -660,6 +660,31 @@ def workspace_patch(*, conversation: Conversation, user: User, again: bool = Fal
     )
 
 
+def workspace_file(*, conversation: Conversation, path: str, user: User) -> RepoJob:
+    """The job reading ``path`` from the conversation's last finished turn (its base commit
+    before the first): the one that read it already, else a new one. The caller has checked
+    the path (file_links.path_problem)."""
+    workspace = getattr(conversation, "workspace", None)
+    if workspace is None:
+        raise ChatError("This conversation has no repository.")
+    tree = workspace.tree or workspace.base_commit
+    made = conversation.repo_jobs.filter(kind=RepoJobKind.FILE, tree=tree, path=path)
+    # A refusal (missing, binary…) holds for this snapshot; a failure of git is tried again.
+    found = made.exclude(status=RepoJobStatus.FAILED, result="").order_by("-created").first()
+    if found is not None:
+        return found
+    job = _repo_job(
+        kind=RepoJobKind.FILE,
+        repository=workspace.repository,
+        conversation=conversation,
+        tree=tree,
+        path=path,
+        requested_by=user,
+    )
+    job.refresh_from_db(fields=["patch"])  # read already where jobs run at once
+    return job
+
+
 # Longer than any git operation of a job may take (NETWORK_TIMEOUT is 10 minutes): a job still
 # running after this lost its worker (killed mid-job; acks_late redelivers only queued ones).
 REPO_JOB_STALE = timedelta(minutes=30)

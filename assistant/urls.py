@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import file_views, views
 
 urlpatterns = [
     path("", views.conversation_list, name="conversation_list"),
@@ -9,6 +9,7 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/messages/", views.message_send, name="message_send"),
     path("c/<uuid:conversation_id>/rename/", views.conversation_rename, name="conversation_rename"),
     path("c/<uuid:conversation_id>/delete/", views.conversation_delete, name="conversation_delete"),
+    path("c/<uuid:conversation_id>/file/", file_views.conversation_file, name="conversation_file"),
     path("approvals/", views.approvals, name="approvals"),
     path("approvals/badge/", views.approvals_badge, name="approvals_badge"),
     path(

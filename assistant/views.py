@@ -13,7 +13,7 @@ from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 from accounts.http import AuthenticatedHttpRequest
 from accounts.selectors import membership_for
 
-from . import selectors, services, streams
+from . import file_links, selectors, services, streams
 from .llm import config_for_team
 from .rendering import message_context, run_context, tool_call_context
 
@@ -84,11 +84,12 @@ def _turns(conversation, workspace) -> list[dict]:
         turn: dict[str, Any] = {"message": message_context(message), "runs": []}
         turns.append(turn)
         by_message[message.pk] = turn
+    links = file_links.links_for(conversation, workspace)
     for run in selectors.runs_of(conversation):
         answered = by_message.get(run.user_message_id)
         if answered is None:
             continue
-        answered["runs"].append(_run_context(run, workspace))
+        answered["runs"].append(_run_context(run, workspace, links=links))
     return turns
 
 
@@ -137,10 +138,12 @@ def _attachable(conversation, workspace) -> list[dict]:
     return choices
 
 
-def _run_context(run, workspace, **extra) -> dict:
+def _run_context(run, workspace, *, links=None, **extra) -> dict:
     snap = streams.snapshot_sync(str(run.uuid)) if run.status in _STREAMING else None
+    if links is None and workspace is not None:
+        links = file_links.links_for(run.conversation, workspace)
     context = run_context(
-        run, snap.text if snap else "", snap.seq if snap else 0, workspace=workspace
+        run, snap.text if snap else "", snap.seq if snap else 0, workspace=workspace, links=links
     )
     return {**context, **{key: value for key, value in extra.items() if value}}
 

@@ -256,6 +256,9 @@ DIFF_MAX_FILE_BYTES = envint("DIFF_MAX_FILE_BYTES", 1_000_000)
 DIFF_MAX_TOTAL_BYTES = envint("DIFF_MAX_TOTAL_BYTES", 200_000)
 DIFF_MAX_FILES = envint("DIFF_MAX_FILES", 1000)
 PATCH_MAX_BYTES = envint("PATCH_MAX_BYTES", 50_000_000)
+# A file opened from a path in a reply (read-only, from the workspace's last finished turn):
+# larger ones are refused in words, never read.
+FILE_VIEW_MAX_BYTES = envint("FILE_VIEW_MAX_BYTES", 1_000_000)
 CELERY_BEAT_SCHEDULE = {
     "fetch-repositories": {
         "task": "assistant.fetch_repositories",

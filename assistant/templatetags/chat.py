@@ -5,15 +5,17 @@ from django.utils import timezone
 from django.utils.safestring import mark_safe
 from django.utils.timesince import timesince
 
+from assistant.file_links import Links, link_paths
 from assistant.rendering import render_markdown
 
 register = template.Library()
 
 
 @register.filter
-def markdown(text: str) -> str:
-    # render_markdown escapes raw HTML and sanitises its output, so this is safe to mark.
-    return mark_safe(render_markdown(text or ""))  # noqa: S308
+def markdown(text: str, links: Links | None = None) -> str:
+    # render_markdown escapes raw HTML and sanitises its output, so this is safe to mark; the
+    # links added are built from escaped parts.
+    return mark_safe(link_paths(render_markdown(text or ""), links))  # noqa: S308
 
 
 @register.filter
