@@ -81,7 +81,8 @@ def _rows(path: str, text: str, line: int) -> str:
 def _highlighted(path: str, text: str) -> str:
     if len(text) <= HIGHLIGHT_MAX_BYTES:
         try:
-            lexer = get_lexer_for_filename(path.rsplit("/", 1)[-1], text)
+            # stripnl would drop the file's leading and trailing blank lines: numbers shift.
+            lexer = get_lexer_for_filename(path.rsplit("/", 1)[-1], text, stripnl=False)
         except ClassNotFound:
             pass
         else:

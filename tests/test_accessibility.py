@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page
 
+from assistant import diff_html
 from assistant.models import Message, Role, Run, RunDiff, RunStatus
-from assistant.rendering import highlight_diff_uncached
 from sharing.models import ShareLink, new_token
 from tests.test_approvals import waiting_command
 from tests.test_browser import sign_in
@@ -91,7 +91,7 @@ def a_turn_with_a_diff(conversation, alice) -> None:
         added=1,
         deleted=1,
         text=DIFF,
-        html=highlight_diff_uncached(DIFF),
+        html=diff_html.render(DIFF, files),
     )
 
 

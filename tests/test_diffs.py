@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from django.test import Client
 
-from assistant import diffs, jobs, repos
+from assistant import diff_html, diffs, jobs, rendering, repos
 from assistant.models import Message, Repository, Role, Run, RunDiff, RunStatus, Workspace
 from tests import test_repos
 
@@ -376,3 +376,41 @@ def test_the_migration_gives_existing_workspaces_their_latest_tree(workspace, al
     migration.latest_trees(apps, None)
     workspace.refresh_from_db()
     assert workspace.tree == "c" * 40
+
+
+# --- How a stored diff reads: line numbers, a section per file, folding ----------------------
+
+
+def test_each_file_is_a_section_with_its_counts_and_every_line_its_numbers(workspace):
+    def change(tree: Path) -> None:
+        (tree / "README.md").write_text("# Demo\n\nA bigger <b>project</b>.\n")
+        (tree / "long.txt").write_text("".join(f"line {i}\n" for i in range(300)))
+        (tree / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00changed\x00")
+
+    old, new = turn(workspace, change)
+    html = diffs.compute(workspace=workspace, old=old, new=new)["html"]
+    sections = html.split('<details class="diff-file"')[1:]
+    assert len(sections) == 3
+    readme = next(s for s in sections if "README.md" in s.split("</summary>")[0])
+    # Its header: status, path, counts; open (small). Lines: old and new numbers.
+    assert readme.startswith(' data-testid="diff-file" data-lines="5" open>')
+    assert '<span class="added">+1</span> <span class="deleted">−1</span></summary>' in readme
+    assert '<tr class="dc"><td class="ln" data-ln="1"></td><td class="ln" data-ln="1">' in readme
+    assert '<tr class="dd"><td class="ln" data-ln="3"></td><td class="ln" data-ln="">' in readme
+    assert '<td class="ln" data-ln="3"></td><td>A bigger &lt;b&gt;project&lt;/b&gt;.</td>' in readme
+    long = next(s for s in sections if "long.txt" in s.split("</summary>")[0])
+    assert " open>" not in long.split("<summary>")[0]  # 300 lines: folded at first
+    assert '<td class="ln" data-ln="300"></td><td>line 299</td>' in long
+    binary = next(s for s in sections if "logo.png" in s.split("</summary>")[0])
+    assert '<span class="muted">binary</span>' in binary and "Binary file" in binary
+
+
+def test_a_diff_stored_before_line_numbers_is_shown_with_them(workspace, alice):
+    run = finished_run(workspace, alice, "a" * 40, "b" * 40)
+    text = "diff --git a/x.py b/x.py\n--- a/x.py\n+++ b/x.py\n@@ -4 +4 @@\n-old\n+new\n"
+    files = [{"path": "x.py", "old_path": "", "status": "M", "added": 1, "deleted": 1}]
+    files[0] |= {"shown": True, "size": 4, "binary": False, "too_large": False}
+    RunDiff.objects.create(run=run, files=files, files_total=1, text=text, html="<span>old</span>")
+    run.refresh_from_db()
+    html = rendering.run_changes(run, workspace)["diff_html"]
+    assert html.startswith(diff_html.MARK) and '<td class="ln" data-ln="4"></td><td>new' in html

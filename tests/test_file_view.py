@@ -90,7 +90,7 @@ def test_the_view_shows_the_file_with_line_numbers_and_marks_the_line(ws, client
     assert response.status_code == 200
     html = response.content.decode()
     assert '<tr id="L2" class="hl" data-testid="target-line"><td class="ln" data-ln="2">' in html
-    assert 'id="L1"' in html and "main" in html
+    assert 'id="L1"' in html and "main" in html and 'id="L3"' not in html
     assert inline_jobs == [("repo_job", (str(RepoJob.objects.get(path="src/app.py").uuid),))]
     view(client, ws, "src/app.py", "1")
     assert len(inline_jobs) == 1  # read once per snapshot
@@ -147,3 +147,11 @@ def test_the_tree_on_disk_is_never_read(ws, client, inline_jobs):
     html = view(client, ws, "README.md").content.decode()
     assert "A small project." in html and "changed on disk" not in html
     assert view(client, ws, "later.txt").status_code == 404
+
+
+def test_blank_lines_at_either_end_keep_their_numbers(ws, client, inline_jobs):
+    tree = repos.workspace_path(workspace=ws)
+    (tree / "blank.py").write_text("\n\nx = 1\n\n")
+    Workspace.objects.filter(pk=ws.pk).update(tree=repos.snapshot(workspace=ws))
+    html = view(client, ws, "blank.py", "3").content.decode()
+    assert '<tr id="L3" class="hl"' in html and 'id="L4"' in html and 'id="L5"' not in html
