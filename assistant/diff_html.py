@@ -95,7 +95,9 @@ def _file(lines: list[str], entry: dict, index: int) -> str:
     body = "".join(f'<p class="muted">{escape(note)}</p>' for note in notes)
     if rows:
         body += (
-            '<div class="diff-scroll"><table class="diff-table" role="presentation"><tbody>'
+            # Focusable: a box that scrolls must scroll from the keyboard too.
+            f'<div class="diff-scroll" tabindex="0" role="region" aria-label="Changes to {name}">'
+            '<table class="diff-table" role="presentation"><tbody>'
             + "".join(rows)
             + "</tbody></table></div>"
         )

@@ -1,6 +1,7 @@
 """Every page through axe-core (issue 16): signed out, the account pages, each team page, a
-conversation with a reply and a diff, the shared page, the API docs and the 404 page — at a
-desktop and a phone size — with no serious or critical violation.
+conversation with a reply and a diff (folded, expanded, side by side), a file opened from a
+reply, the shared page, the API docs and the 404 page — at a desktop and a phone size, in the
+light and the dark colour scheme — with no serious or critical violation.
 
 axe-core is vendored for the tests only (tests/vendor/README.md) and evaluated in the page
 through Playwright (the site's Content-Security-Policy forbids injected script tags, not the
@@ -13,11 +14,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page
 
-from assistant import diff_html
-from assistant.models import Message, Role, Run, RunDiff, RunStatus
 from sharing.models import ShareLink, new_token
 from tests.test_approvals import waiting_command
 from tests.test_browser import sign_in
+from tests.test_browser_diffs import a_turn_with_changes
+from tests.test_browser_diffs import origin as origin
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -30,26 +31,6 @@ RUN_AXE = """async () => {
             v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(" | "));
 }"""
 
-DIFF = """diff --git a/calc/ops.py b/calc/ops.py
---- a/calc/ops.py
-+++ b/calc/ops.py
-@@ -1,2 +1,2 @@
- def add(a, b):
--    return a - b
-+    return a + b
-"""
-REPLY = """Fixed `add`:
-
-```python
-def add(a, b):
-    return a + b
-```
-
-| a | b |
-|---|---|
-| 1 | 2 |
-"""
-
 
 def violations(page: Page, path: str) -> list[str]:
     page.goto(path)  # "load": the pages render on the server; scripts only add to them
@@ -58,52 +39,20 @@ def violations(page: Page, path: str) -> list[str]:
     return [f"{path}: {line}" for line in page.evaluate(RUN_AXE)]
 
 
-def a_turn_with_a_diff(conversation, alice) -> None:
-    message = Message.objects.create(
-        conversation=conversation, role=Role.USER, author=alice, content="Fix add in calc/ops.py"
-    )
-    run = Run.objects.create(
-        conversation=conversation,
-        user_message=message,
-        requested_by=alice,
-        status=RunStatus.SUCCEEDED,
-        tree_before="a" * 40,
-        tree_after="b" * 40,
-    )
-    Message.objects.create(conversation=conversation, role=Role.ASSISTANT, content=REPLY, run=run)
-    files = [
-        {
-            "path": "calc/ops.py",
-            "old_path": "",
-            "status": "M",
-            "added": 1,
-            "deleted": 1,
-            "size": 40,
-            "binary": False,
-            "too_large": False,
-            "shown": True,
-        }
-    ]
-    RunDiff.objects.create(
-        run=run,
-        files=files,
-        files_total=1,
-        added=1,
-        deleted=1,
-        text=DIFF,
-        html=diff_html.render(DIFF, files),
-    )
-
-
 @pytest.mark.parametrize(
-    "size",
-    [{"width": 1400, "height": 900}, {"width": 390, "height": 844}],
-    ids=["desktop", "phone"],
+    ("size", "scheme"),
+    [
+        ({"width": 1400, "height": 900}, "light"),
+        ({"width": 390, "height": 844}, "light"),
+        ({"width": 1400, "height": 900}, "dark"),
+        ({"width": 390, "height": 844}, "dark"),
+    ],
+    ids=["desktop", "phone", "desktop-dark", "phone-dark"],
 )
 def test_no_page_has_a_serious_accessibility_violation(
-    stack, new_context, team, conversation, alice, no_runs, size
+    stack, new_context, team, conversation, alice, no_runs, origin, size, scheme
 ):
-    a_turn_with_a_diff(conversation, alice)
+    a_turn_with_changes(conversation, alice, origin)
     waiting_command(conversation, alice, "make test")
     token, token_hash = new_token()
     ShareLink.objects.create(
@@ -112,7 +61,9 @@ def test_no_page_has_a_serious_accessibility_violation(
         title=conversation.display_title,
         token_hash=token_hash,
     )
-    page = new_context("axe", base_url=stack.base_url, viewport=size).new_page()
+    page = new_context(
+        "axe", base_url=stack.base_url, viewport=size, color_scheme=scheme
+    ).new_page()
     page.set_default_navigation_timeout(30_000)  # two shared cores: patience, not a time limit
     found: list[str] = []
     for path in (
@@ -124,9 +75,22 @@ def test_no_page_has_a_serious_accessibility_violation(
         found += violations(page, path)
     sign_in(page, alice.email)
     slug = team.slug
+    conversation_url = f"/t/{slug}/c/{conversation.uuid}/"
+    found += violations(page, conversation_url)
+    page.get_by_test_id("diff-expand").click()  # every file's rows, unified
+    found += [f"{conversation_url} (expanded): {line}" for line in page.evaluate(RUN_AXE)]
+    if size["width"] > 700:
+        page.get_by_test_id("diff-split").click()  # and side by side
+        found += [f"{conversation_url} (split): {line}" for line in page.evaluate(RUN_AXE)]
+        page.get_by_test_id("diff-split").click()
+    # A file opened from the reply, once the worker has read it; and one refused in words.
+    page.locator("a.file-link").first.click()
+    page.get_by_test_id("target-line").wait_for()
+    page.evaluate(AXE)
+    found += [f"{page.url}: {line}" for line in page.evaluate(RUN_AXE)]
     for path in (
+        f"/t/{slug}/c/{conversation.uuid}/file/?path=calc",
         f"/t/{slug}/",
-        f"/t/{slug}/c/{conversation.uuid}/",
         f"/t/{slug}/approvals/",
         f"/t/{slug}/members/",
         f"/t/{slug}/api-keys/",

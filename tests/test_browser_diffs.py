@@ -26,7 +26,17 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 expect.set_options(timeout=20_000)  # two shared cores: patience, never a time limit
 
 OPS = "".join(f"def op_{i}(a, b):\n    return a + {i}\n\n" for i in range(60))  # 180 lines
-REPLY = "Fixed the sign in `calc/ops.py:122` (`op_40`); the long one is docs/long.txt."
+REPLY = """Fixed the sign in `calc/ops.py:122` (`op_40`); the long one is docs/long.txt.
+
+```python
+def op_40(a, b):
+    return a + 40  # was a - 40
+```
+
+| op | before | after |
+|----|--------|-------|
+| 40 | a - 40 | a + 40 |
+"""
 
 
 def git(cwd: Path, *args: str) -> None:
