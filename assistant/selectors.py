@@ -47,7 +47,13 @@ def runs_of(conversation: Conversation) -> QuerySet[Run]:
 
 
 def workspace_of(conversation: Conversation) -> Workspace | None:
-    return Workspace.objects.filter(conversation=conversation).select_related("repository").first()
+    # Its paths (up to file_links.MAX_PATHS) are read only by what links them, when it does.
+    return (
+        Workspace.objects.filter(conversation=conversation)
+        .select_related("repository")
+        .defer("paths")
+        .first()
+    )
 
 
 def tool_call_for_user(user, call_id) -> tuple[ToolCall, Membership]:

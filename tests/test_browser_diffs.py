@@ -108,8 +108,9 @@ def test_a_diff_folds_per_file_shows_line_numbers_and_splits_where_there_is_room
     changed = ops.locator("tr.da")
     expect(changed).to_contain_text("return a + 40")
     number = "(el) => getComputedStyle(el, '::before').content"
-    assert changed.locator("td.ln").nth(1).evaluate(number) == '"122"'
-    assert ops.locator("tr.dd td.ln").first.evaluate(number) == '"122"'
+    assert changed.locator("td").nth(1).evaluate(number) == '"122"'
+    assert ops.locator("tr.dd td").first.evaluate(number) == '"122"'
+    assert changed.locator("td").first.evaluate(number) == "none"  # no old line
 
     page.get_by_test_id("diff-expand").click()
     expect(long).to_have_attribute("open", "")

@@ -395,12 +395,12 @@ def test_each_file_is_a_section_with_its_counts_and_every_line_its_numbers(works
     # Its header: status, path, counts; open (small). Lines: old and new numbers.
     assert readme.startswith(' data-testid="diff-file" data-lines="5" open>')
     assert '<span class="added">+1</span> <span class="deleted">−1</span></summary>' in readme
-    assert '<tr class="dc"><td class="ln" data-ln="1"></td><td class="ln" data-ln="1">' in readme
-    assert '<tr class="dd"><td class="ln" data-ln="3"></td><td class="ln" data-ln="">' in readme
-    assert '<td class="ln" data-ln="3"></td><td>A bigger &lt;b&gt;project&lt;/b&gt;.</td>' in readme
+    assert '<tr class="dc"><td data-ln="1"><td data-ln="1"><td># Demo<tr' in readme
+    assert '<tr class="dd"><td data-ln="3"><td><td>A small project.<tr' in readme
+    assert '<tr class="da"><td><td data-ln="3"><td>A bigger &lt;b&gt;project&lt;/b&gt;.' in readme
     long = next(s for s in sections if "long.txt" in s.split("</summary>")[0])
     assert " open>" not in long.split("<summary>")[0]  # 300 lines: folded at first
-    assert '<td class="ln" data-ln="300"></td><td>line 299</td>' in long
+    assert '<tr class="da"><td><td data-ln="300"><td>line 299</tbody>' in long
     binary = next(s for s in sections if "logo.png" in s.split("</summary>")[0])
     assert '<span class="muted">binary</span>' in binary and "Binary file" in binary
 
@@ -413,4 +413,4 @@ def test_a_diff_stored_before_line_numbers_is_shown_with_them(workspace, alice):
     RunDiff.objects.create(run=run, files=files, files_total=1, text=text, html="<span>old</span>")
     run.refresh_from_db()
     html = rendering.run_changes(run, workspace)["diff_html"]
-    assert html.startswith(diff_html.MARK) and '<td class="ln" data-ln="4"></td><td>new' in html
+    assert html.startswith(diff_html.MARK) and '<td data-ln="4"><td>new' in html

@@ -15,7 +15,8 @@ register = template.Library()
 def markdown(text: str, links: Links | None = None) -> str:
     # render_markdown escapes raw HTML and sanitises its output, so this is safe to mark; the
     # links added are built from escaped parts.
-    return mark_safe(link_paths(render_markdown(text or ""), links))  # noqa: S308
+    html = render_markdown(text or "")
+    return mark_safe(link_paths(html, links if isinstance(links, Links) else None))  # noqa: S308
 
 
 @register.filter

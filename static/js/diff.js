@@ -22,7 +22,8 @@
     ln.className = "ln";
     const code = document.createElement("td");
     if (row) {
-      ln.dataset.ln = row.cells[side].dataset.ln || "";
+      const number = row.cells[side].dataset.ln;
+      if (number) ln.dataset.ln = number;
       code.textContent = row.cells[2].textContent;
       code.className = kind;
     } else {
