@@ -263,7 +263,7 @@ def _file(job) -> dict:
     elif entry.size is not None and entry.size > limit:
         why = "too_large"
         words = f"This file is too large to show here ({entry.size:,} bytes; at most {limit:,})."
-    if why:
+    if why or entry is None:
         return {"status": RepoJobStatus.FAILED, "result": why, "error": words}
     data = repos.read_blobs(workspace=workspace, ids=[entry.id]).get(entry.id, b"")
     if b"\0" in data[:8000]:  # git's own test for a binary file

@@ -65,12 +65,12 @@ def main() -> None:
 
     django.setup()
     from django.conf import settings
-
-    from assistant import diff_html, file_links
-    from assistant.rendering import render_markdown
     from pygments import highlight
     from pygments.formatters import HtmlFormatter
     from pygments.lexers import get_lexer_by_name
+
+    from assistant import diff_html, file_links
+    from assistant.rendering import render_markdown
 
     print(f"load average: {os.getloadavg()}")
     text, files = a_diff(settings.DIFF_MAX_TOTAL_BYTES)
