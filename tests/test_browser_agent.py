@@ -91,10 +91,10 @@ def test_attach_edit_approve_diff_undo(stack, new_context, conversation, team, a
     command.locator("summary").click()
     expect(command.get_by_test_id("tool-output")).to_contain_text("42")
 
-    # The finished turn shows its diff, highlighted, and Undo.
+    # The finished turn shows its diff, the added line marked, and Undo.
     changes = bubble.get_by_test_id("changes")
     expect(changes).to_contain_text("Changed 1 file")
-    expect(changes.get_by_test_id("diff")).to_contain_text("+    return 42")
+    expect(changes.get_by_test_id("diff").locator("tr.da")).to_contain_text("    return 42")
     expect(run_bubble(watcher, run_id).get_by_test_id("changes")).to_contain_text("Changed 1")
     run = Run.objects.get(uuid=run_id)
     assert run.status == RunStatus.SUCCEEDED
