@@ -155,3 +155,9 @@ def test_blank_lines_at_either_end_keep_their_numbers(ws, client, inline_jobs):
     Workspace.objects.filter(pk=ws.pk).update(tree=repos.snapshot(workspace=ws))
     html = view(client, ws, "blank.py", "3").content.decode()
     assert '<tr id="L3" class="hl"' in html and 'id="L4"' in html and 'id="L5"' not in html
+
+
+def test_before_the_first_turn_the_base_commit_is_shown(workspace, client, inline_jobs):
+    assert not workspace.tree
+    html = view(client, workspace, "src/app.py", "1").content.decode()
+    assert '<tr id="L1" class="hl"' in html and "main" in html

@@ -1,8 +1,8 @@
 """Issue 15: the web processes need no repositories volume. A Daphne whose REPOS_ROOT does not
-exist serves a whole walk — attach, a reply that edits, its diff, the patch, a push to a bare
-remote, a fetch and the branch list — while the stack's Celery worker, which has the
-repositories, does every piece of git work. Were any of it done by the web process, it would
-fail there (or create the folder, which the test checks is never made)."""
+exist serves a whole walk — attach, a reply that edits, its diff, a file opened from it, the
+patch, a push to a bare remote, a fetch and the branch list — while the stack's Celery worker,
+which has the repositories, does every piece of git work. Were any of it done by the web
+process, it would fail there (or create the folder, which the test checks is never made)."""
 
 from __future__ import annotations
 
@@ -135,7 +135,17 @@ def test_the_web_process_works_without_the_repositories(
         timeout=120,
     )
     assert run.status == RunStatus.SUCCEEDED, run.error
-    wait_until(lambda: "+    return 42" in browser.get(page).text, what="the diff is shown")
+    added = '<tr class="da"><td><td data-ln="2"><td>    return 42'  # new line 2, no old one
+    wait_until(lambda: added in browser.get(page).text, what="the diff is shown")
+
+    # A file opened from a reply: read by the worker, from the turn's snapshot.
+    shown = wait_until(
+        lambda: (
+            'id="L2" class="hl"' in (r := browser.get(page + "file/?path=app.py&line=2")).text and r
+        ),
+        what="the file is shown",
+    )
+    assert "42" in shown.text and "41" not in shown.text
 
     # The patch: written by the worker, 202 until then.
     patch = wait_until(
