@@ -414,3 +414,18 @@ def test_a_diff_stored_before_line_numbers_is_shown_with_them(workspace, alice):
     run.refresh_from_db()
     html = rendering.run_changes(run, workspace)["diff_html"]
     assert html.startswith(diff_html.MARK) and '<td data-ln="4"><td>new' in html
+
+
+def test_renames_notes_and_names_are_rendered_as_words_never_markup():
+    text = (
+        "diff --git a/old.txt b/new <b>.txt\nsimilarity index 90%\nrename from old.txt\n"
+        "rename to new <b>.txt\n--- a/old.txt\n+++ b/new <b>.txt\n@@ -1 +1 @@\n"
+        "-<script>alert(1)</script>\n+fine\n\\ No newline at end of file\n"
+    )
+    entry = {"path": "new <b>.txt", "old_path": "old.txt", "status": "R", "shown": True}
+    html = diff_html.render(text, [{**entry, "added": 1, "deleted": 1, "clipped": True}])
+    assert "<script>" not in html and "<b>" not in html
+    assert '<span class="diff-path">old.txt → new &lt;b&gt;.txt</span>' in html
+    assert "(cut short)" in html and 'aria-label="Changes to old.txt → new &lt;b&gt;.txt"' in html
+    assert '<tr class="dd"><td data-ln="1"><td><td>&lt;script&gt;alert(1)&lt;/script&gt;' in html
+    assert '<tr class="dn"><td><td><td>\\ No newline at end of file' in html

@@ -38,6 +38,14 @@
     const table = document.createElement("table");
     table.className = "diff-table diff-split-table";
     table.setAttribute("role", "presentation");
+    // Fixed layout takes its widths from here, not from a first row that may span all four.
+    const columns = document.createElement("colgroup");
+    for (const kind of ["ln", "code", "ln", "code"]) {
+      const column = document.createElement("col");
+      column.className = "col-" + kind;
+      columns.append(column);
+    }
+    table.append(columns);
     const body = table.createTBody();
     let dels = [];
     let adds = [];
