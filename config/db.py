@@ -10,12 +10,13 @@ the ORM through a bare ``sync_to_async``.
 
 When every connection is lent out for longer than DATABASE_POOL_TIMEOUT, the request is
 answered 503 with a sentence (``pool_exhausted_response``), never a hang or a traceback; so is
-a request that finds PostgreSQL down or restarting (``is_database_down``): the pool reconnects
-by itself once it is back.
+a request that finds PostgreSQL down or restarting (``is_database_down``). While it is known
+down, requests are answered at once, and the pool reconnects as soon as it is back (below).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -27,6 +28,8 @@ from django.db import connections
 
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponse
+
+log = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -133,19 +136,61 @@ def unavailable_response(request: HttpRequest, exc: BaseException | None) -> Htt
     return pool_exhausted_response(request)
 
 
-# --- While PostgreSQL is down: fail fast ------------------------------------------------------
+# --- While PostgreSQL is down: fail fast, and come back at once ----------------------------------
 # Without this every request would wait DATABASE_POOL_TIMEOUT for a connection the pool can't
-# make. Once one request found the database down, the others are answered 503 at once; every
-# DOWN_RECHECK_SECONDS one of them tries a connection of its own (1 s timeout), and the first
-# that gets one lets everybody through again (the pool reconnects by itself).
-DOWN_RECHECK_SECONDS = 1.0
-_down_until = 0.0
-_down_lock = threading.Lock()
+# make. Once PostgreSQL is known down in this process — a request found it down, or the pool
+# gave up reconnecting (``pool_gave_up``, the pool's ``reconnect_failed``) — every request is
+# answered 503 at once, and one background thread tries a connection of its own every
+# DOWN_PROBE_SECONDS. When one succeeds it has the pool check its connections (dropping the
+# broken ones and connecting anew at once, instead of after psycopg_pool's back-off, which had
+# grown to 8-16 s during a few seconds' outage), then lets requests through again.
+DOWN_PROBE_SECONDS = 0.5
+_down = threading.Event()
+_prober: threading.Thread | None = None
+_prober_lock = threading.Lock()
 
 
 def _note_down() -> None:
-    global _down_until
-    _down_until = time.monotonic() + DOWN_RECHECK_SECONDS
+    global _prober
+    with _prober_lock:
+        _down.set()
+        if _prober is None:
+            _prober = threading.Thread(target=_probe_until_back, name="db-down-probe", daemon=True)
+            _prober.start()
+
+
+def pool_gave_up(pool: Any) -> None:
+    """psycopg_pool's ``reconnect_failed``: the pool could not connect for its whole
+    ``reconnect_timeout``. The database is down for this process from now on."""
+    log.warning("The database pool could not reconnect: answering 503 until it answers")
+    _note_down()
+
+
+def _probe_until_back() -> None:
+    global _prober
+    while True:
+        if _database_answers():
+            _refill_pool()
+            with _prober_lock:
+                _down.clear()
+                _prober = None
+            log.warning("The database answers again")
+            return
+        time.sleep(DOWN_PROBE_SECONDS)
+
+
+def _refill_pool() -> None:
+    """Have the pool drop its broken connections and connect anew now (psycopg_pool's
+    ``check``), so the first request after the outage finds a working connection."""
+    if not getattr(connections["default"], "pool", None):
+        return  # SQLite, or no pool (PgBouncer)
+    pool = connections["default"].pool
+    if pool.closed:
+        return
+    try:
+        pool.check()
+    except Exception:  # the next request will find out and say so
+        log.warning("Checking the database pool after the outage failed", exc_info=True)
 
 
 def _database_answers() -> bool:
@@ -173,20 +218,8 @@ def _database_answers() -> bool:
 
 
 def database_known_down() -> bool:
-    """Whether a recent request found PostgreSQL down and it still is (see above)."""
-    global _down_until
-    if not _down_until:
-        return False
-    if time.monotonic() < _down_until or not _down_lock.acquire(blocking=False):
-        return True  # found down a moment ago, or another request is looking right now
-    try:
-        if _database_answers():
-            _down_until = 0.0
-            return False
-        _note_down()
-        return True
-    finally:
-        _down_lock.release()
+    """Whether PostgreSQL is known to be down in this process (see above): no waiting."""
+    return _down.is_set()
 
 
 class DatabaseDownMiddleware:

@@ -151,6 +151,14 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------------
 DATABASE_URL = env("DATABASE_URL")
+
+
+def _pool_gave_up(pool: object) -> None:
+    from config.db import pool_gave_up  # imported when called: settings load before the ORM
+
+    pool_gave_up(pool)
+
+
 if PRODUCTION and not DATABASE_URL:
     raise ImproperlyConfigured("DATABASE_URL is not set (postgres://user:pass@host:5432/name).")
 # Every process (a Daphne, a Celery worker, beat, a management command) holds at most
@@ -182,6 +190,13 @@ if DATABASE_URL:
             "max_size": DATABASE_POOL_SIZE,
             "timeout": DATABASE_POOL_TIMEOUT,
             "max_idle": 300,
+            # psycopg_pool retries a failed connection with a doubling back-off for
+            # reconnect_timeout (5 min by default): after a few seconds' outage its next try came
+            # 8-16 s after PostgreSQL was back. Give up after 2 s instead and say the database
+            # is down (config/db.py answers 503 at once, probes, and refills the pool when it
+            # answers); the next request that needs a connection starts a fresh attempt.
+            "reconnect_timeout": 2,
+            "reconnect_failed": _pool_gave_up,
         }
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)

@@ -214,10 +214,13 @@ def database_up(monkeypatch):
     a database found down is remembered: config.db, "While PostgreSQL is down")."""
     from config import db as dbmod
 
-    monkeypatch.setattr(dbmod, "_down_until", 0.0)
+    dbmod._down.clear()
     answers = {"up": True}
     monkeypatch.setattr(dbmod, "_database_answers", lambda: answers["up"])
-    return answers
+    monkeypatch.setattr(dbmod, "_refill_pool", lambda: None)  # the test database's pool is fine
+    yield answers
+    answers["up"] = True  # a probe still running lets go
+    dbmod._down.clear()
 
 
 @pytest.mark.urls("tests.test_db_pool")
@@ -303,7 +306,7 @@ def test_a_database_that_is_down_answers_503_in_words(client, database_up, monke
     assert page["Retry-After"] == "5"
     assert "cannot reach its database" in page.content.decode()
     # A pool timeout behind which the database does not answer is "down" too.
-    monkeypatch.setattr(dbmod, "_down_until", 0.0)
+    dbmod._down.clear()
     database_up["up"] = False
     assert "cannot reach its database" in client.get("/exhausted").content.decode()
 
@@ -333,12 +336,12 @@ def test_once_the_database_is_found_down_requests_are_refused_at_once(
     client, monkeypatch, database_up
 ):
     """The first request that finds PostgreSQL down says so; the next ones don't wait for the
-    pool: 503 at once until a connection of the middleware's own succeeds again."""
+    pool: 503 at once until a background probe's own connection succeeds again."""
     from config import db as dbmod
 
     answers = database_up
     answers["up"] = False
-    monkeypatch.setattr(dbmod, "DOWN_RECHECK_SECONDS", 0.0)  # look again on every request
+    monkeypatch.setattr(dbmod, "DOWN_PROBE_SECONDS", 0.01)
     client.raise_request_exception = False
     with override_settings(ROOT_URLCONF="tests.test_db_pool"):
         assert client.get("/down").status_code == 503  # found down: remembered
@@ -349,6 +352,29 @@ def test_once_the_database_is_found_down_requests_are_refused_at_once(
     assert "cannot reach its database" in refused.json()["error"]["message"]
     assert time.monotonic() - started < 1
     assert client.get("/healthz").status_code == 200  # liveness is not the database's
-    answers["up"] = True  # back: the next request goes through and clears it
-    assert client.get("/api/v1/me").status_code == 401
+    answers["up"] = True  # back: the probe sees it and lets requests through
+    deadline = time.monotonic() + 10
+    while dbmod.database_known_down() and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert not dbmod.database_known_down()
+    assert client.get("/api/v1/me").status_code == 401
+
+
+@pytest.mark.django_db
+def test_a_pool_that_gives_up_reconnecting_marks_the_database_down(client, database_up):
+    """psycopg_pool's reconnect_failed (settings: after 2 s, not its default 5 minutes) says
+    the database is down: requests are answered at once instead of each waiting for the pool."""
+    from config import db as dbmod
+
+    pool_options = settings.DATABASES["default"]["OPTIONS"].get("pool") or {}
+    database_up["up"] = False
+    settings_reconnect_failed = pool_options.get("reconnect_failed")
+    if settings_reconnect_failed is None:  # no pool in this run's settings: the hook itself
+        settings_reconnect_failed = dbmod.pool_gave_up
+    else:
+        assert pool_options["reconnect_timeout"] <= 5
+    settings_reconnect_failed(object())
+    assert dbmod.database_known_down()
+    response = client.get("/api/v1/me")
+    assert response.status_code == 503
+    assert "cannot reach its database" in response.json()["error"]["message"]
