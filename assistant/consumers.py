@@ -126,6 +126,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         self.counted = True
         metrics.safely(lambda: metrics.WEBSOCKETS_OPEN.labels("conversation").inc())
         await self._send_sync()
+        events.layer_watch().add(self)
         await streams.presence_join(self.conversation_key, self.channel_name, self.user_name)
         await self._broadcast_presence()
 
@@ -135,6 +136,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             metrics.safely(lambda: metrics.WEBSOCKETS_OPEN.labels("conversation").dec())
         if self.conversation is None:
             return
+        events.layer_watch().discard(self)
         await self.channel_layer.group_discard(self.group, self.channel_name)
         await self.channel_layer.group_discard(self.user_group, self.channel_name)
         await streams.presence_leave(self.conversation_key, self.channel_name)
@@ -185,6 +187,14 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         assert self.conversation is not None  # its group is joined once connected to one
         if events.ends_access(message, self.conversation.team_id):
             await self.close(code=CLOSE_NOT_FOUND)
+
+    async def layer_recovered(self) -> None:
+        """The channel layer lost Redis for a while (events.LayerWatch): events may have passed
+        this socket by, a run's end among them. A fresh sync says what is in flight now."""
+        try:
+            await self._send_sync()
+        except Exception:  # closed meanwhile, or Redis gone again (the next recovery resyncs)
+            log.info("Resync after a channel layer outage failed", exc_info=True)
 
     async def _send_sync(self) -> None:
         assert self.conversation is not None  # called once connected to one

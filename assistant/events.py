@@ -19,6 +19,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -83,6 +84,84 @@ class AccessWatch:
             message = await self.layer.receive(self.channel)
             if message.get("type") == ACCESS_ENDED and ends_access(message, self.team_id):
                 return
+
+
+class LayerWatch:
+    """Notices this process's channel layer losing Redis, and tells its sockets once it is back.
+
+    Pub/sub is at-most-once: what is published while Redis is down or restarting, or before this
+    process has subscribed again, reaches nobody. A lost delta shows as a gap and the client
+    resyncs; a lost end event (run.completed/failed) would leave a socket that stayed open
+    showing its run as still running. So every PING_SECONDS this process sends itself a message
+    through the layer; one not back within LOST_AFTER_SECONDS (or that can't be sent) means
+    messages may have been lost, and the first one back after that calls ``layer_recovered()``
+    on every registered consumer, which sends its client a fresh ``sync`` (run states from the
+    database, text so far from Redis): the browser re-fetches the runs that ended meanwhile.
+    One watch per event loop (Daphne has one), running while it has consumers."""
+
+    PING_SECONDS = 1.0
+    LOST_AFTER_SECONDS = 3.0
+
+    def __init__(self) -> None:
+        self.consumers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.task: asyncio.Task[None] | None = None
+        self.recoveries = 0
+
+    def add(self, consumer: Any) -> None:
+        self.consumers.add(consumer)
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._watch())
+
+    def discard(self, consumer: Any) -> None:
+        self.consumers.discard(consumer)
+
+    async def _watch(self) -> None:
+        layer = get_channel_layer()
+        channel = await layer.new_channel("layerwatch.")
+        back = asyncio.Event()
+
+        async def read() -> None:
+            while True:
+                await layer.receive(channel)
+                back.set()
+
+        reader = asyncio.get_running_loop().create_task(read())
+        healthy = True
+        try:
+            while True:
+                back.clear()
+                try:
+                    await layer.send(channel, {"type": "layer.ping"})
+                    await asyncio.wait_for(back.wait(), self.LOST_AFTER_SECONDS)
+                    ok = True
+                except Exception:  # Redis refused the send, or the ping never came back
+                    ok = False
+                if ok and not healthy:
+                    self.recoveries += 1
+                    log.warning("Channel layer back after an outage: resyncing %d socket(s)",
+                                len(self.consumers))  # fmt: skip
+                    for consumer in list(self.consumers):
+                        asyncio.get_running_loop().create_task(consumer.layer_recovered())
+                healthy = ok
+                await asyncio.sleep(self.PING_SECONDS)
+                if not self.consumers:
+                    return  # the next consumer starts a new watch (no await in between)
+        finally:
+            reader.cancel()
+
+
+_layer_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LayerWatch] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def layer_watch() -> LayerWatch:
+    """This event loop's LayerWatch (see above)."""
+    loop = asyncio.get_running_loop()
+    watch = _layer_watches.get(loop)
+    if watch is None:
+        watch = _layer_watches[loop] = LayerWatch()
+    return watch
 
 
 def message_data(message: Message) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 """Faults on the scaled-out topology, measured.
 
     .venv/bin/python bench/cluster.py [--streams 50] [--tokens 300] [--delay-ms 40]
-        [--faults worker,web,redis,postgres] [--port 8500] [--json FILE]
+        [--faults worker,web,redis,redis-end,postgres] [--port 8500] [--json FILE]
 
 What runs (all on this machine, started and always stopped here): a PostgreSQL cluster of its
 own (initdb into a temporary folder, port --pg-port, 5442 by default: the fault restarts it, so
@@ -26,6 +26,10 @@ injected:
   the last of its viewers synced again.
 - ``redis``: Redis shut down (nothing kept) and started again a second later. Recovery: start
   -> every viewer of a run still in flight has a delta again (or its run's end).
+- ``redis-end``: the same, as the replies end (once a viewer has 90% of its text): most runs'
+  end events are published while Redis is down, or before the Daphnes subscribed again, so a
+  socket that stayed open learns of its run's end only from the sync the Daphne sends it once
+  its channel layer is back (events.LayerWatch). Every viewer must still be told.
 - ``postgres``: PostgreSQL stopped for --pg-outage seconds and started again, while a prober
   GETs an API page through nginx every 100 ms: during the outage the answers must be 503,
   quickly; after it, 200 again by themselves. Recovery: start -> the first 200.
@@ -39,7 +43,8 @@ away, and is read from the database as the browser re-fetches it.
 Figures per phase: the runs' end states; saved messages that differ from what streamed, or are
 missing or doubled; per viewer and run, whether the text it showed when the run ended equals
 the saved message (lost = it showed less, dup = it showed something else); deltas seen twice
-on the wire and gaps resynced; the time to recovery. And the machine's load.
+on the wire and gaps resynced; processes the supervisor had to start again (a worker must
+survive a Redis restart by itself); the time to recovery. And the machine's load.
 """
 
 from __future__ import annotations
@@ -255,6 +260,7 @@ class Viewer:
     port: int = 0
     ws: Any = None
     resync_pending: bool = False
+    synced: bool = False  # this socket had its first sync: a later one is a resync
     error: str = ""
 
     def run_view(self, run_id: str) -> RunView:
@@ -277,6 +283,7 @@ class Viewer:
                 ) as ws:
                     self.ws = ws
                     self.resync_pending = False
+                    self.synced = False
                     stop_task = asyncio.ensure_future(stop.wait())
                     try:
                         while True:
@@ -320,18 +327,24 @@ class Viewer:
                 self.request_resync()
         elif kind == "sync":
             self.resync_pending = False
+            # On a socket already synced: asked for (a gap) or sent by the server after the
+            # channel layer lost Redis (events.LayerWatch); else the first after (re)connecting.
+            how = "resync" if self.synced else "away"
+            self.synced = True
             listed = set()
             for snap in frame["runs"]:
                 listed.add(snap["run"])
                 view = self.run_view(snap["run"])
                 if not view.ended and snap["seq"] > view.seq:
                     view.text, view.seq = snap["text"], snap["seq"]
-            self.connects.append((now, port))
-            # In flight before, not listed now: it ended while we were away (the browser
-            # re-fetches such a run; the bench reads it from the database afterwards).
+            if how == "away":
+                self.connects.append((now, port))
+            # In flight before, not listed now: it ended while we were away, or its end event
+            # was lost (the browser re-fetches such a run; the bench reads it from the database
+            # afterwards).
             for run_id, view in self.runs.items():
                 if run_id not in listed and not view.ended and view.seq > 0:
-                    self.end(view, "away", now)
+                    self.end(view, how, now)
         elif kind in END_EVENTS:
             view = self.run_view(frame["run"])
             if not view.ended:
@@ -592,6 +605,7 @@ async def run_phase(
     info: dict[str, Any] = {"fault": fault, "streams": streams, "load": load_average()}
     probes: list[tuple[float, int, float]] = []
     probe_stop = asyncio.Event()
+    starts_before = {name: proc.starts for name, proc in h.cluster.procs.items()}
     fault_at = time.time()
     affected_runs: list[str] = []
     affected_viewers: list[Viewer] = []
@@ -609,7 +623,16 @@ async def run_phase(
         pid = h.cluster.kill("web1")
         affected_viewers = [v for v in viewers if v.port == web_ports[0]]
         info["killed"] = f"web1 (pid {pid}), serving {len(affected_viewers)} viewer(s)"
-    elif fault == "redis":
+    elif fault in ("redis", "redis-end"):
+        if fault == "redis-end":
+            # As the replies end: the first viewer has 90% of its text, so most runs' end
+            # events are published while Redis is down or before the Daphnes subscribed again.
+            near_end = 0.9 * len(expected_text(tokens))
+            await asyncio_wait_until(
+                lambda: any(len(r.text) >= near_end for v in viewers for r in v.runs.values()),
+                90,
+                "a reply near its end",
+            )
         stopped, started = await loop.run_in_executor(None, h.restart_redis, 1.0)
         fault_at = started
         info["outage_s"] = round(started - stopped, 2)
@@ -648,6 +671,12 @@ async def run_phase(
         await asyncio.sleep(1.0)
         probe_stop.set()
         await prober
+    if fault in ("redis", "redis-end"):
+        await asyncio.sleep(3)  # a worker that would exit does so once its replies are done
+    # Processes the supervisor had to start again (besides the one killed on purpose).
+    info["restarted"] = sorted(
+        name for name, proc in h.cluster.procs.items() if proc.starts > starts_before[name]
+    )
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     db.shutdown(wait=False)
@@ -670,7 +699,7 @@ async def run_phase(
         elif o["status"] == "failed" and texts and not full.startswith(texts[0]):
             saved_wrong += 1
     # Each viewer's text when its run ended against the saved message.
-    lost = dup = hung = ok = away = 0
+    lost = dup = hung = ok = away = resynced = 0
     wire_dups = gaps = 0
     untold = []
     for v in viewers:
@@ -690,6 +719,9 @@ async def run_phase(
             # Ended while it reconnected: the browser re-fetches such a run (refreshRun), so
             # it shows the saved message; counted apart, since no streamed text is compared.
             away += 1
+        elif view.ended == "resync":
+            # Its end event was lost with Redis; a later sync no longer listed it (re-fetched).
+            resynced += 1
         elif view.text_at_end == saved:
             ok += 1
         elif saved.startswith(view.text_at_end):
@@ -705,6 +737,7 @@ async def run_phase(
             "viewer_runs": len(viewers),
             "viewer_text_ok": ok,
             "viewer_ended_while_away": away,
+            "viewer_end_by_resync": resynced,
             "viewer_text_lost": lost,
             "viewer_text_dup": dup,
             "viewer_not_told": hung,
@@ -739,7 +772,7 @@ async def run_phase(
         info["recovery_s"] = (
             round(max(t for t in back if t) - fault_at, 2) if all(back) and back else None
         )
-    elif fault == "redis":
+    elif fault in ("redis", "redis-end"):
         # Every viewer whose run was still streaming at the restart gets text again (or the end).
         waits = []
         for v in viewers:
@@ -794,7 +827,7 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=50)
     parser.add_argument("--tokens", type=int, default=300)
     parser.add_argument("--delay-ms", type=float, default=40)
-    parser.add_argument("--faults", default="worker,web,redis,postgres")
+    parser.add_argument("--faults", default="worker,web,redis,redis-end,postgres")
     parser.add_argument("--port", type=int, default=8500, help="nginx; Daphnes on the next two")
     parser.add_argument("--redis-port", type=int, default=6391)
     parser.add_argument("--pg-port", type=int, default=5442)
@@ -803,7 +836,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the logs folder")
     args = parser.parse_args()
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
-    unknown = set(faults) - {"worker", "web", "redis", "postgres"}
+    unknown = set(faults) - {"worker", "web", "redis", "redis-end", "postgres"}
     if unknown:
         parser.error(f"unknown fault(s): {', '.join(sorted(unknown))}")
     deploy = load_deploy_cluster()

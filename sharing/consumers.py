@@ -156,6 +156,7 @@ class ShareConsumer(AsyncWebsocketConsumer):
         self.counted = True
         metrics.safely(lambda: metrics.WEBSOCKETS_OPEN.labels("share").inc())
         await self._send_sync()
+        events.layer_watch().add(self)
         self.expiry = None
         if link.expires_at is not None:
             seconds = (link.expires_at - timezone.now()).total_seconds()
@@ -167,6 +168,7 @@ class ShareConsumer(AsyncWebsocketConsumer):
             metrics.safely(lambda: metrics.WEBSOCKETS_OPEN.labels("share").dec())
         if self.link is None:
             return
+        events.layer_watch().discard(self)
         expiry = getattr(self, "expiry", None)
         if expiry is not None:
             expiry.cancel()
@@ -276,6 +278,13 @@ class ShareConsumer(AsyncWebsocketConsumer):
 
     async def _send(self, frame: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(frame, ensure_ascii=False, default=str))
+
+    async def layer_recovered(self) -> None:
+        """As the conversation consumer's: a fresh sync after the channel layer lost Redis."""
+        try:
+            await self._send_sync()
+        except Exception:
+            log.info("Resync after a channel layer outage failed", exc_info=True)
 
     async def _send_sync(self) -> None:
         runs = []
