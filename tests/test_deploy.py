@@ -224,6 +224,17 @@ def test_compose_topology():
     # nginx's fixed address is the one trusted for X-Forwarded-For.
     nginx_ip = services["nginx"]["networks"]["default"]["ipv4_address"]
     assert services["web"]["environment"]["TRUSTED_PROXIES"] == nginx_ip
+    # Metrics: multiprocess files in a tmpfs of each container's own (empty at its start), the
+    # workers answering Prometheus themselves, the token from tandem.env with the secrets.
+    tandem = compose()["x-tandem"]
+    metrics_dir = tandem["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+    assert any(mount.split(":")[0] == metrics_dir for mount in tandem["tmpfs"])
+    for name in ("web", "worker"):
+        assert services[name]["environment"]["PROMETHEUS_MULTIPROC_DIR"] == metrics_dir
+        assert services[name]["env_file"] == ["tandem.env"]
+    assert services["worker"]["environment"]["METRICS_WORKER_PORT"] == "9101"
+    assert "9101" in services["worker"]["expose"]
+    assert "\nMETRICS_TOKEN=" in (DEPLOY / "env.example").read_text()
     nginx = (DEPLOY / "compose" / "nginx.conf").read_text()
     assert "proxy_set_header Upgrade $http_upgrade;" in nginx
     assert "proxy_set_header X-Request-ID $request_id;" in nginx
@@ -271,6 +282,19 @@ def test_kubernetes_topology():
         }  # configMapRef / secretRef
         assert sources == {"tandem-config", "tandem-env"}
     assert {doc["metadata"]["name"] for doc in kind("Secret")} == {"tandem-env"}
+    # Metrics: the token from the Secret; each pod's multiprocess files in an emptyDir of its
+    # own (empty at the pod's start); the workers answer Prometheus themselves.
+    (secret,) = kind("Secret")
+    assert secret["stringData"]["METRICS_TOKEN"]
+    for deploy, container in ((web, web_c), (worker, worker_c)):
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+        assert mounts["metrics"] == env["PROMETHEUS_MULTIPROC_DIR"]
+        assert volumes["metrics"]["emptyDir"]["medium"] == "Memory"
+    worker_env = {item["name"]: item.get("value") for item in worker_c["env"]}
+    assert worker_env["METRICS_WORKER_PORT"] == "9101"
+    assert {"name": "metrics", "containerPort": 9101} in worker_c["ports"]
     assert {doc["metadata"]["name"] for doc in kind("ConfigMap")} == {"tandem-config"}
     for deploy in (web, worker, beat):
         pod = deploy["spec"]["template"]["spec"]
