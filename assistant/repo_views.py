@@ -7,15 +7,13 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
-from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.handlers.asgi import ASGIRequest
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import F
 from django.http import (
     Http404,
@@ -33,7 +31,7 @@ from accounts.http import AuthenticatedHttpRequest
 from accounts.selectors import admin_membership_for, membership_for
 from config.db import db_sync_to_async
 
-from . import images, quota, repos, runner, selectors, services
+from . import images, quota, repos, selectors, services
 from .models import RepoAuth, RepoJob, RepoJobKind, RepoJobStatus, Repository, Workspace
 
 
@@ -94,7 +92,9 @@ class RepositoryForm(forms.Form):
             url = repos.validate_url(self.cleaned_data["url"], team=self.team)
         except repos.RepoError as exc:
             raise forms.ValidationError(str(exc))
-        _check_local_repository(url)
+        # A local path is not looked at here: the web has no repositories volume (it may not
+        # see the path at all). The first fetch, a worker job, says whether a git repository
+        # is there (repos.ensure_mirror), on the repository's row.
         return url
 
     def clean(self):
@@ -113,21 +113,6 @@ class RepositoryForm(forms.Form):
         if auth == RepoAuth.SSH_KEY:
             return self.cleaned_data["ssh_key"]
         return ""
-
-
-def _check_local_repository(url: str) -> None:
-    """A local address must name a git repository that is there now: a typo would otherwise
-    be accepted and only fail at the first fetch. (Remote ones are fetched at once instead.)"""
-    if url.startswith("/"):
-        path = Path(url)
-    elif url.startswith("file://"):
-        path = Path(unquote(urlsplit(url).path))
-    else:
-        return
-    if not path.is_dir():
-        raise forms.ValidationError(f"There is no folder at {path}.")
-    if not ((path / ".git").exists() or (path / "HEAD").is_file()):
-        raise forms.ValidationError(f"{path} is not a git repository (no .git in it).")
 
 
 def _posted_repository(request: HttpRequest, team) -> Repository | HttpResponse:
@@ -158,8 +143,9 @@ def repository_list(request: HttpRequest, slug: str) -> HttpResponse:
         )
         repo.credential = form.credential()
         repo.save()
-        # Mirrored at once, in the background: the page then says whether it worked.
-        transaction.on_commit(lambda: runner.enqueue_fetch(repo.pk))
+        # Mirrored at once by a worker (a fetch job, as Fetch now): the row says "fetching…"
+        # until it has, then when, or why not (a local path that is no git repository, too).
+        services.repository_fetch(repo=repo, user=request.user)
         messages.success(request, f"Added “{repo.name}”. It is being fetched now.")
         return redirect("repositories", slug=slug)
     repositories = list(team.repositories.all())

@@ -44,27 +44,6 @@ def enqueue_run(run_id: str) -> None:
     asyncio.run_coroutine_threadsafe(_start_task(run_id), loop)
 
 
-def enqueue_fetch(repo_id: int) -> None:
-    """Mirror a newly added repository in the background (its row records the outcome)."""
-    if settings.RUN_EXECUTOR == "celery":
-        from .tasks import fetch_repository
-
-        fetch_repository.delay(repo_id)
-        return
-    threading.Thread(target=_fetch_here, args=(repo_id,), name="tandem-fetch", daemon=True).start()
-
-
-def _fetch_here(repo_id: int) -> None:
-    from django.db import connection
-
-    from .tasks import fetch_repository
-
-    try:
-        fetch_repository(repo_id)
-    finally:
-        connection.close()  # this thread's own connection
-
-
 async def _start_task(run_id: str) -> None:
     from .agent import execute_run
 

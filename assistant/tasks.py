@@ -84,7 +84,9 @@ JOBS = {
 
 @shared_task(name="assistant.fetch_repository", ignore_result=True)
 def fetch_repository(repo_id: int) -> None:
-    """Mirror one repository now (just added): the outcome, error included, is on its row."""
+    """Mirror one repository now: the outcome, error included, is on its row. A newly added
+    repository is now fetched by a fetch job (RepoJob); this stays for the messages an earlier
+    version queued."""
     from .models import Repository
     from .repos import RepoError, ensure_mirror
 

@@ -295,36 +295,55 @@ def test_posts_without_a_csrf_token_are_403(alice, conversation, repo):
 # --- Issue 16: a broken address is refused, a good one is fetched at once, Attach defaults well
 
 
-def test_a_local_path_that_is_not_there_is_refused(alice, team, tmp_path):
-    client = client_for(alice)
-    response = client.post(
-        "/t/acme/repos/", {"name": "x", "url": str(tmp_path / "nowhere"), "auth": "none"}
-    )
-    assert response.status_code == 422
-    assert f"There is no folder at {tmp_path / 'nowhere'}." in text(response)
-    (tmp_path / "plain").mkdir()
-    response = client.post(
-        "/t/acme/repos/", {"name": "x", "url": f"file://{tmp_path / 'plain'}", "auth": "none"}
-    )
-    assert "is not a git repository" in text(response)
-    assert not Repository.objects.exists()
+def test_a_local_path_is_checked_by_the_worker_s_first_fetch_not_the_web(
+    alice, team, tmp_path, monkeypatch, queued_jobs
+):
+    """The web has no repositories volume: adding a local path looks nothing up there. The
+    first fetch, a worker job, says on the row that no repository is there."""
+    from assistant.jobs import repo_job
 
+    looked: list[str] = []
+    real_is_dir = Path.is_dir
 
-def test_an_added_repository_is_fetched_at_once(alice, team, origin, monkeypatch):
-    fetched: list[int] = []
-    monkeypatch.setattr("assistant.runner.enqueue_fetch", fetched.append)
+    def is_dir(self):
+        looked.append(str(self))
+        return real_is_dir(self)
+
     client = client_for(alice)
-    with TestCase.captureOnCommitCallbacks(execute=True):
+    nowhere = tmp_path / "nowhere"
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "is_dir", is_dir)
         response = client.post(
-            "/t/acme/repos/", {"name": "demo", "url": str(origin), "auth": "none"}
+            "/t/acme/repos/", {"name": "x", "url": str(nowhere), "auth": "none"}
         )
+    assert response.status_code == 302
+    assert str(nowhere) not in looked  # the web did not look
     repo = Repository.objects.get()
-    assert response.status_code == 302 and fetched == [repo.pk]
+    (job,) = RepoJob.objects.filter(repository=repo, kind="fetch")
+    assert queued_jobs == [("repo_job", (str(job.uuid),))]
     assert 'data-testid="fetch-pending"' in text(client.get("/t/acme/repos/"))
 
-    from assistant.tasks import fetch_repository
+    repo_job(str(job.uuid))  # what the worker does with it
+    job.refresh_from_db()
+    assert job.status == "failed" and job.error == f"There is no folder at {nowhere}."
+    page = text(client.get("/t/acme/repos/"))
+    assert f"Last fetch failed: There is no folder at {nowhere}." in page
+    (tmp_path / "plain").mkdir()
+    Repository.objects.filter(pk=repo.pk).update(url=f"file://{tmp_path / 'plain'}")
+    job = RepoJob.objects.create(repository=repo, kind="fetch")
+    repo_job(str(job.uuid))
+    job.refresh_from_db()
+    assert "is not a git repository" in job.error
 
-    fetch_repository(repo.pk)
+
+def test_an_added_repository_is_fetched_at_once(alice, team, origin, inline_jobs):
+    client = client_for(alice)
+    response = client.post("/t/acme/repos/", {"name": "demo", "url": str(origin), "auth": "none"})
+    repo = Repository.objects.get()
+    assert response.status_code == 302
+    # A fetch job, done by a worker (here at once): the page says when it fetched.
+    assert [name for name, _ in inline_jobs] == ["repo_job"]
+    assert RepoJob.objects.get(repository=repo, kind="fetch").status == "done"
     page = text(client.get("/t/acme/repos/"))
     assert 'data-testid="last-fetched"' in page and 'data-testid="never-fetched"' not in page
 
