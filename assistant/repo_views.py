@@ -127,7 +127,7 @@ def _posted_repository(request: HttpRequest, team) -> Repository | HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def repository_list(request: HttpRequest, slug: str) -> HttpResponse:
+def repository_list(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     membership = admin_membership_for(request.user, slug)
     team = membership.team
     form = RepositoryForm(request.POST or None, team=team)

@@ -182,10 +182,8 @@ def _probe_until_back() -> None:
 def _refill_pool() -> None:
     """Have the pool drop its broken connections and connect anew now (psycopg_pool's
     ``check``), so the first request after the outage finds a working connection."""
-    if not getattr(connections["default"], "pool", None):
-        return  # SQLite, or no pool (PgBouncer)
-    pool = connections["default"].pool
-    if pool.closed:
+    pool = getattr(connections["default"], "pool", None)  # PostgreSQL's backend only
+    if pool is None or pool.closed:  # SQLite, no pool (PgBouncer), or not opened yet
         return
     try:
         pool.check()

@@ -103,8 +103,9 @@ def test_requests_fail_fast_while_postgresql_is_down_and_recover_by_themselves(t
     db = settings.DATABASES["default"]
     relay = Relay((db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432)))
     relay.up()
+    user = db["USER"] or "postgres"
     env = {
-        "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@127.0.0.1:{relay.port}/{db['NAME']}",
+        "DATABASE_URL": f"postgres://{user}@127.0.0.1:{relay.port}/{db['NAME']}",
         "DATABASE_POOL_TIMEOUT": "5",
         # A full pool, as a busy server's is: every connection it had is broken by the outage
         # and being reconnected, so there is no room to grow a fresh one on demand.

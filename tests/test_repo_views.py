@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from django.test import Client, TestCase
+from django.test import Client
 
 from assistant import repos
 from assistant.models import RepoAuth, RepoJob, Repository, Workspace
@@ -313,9 +313,7 @@ def test_a_local_path_is_checked_by_the_worker_s_first_fetch_not_the_web(
     nowhere = tmp_path / "nowhere"
     with monkeypatch.context() as patch:
         patch.setattr(Path, "is_dir", is_dir)
-        response = client.post(
-            "/t/acme/repos/", {"name": "x", "url": str(nowhere), "auth": "none"}
-        )
+        response = client.post("/t/acme/repos/", {"name": "x", "url": str(nowhere), "auth": "none"})
     assert response.status_code == 302
     assert str(nowhere) not in looked  # the web did not look
     repo = Repository.objects.get()
