@@ -40,6 +40,10 @@ the snapshot when its number is higher. On a closed socket it reconnects (250 ms
 most 5 s) through nginx; a run in flight before that the sync no longer lists ended while it was
 away, and is read from the database as the browser re-fetches it.
 
+A run's end event carries its saved message, rendered, which the browser shows in place of the
+streamed text: a viewer whose streamed text was short at that moment (deltas lost with Redis
+and no later one to reveal the gap) is counted apart from "lost" for that reason.
+
 Figures per phase: the runs' end states; saved messages that differ from what streamed, or are
 missing or doubled; per viewer and run, whether the text it showed when the run ended equals
 the saved message (lost = it showed less, dup = it showed something else); deltas seen twice
@@ -242,6 +246,7 @@ class RunView:
     ended_at: float = 0.0
     text_at_end: str = ""
     seq_at_end: int = 0
+    end_rendered: bool = False  # the end event carried the saved message, rendered
     last_delta_at: float = 0.0
 
 
@@ -349,6 +354,8 @@ class Viewer:
             view = self.run_view(frame["run"])
             if not view.ended:
                 self.end(view, kind, now)
+                # The browser swaps the streamed text for this (the saved message, rendered).
+                view.end_rendered = bool(frame.get("html") and frame.get("message_id"))
 
     @staticmethod
     def end(view: RunView, how: str, now: float) -> None:
@@ -699,7 +706,7 @@ async def run_phase(
         elif o["status"] == "failed" and texts and not full.startswith(texts[0]):
             saved_wrong += 1
     # Each viewer's text when its run ended against the saved message.
-    lost = dup = hung = ok = away = resynced = 0
+    lost = dup = hung = ok = away = resynced = replaced = 0
     wire_dups = gaps = 0
     untold = []
     for v in viewers:
@@ -724,6 +731,10 @@ async def run_phase(
             resynced += 1
         elif view.text_at_end == saved:
             ok += 1
+        elif saved.startswith(view.text_at_end) and view.end_rendered:
+            # Deltas lost with Redis and no later one to show the gap, but the end event
+            # brought the saved message, which the browser shows instead: counted apart.
+            replaced += 1
         elif saved.startswith(view.text_at_end):
             lost += 1
         else:
@@ -738,6 +749,7 @@ async def run_phase(
             "viewer_text_ok": ok,
             "viewer_ended_while_away": away,
             "viewer_end_by_resync": resynced,
+            "viewer_short_then_saved_shown": replaced,
             "viewer_text_lost": lost,
             "viewer_text_dup": dup,
             "viewer_not_told": hung,
