@@ -102,7 +102,8 @@ class LayerWatch:
     PING_SECONDS = 1.0
     LOST_AFTER_SECONDS = 3.0
 
-    def __init__(self) -> None:
+    def __init__(self, layer: Any = None) -> None:
+        self.layer = layer  # None: the default channel layer
         self.consumers: weakref.WeakSet[Any] = weakref.WeakSet()
         self.task: asyncio.Task[None] | None = None
         self.recoveries = 0
@@ -116,7 +117,7 @@ class LayerWatch:
         self.consumers.discard(consumer)
 
     async def _watch(self) -> None:
-        layer = get_channel_layer()
+        layer = self.layer or get_channel_layer()
         channel = await layer.new_channel("layerwatch.")
         back = asyncio.Event()
 
