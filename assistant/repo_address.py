@@ -119,22 +119,6 @@ def _check_local(path: Path, *, team=None) -> None:
         raise RepoError("That path is another team's repository.")
 
 
-def check_local_repository(url: str) -> None:
-    """A local address names a git repository that is there now (else a sentence saying
-    what is wrong). Called by the worker's fetch: the web process has no repositories volume
-    and never looks at such a path."""
-    if url.startswith("/"):
-        path = Path(url)
-    elif url.startswith("file://"):
-        path = Path(unquote(urlsplit(url).path))
-    else:
-        return
-    if not path.is_dir():
-        raise RepoError(f"There is no folder at {path}.")
-    if not ((path / ".git").exists() or (path / "HEAD").is_file()):
-        raise RepoError(f"{path} is not a git repository (no .git in it).")
-
-
 def _used_by_another_team(resolved: Path, team) -> bool:
     # Through the team's relation, not an import: the Repository model imports this module
     # (its clean() checks its address), which must not import it back.

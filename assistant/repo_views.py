@@ -93,8 +93,8 @@ class RepositoryForm(forms.Form):
         except repos.RepoError as exc:
             raise forms.ValidationError(str(exc))
         # A local path is not looked at here: the web has no repositories volume (it may not
-        # see the path at all). The first fetch, a worker job, says whether a git repository
-        # is there (repos.ensure_mirror), on the repository's row.
+        # see the path at all). The first fetch, a worker job, says on the repository's row
+        # whether a git repository is there (repos.ensure_mirror).
         return url
 
     def clean(self):

@@ -54,7 +54,7 @@ from django.utils import timezone
 
 from . import quota, sandbox_git
 from .models import Conversation, RepoAuth, Repository, Workspace
-from .repo_address import RepoError, check_local_repository, repos_root, validate_url
+from .repo_address import RepoError, repos_root, validate_url
 from .repo_address import local_roots as local_roots  # still repos.local_roots to callers
 
 log = logging.getLogger(__name__)
@@ -504,7 +504,6 @@ def ensure_mirror(*, repo: Repository) -> Path:
     path = mirror_path(repo=repo)
     try:
         url = validate_url(repo.url)
-        check_local_repository(url)
         with _locked(repo), _remote_env(repo) as remote:
             if path.exists():
                 _fetch(path, url, remote)

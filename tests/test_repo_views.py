@@ -323,15 +323,15 @@ def test_a_local_path_is_checked_by_the_worker_s_first_fetch_not_the_web(
 
     repo_job(str(job.uuid))  # what the worker does with it
     job.refresh_from_db()
-    assert job.status == "failed" and job.error == f"There is no folder at {nowhere}."
-    page = text(client.get("/t/acme/repos/"))
-    assert f"Last fetch failed: There is no folder at {nowhere}." in page
-    (tmp_path / "plain").mkdir()
+    nothing = "Reaching the repository failed: no git repository was found at this address."
+    assert job.status == "failed" and job.error == nothing
+    assert f"Last fetch failed: {nothing}" in text(client.get("/t/acme/repos/"))
+    (tmp_path / "plain").mkdir()  # a folder, but no repository
     Repository.objects.filter(pk=repo.pk).update(url=f"file://{tmp_path / 'plain'}")
     job = RepoJob.objects.create(repository=repo, kind="fetch")
     repo_job(str(job.uuid))
     job.refresh_from_db()
-    assert "is not a git repository" in job.error
+    assert job.status == "failed" and job.error == nothing
 
 
 def test_an_added_repository_is_fetched_at_once(alice, team, origin, inline_jobs):
