@@ -118,7 +118,14 @@ class LayerWatch:
 
     async def _watch(self) -> None:
         layer = self.layer or get_channel_layer()
-        channel = await layer.new_channel("layerwatch.")
+        while True:  # Redis may be away right now (a socket that connected just before)
+            try:
+                channel = await layer.new_channel("layerwatch.")
+                break
+            except Exception:
+                await asyncio.sleep(self.PING_SECONDS)
+                if not self.consumers:
+                    return
         back = asyncio.Event()
 
         async def read() -> None:
