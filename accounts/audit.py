@@ -1,6 +1,7 @@
 """The audit log: who approved or denied a command, shared or revoked a link, changed the team's
 settings (its model, allowlist, budgets, sharing), a repository or its credentials, created or
-revoked an API key, invited, removed or changed the role of a member, connected Slack.
+revoked an API key, invited, removed or changed the role of a member, connected Slack, opened
+(or linked) a pull request.
 
 Events are written where the change is made, in the same transaction: by the services
 (``record``), and for settings rows that several pages and the admin write (the team, its
@@ -53,6 +54,8 @@ class Action(models.TextChoices):
     REPO_CHANGED = "repository.changed", "Changed a repository"
     REPO_CREDENTIALS = "repository.credentials", "Changed a repository's credentials"
     REPO_REMOVED = "repository.removed", "Removed a repository"
+    PULL_REQUEST_OPENED = "pullrequest.opened", "Opened a pull request"
+    PULL_REQUEST_LINKED = "pullrequest.linked", "Linked a pull request that was open"
     APIKEY_CREATED = "apikey.created", "Created an API key"
     APIKEY_REVOKED = "apikey.revoked", "Revoked an API key"
     MEMBER_INVITED = "member.invited", "Invited someone"

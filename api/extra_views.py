@@ -1,5 +1,6 @@
 """More /api/v1/ endpoints (issue 18, for the command-line client): approvals waiting, share
-links, a conversation's diff and patch, undoing a turn, and where the team stands on usage.
+links, a conversation's diff and patch, undoing a turn, and where the team stands on usage;
+(issue 16) pushing with a commit message and opening a pull request.
 
 Thin, like api/views.py: the caller is admitted by ``endpoint`` (key or session, scope, rate
 limits), objects are looked up through the caller's teams (404 for outsiders), and the work
@@ -20,10 +21,17 @@ from django.urls import reverse
 from django.utils import timezone
 
 from assistant import repo_views, services
-from assistant.models import Conversation, ToolCall, ToolCallStatus, Workspace
+from assistant.models import (
+    Conversation,
+    RepoJob,
+    RepoJobKind,
+    ToolCall,
+    ToolCallStatus,
+    Workspace,
+)
 
 from . import data
-from .http import ApiError, Caller, endpoint, json_body, team_param
+from .http import ApiError, Caller, endpoint, json_body, not_found, team_param
 from .views import _conversation, _run
 
 MAX_APPROVALS = 100
@@ -185,6 +193,106 @@ def run_undo(request: HttpRequest, caller: Caller, run_id: uuid.UUID) -> JsonRes
     except services.ChatError as exc:
         raise ApiError(409, "conflict", str(exc))
     return JsonResponse(data.run_data(found), status=202)
+
+
+# --- Push and pull request ----------------------------------------------------------------------
+
+
+def _job_data(job: RepoJob) -> dict[str, Any]:
+    pull_request = None
+    if job.kind == RepoJobKind.PULL_REQUEST and job.number is not None:
+        pull_request = {
+            "number": job.number,
+            "url": job.url,
+            "existing": job.result == "existing",
+        }
+    return {
+        "id": str(job.uuid),
+        "kind": job.kind,
+        "status": job.status,
+        "error": job.error,
+        "branch": job.branch,
+        "commit": job.result if job.kind == RepoJobKind.PUSH and job.result else None,
+        "base": job.base if job.kind == RepoJobKind.PULL_REQUEST else None,
+        "pull_request": pull_request,
+        "created": data.iso(job.created),
+        "finished": data.iso(job.finished),
+    }
+
+
+def _job_refused(exc: services.ChatError) -> ApiError:
+    from assistant import pushes
+
+    if isinstance(exc, pushes.Invalid):
+        return ApiError(422, "invalid_field", str(exc))
+    return ApiError(409, "conflict", str(exc))
+
+
+@endpoint("POST")
+def conversation_push(
+    request: HttpRequest, caller: Caller, conversation_id: uuid.UUID
+) -> JsonResponse:
+    """The page's Push: commit the conversation's changes as the caller with ``message`` (the
+    proposed one when left out) and push them to a new branch (never forced), in a worker.
+    Follow the job with GET /jobs/{id}."""
+    found = _conversation(request, caller, conversation_id)
+    workspace = _workspace(found)
+    body = json_body(request, {"branch": str, "message": str})
+    branch = body.get("branch", "").strip() or workspace.work_branch
+    if len(branch) > 255:
+        raise ApiError(422, "invalid_field", "A branch name has at most 255 characters.")
+    try:
+        job = services.workspace_push(
+            conversation=found, branch=branch, user=caller.user, message=body.get("message")
+        )
+    except services.ChatError as exc:
+        raise _job_refused(exc)
+    return JsonResponse(_job_data(job), status=202)
+
+
+@endpoint("POST")
+def conversation_pull_request(
+    request: HttpRequest, caller: Caller, conversation_id: uuid.UUID
+) -> JsonResponse:
+    """The page's Open pull request, from the branch of the last push that worked: one
+    already open for that branch is linked instead. Title, description and base default to
+    what the page proposes. Follow the job with GET /jobs/{id}."""
+    from assistant import pushes
+
+    found = _conversation(request, caller, conversation_id)
+    workspace = _workspace(found)
+    body = json_body(request, {"title": str, "body": str, "base": str})
+    pushed = services.last_push(found)
+    proposed = pushes.pull_request_defaults(pushed, workspace) if pushed else {}
+    try:
+        job = services.pull_request_open(
+            conversation=found,
+            user=caller.user,
+            title=body.get("title", proposed.get("title", "")),
+            body=body.get("body", proposed.get("body", "")),
+            base=body.get("base", proposed.get("base", "")),
+        )
+    except services.ChatError as exc:
+        raise _job_refused(exc)
+    return JsonResponse(_job_data(job), status=202)
+
+
+@endpoint("GET")
+def job(request: HttpRequest, caller: Caller, job_id: uuid.UUID) -> JsonResponse:
+    """A push or pull request job: queued, running, done (with the commit, or the pull
+    request's number and URL) or failed (why, in words)."""
+    found = (
+        RepoJob.objects.filter(
+            caller.in_teams("conversation__", team_param(request)),
+            uuid=job_id,
+            kind__in=(RepoJobKind.PUSH, RepoJobKind.PULL_REQUEST),
+        )
+        .defer("patch")
+        .first()
+    )
+    if found is None:
+        raise not_found("The job")
+    return JsonResponse(_job_data(found))
 
 
 # --- Usage ---------------------------------------------------------------------------------------

@@ -648,6 +648,81 @@ SCHEMAS["TurnDiff"] = obj(
 )
 SCHEMAS["TurnDiffList"] = obj({"data": {"type": "array", "items": ref("TurnDiff")}})
 
+SCHEMAS |= {
+    "NewPush": obj(
+        {
+            "branch": {
+                "type": "string",
+                "maxLength": 255,
+                "description": "The new branch on the remote (default: the workspace's work "
+                "branch). Never forced: a branch someone else moved is refused.",
+            },
+            "message": {
+                "type": "string",
+                "maxLength": 20000,
+                "description": "The commit message, committed as written (line ends made \\n, "
+                "trailing blank space dropped). Its first line says what the change does, at "
+                "most 200 characters; no NUL. Default: the one the page proposes (the "
+                "conversation's title, the files it changed).",
+            },
+        },
+        required=[],
+        additionalProperties=False,
+    ),
+    "NewPullRequest": obj(
+        {
+            "title": {
+                "type": "string",
+                "maxLength": 255,
+                "description": "Default: the first line of the pushed commit's message.",
+            },
+            "body": {
+                "type": "string",
+                "maxLength": 60000,
+                "description": "The description. Default: the rest of that message.",
+            },
+            "base": {
+                "type": "string",
+                "maxLength": 255,
+                "description": "The branch it goes into. Default: the repository's default branch.",
+            },
+        },
+        required=[],
+        additionalProperties=False,
+    ),
+    "RepositoryJob": obj(
+        {
+            "id": UUID,
+            "kind": {"type": "string", "enum": ["push", "pr"]},
+            "status": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
+            "error": {"type": "string", "description": "Why it failed, in words; else empty."},
+            "branch": {
+                "type": "string",
+                "description": "push: the branch pushed to; pr: its head.",
+            },
+            "commit": nullable({"type": "string"})
+            | {"description": "push, once done: the commit pushed."},
+            "base": nullable({"type": "string"}) | {"description": "pr: the branch it goes into."},
+            "pull_request": nullable(
+                obj(
+                    {
+                        "number": {"type": "integer"},
+                        "url": {"type": "string"},
+                        "existing": {
+                            "type": "boolean",
+                            "description": "It was open already for the branch: linked, "
+                            "not opened again.",
+                        },
+                    }
+                )
+            )
+            | {"description": "pr, once done: GitHub's pull request or GitLab's merge request."},
+            "created": TIME,
+            "finished": nullable(TIME),
+        }
+    ),
+}
+
 MORE_TEXT = {"text/x-diff": {"schema": {"type": "string"}}}
 
 
@@ -729,6 +804,62 @@ def _more_paths() -> dict[str, Any]:
                     "NotFound",
                     "Conflict",
                     "TooLarge",
+                ),
+            },
+        },
+        "/conversations/{conversation_id}/push": {
+            "parameters": [conversation_id, TEAM],
+            "post": {
+                "operationId": "pushConversation",
+                "summary": "Commit the conversation's changes as the caller and push a branch",
+                "description": WRITE + " A worker does it: follow the job with GET /jobs/{id}. "
+                "409 when it has no repository, while the assistant works or a push is under "
+                "way; 422 for a commit message that can't be used.",
+                "requestBody": _body(
+                    "NewPush",
+                    example={"message": "Make the answer 42\n\nChanged files:\n- app.py\n"},
+                    required=False,
+                ),
+                "responses": _responses(
+                    {"202": _json("The push job, queued.", ref("RepositoryJob"))},
+                    "BadRequest",
+                    "Forbidden",
+                    "NotFound",
+                    "Conflict",
+                    "TooLarge",
+                    "Unprocessable",
+                ),
+            },
+        },
+        "/conversations/{conversation_id}/pull-request": {
+            "parameters": [conversation_id, TEAM],
+            "post": {
+                "operationId": "openPullRequest",
+                "summary": "Open a pull request (GitHub) or merge request (GitLab) from the "
+                "branch of the last push",
+                "description": WRITE + " With the repository's HTTPS token, by a worker: follow "
+                "the job with GET /jobs/{id}. One already open for that branch is linked, not "
+                "opened again. 409 when the repository is not on GitHub or GitLab, has no "
+                "token, or nothing was pushed yet; 422 for a title or base that can't be used.",
+                "requestBody": _body("NewPullRequest", example={}, required=False),
+                "responses": _responses(
+                    {"202": _json("The pull request job, queued.", ref("RepositoryJob"))},
+                    "BadRequest",
+                    "Forbidden",
+                    "NotFound",
+                    "Conflict",
+                    "TooLarge",
+                    "Unprocessable",
+                ),
+            },
+        },
+        "/jobs/{job_id}": {
+            "parameters": [_path_id("job_id", "The job's id."), TEAM],
+            "get": {
+                "operationId": "getJob",
+                "summary": "A push or pull request job and its outcome",
+                "responses": _responses(
+                    {"200": _json("The job.", ref("RepositoryJob"))}, "NotFound"
                 ),
             },
         },

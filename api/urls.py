@@ -42,6 +42,17 @@ urlpatterns = [
         name="api_conversation_patch",
     ),
     path("runs/<uuid:run_id>/undo", extra_views.run_undo, name="api_run_undo"),
+    path(
+        "conversations/<uuid:conversation_id>/push",
+        extra_views.conversation_push,
+        name="api_conversation_push",
+    ),
+    path(
+        "conversations/<uuid:conversation_id>/pull-request",
+        extra_views.conversation_pull_request,
+        name="api_conversation_pull_request",
+    ),
+    path("jobs/<uuid:job_id>", extra_views.job, name="api_job"),
     path("usage", extra_views.usage, name="api_usage"),
     path("openapi.json", views.openapi, name="api_openapi"),
     path("docs", views.docs, name="api_docs"),

@@ -8,7 +8,8 @@ worker (production) or a thread of the embedded server, never the request itself
 - ``undo``: revert one turn's changes (``git apply -R``) and read the files again (the patch
   download's tree); the bubble is refreshed with the outcome.
 - ``repo_job``: what a page or the API asked of a repository (a ``RepoJob`` row): fetch it,
-  prepare a conversation's workspace (attach), push its changes, write its patch. The row
+  prepare a conversation's workspace (attach), push its changes, write its patch, open a
+  pull request from the branch pushed (assistant/forges.py). The row
   says queued → running → done or failed (in words); pages poll it. With these the web process
   never reads REPOS_ROOT: only workers mount the repositories.
 """
@@ -217,10 +218,15 @@ def _push(job) -> dict:
     user = job.requested_by
     if user is None:
         raise repos.RepoError("The person who asked for the push no longer has an account.")
+    # The message the person edited (checked by services.workspace_push); a job queued
+    # before messages were stored gets the old fixed one.
+    message = job.message or (
+        f"{conversation.display_title}\n\nMade with Tandem in a conversation "
+        f"of the team {conversation.team.name}.\n"
+    )
     repos.commit_all(
         workspace=workspace,
-        message=f"{conversation.display_title}\n\nMade with Tandem in a conversation "
-        f"of the team {conversation.team.name}.",
+        message=message,
         author_name=user.name,
         author_email=user.email,
     )
@@ -275,4 +281,46 @@ def _file(job) -> dict:
     return {"patch": data}
 
 
-_DO = {"fetch": _fetch, "attach": _attach, "push": _push, "patch": _patch, "file": _file}
+def _pull_request(job) -> dict:
+    """Open the pull request (or link the one open for the branch already) and record who
+    did it in the audit log."""
+    from accounts import audit
+
+    from . import forges
+
+    repo = job.repository
+    found = forges.open_pull_request(
+        repo, head=job.branch, base=job.base, title=job.title, body=job.message
+    )
+    target = forges.target_of(repo)
+    audit.record(
+        audit.Action.PULL_REQUEST_LINKED if found.existing else audit.Action.PULL_REQUEST_OPENED,
+        team=repo.team,
+        actor=job.requested_by,
+        object_type="pull request",
+        object_id=str(job.uuid),
+        label=f"{repo.name} #{found.number}",
+        after={
+            "url": found.url,
+            "number": found.number,
+            "forge": target.name if target else "",
+            "head": job.branch,
+            "base": job.base,
+            "conversation": str(job.conversation.uuid) if job.conversation else "",
+        },
+    )
+    return {
+        "url": found.url,
+        "number": found.number,
+        "result": "existing" if found.existing else "opened",
+    }
+
+
+_DO = {
+    "fetch": _fetch,
+    "attach": _attach,
+    "push": _push,
+    "patch": _patch,
+    "file": _file,
+    "pr": _pull_request,
+}

@@ -245,6 +245,13 @@ class RepoAuth(models.TextChoices):
     SSH_KEY = "ssh_key", "SSH deploy key"
 
 
+class Forge(models.TextChoices):
+    INFERRED = "", "From the address"
+    GITHUB = "github", "GitHub"
+    GITLAB = "gitlab", "GitLab"
+    NONE = "none", "None (no pull requests)"
+
+
 def _default_sandbox_image() -> str:
     return settings.SANDBOX_DEFAULT_IMAGE
 
@@ -283,6 +290,13 @@ class Repository(models.Model):
     # The mirror's branch names, the default first, as of the last fetch that worked: what the
     # attach form offers. Stored by the worker so the web never reads the mirror.
     branches = models.JSONField(default=list, blank=True)
+
+    # Where its pull requests go (assistant/forges.py): GitHub or GitLab, inferred from the
+    # address when blank; "none" for no Open pull request button. The API base and the project
+    # (owner/name, group/subgroup/name) are inferred from the address when blank.
+    forge = models.CharField(max_length=10, choices=Forge.choices, blank=True, default="")
+    forge_api_base = models.CharField(max_length=500, blank=True)
+    forge_project = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["name", "id"]
@@ -373,6 +387,7 @@ class RepoJobKind(models.TextChoices):
     PUSH = "push", "Push"
     PATCH = "patch", "Patch"
     FILE = "file", "Read a file"
+    PULL_REQUEST = "pr", "Open pull request"
 
 
 class RepoJobStatus(models.TextChoices):
@@ -400,11 +415,19 @@ class RepoJob(models.Model):
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
-    branch = models.CharField(max_length=255, blank=True)  # attach: base; push: the remote's
+    # attach: the base; push: the remote's new branch; pull request: its head (what was pushed)
+    branch = models.CharField(max_length=255, blank=True)
     tree = models.CharField(max_length=64, blank=True)  # patch, file: the snapshot it reads
     path = models.TextField(blank=True)  # file: the path in that snapshot
-    # push: the commit pushed; file: why it was refused, as a word ("missing", "binary", …)
+    # push: the commit pushed; file: why it was refused, as a word ("missing", "binary", …);
+    # pull request: "opened", or "existing" (one was open already)
     result = models.CharField(max_length=200, blank=True)
+    # push: the commit message, exactly as committed; pull request: its description
+    message = models.TextField(blank=True)
+    title = models.CharField(max_length=255, blank=True)  # pull request: its title
+    base = models.CharField(max_length=255, blank=True)  # pull request: the branch it targets
+    url = models.CharField(max_length=1000, blank=True)  # pull request: its page
+    number = models.PositiveIntegerField(null=True, blank=True)  # pull request: its number
     # patch: at most PATCH_MAX_BYTES; file: its bytes (at most FILE_VIEW_MAX_BYTES)
     patch = models.BinaryField(null=True, blank=True)
     error = models.TextField(blank=True)  # why it failed, in words

@@ -15,6 +15,7 @@ urlpatterns = [
     path("repos/image/", repo_views.repository_image, name="repository_image"),
     path("repos/setup/", repo_views.repository_setup, name="repository_setup"),
     path("repos/rebuild/", repo_views.repository_rebuild, name="repository_rebuild"),
+    path("repos/pull-requests/", repo_views.repository_forge, name="repository_forge"),
     path("repos/remove/", repo_views.repository_remove, name="repository_remove"),
     path(
         "c/<uuid:conversation_id>/repository/",
@@ -27,4 +28,9 @@ urlpatterns = [
         name="conversation_patch",
     ),
     path("c/<uuid:conversation_id>/push/", repo_views.conversation_push, name="conversation_push"),
+    path(
+        "c/<uuid:conversation_id>/pull-request/",
+        repo_views.conversation_pull_request,
+        name="conversation_pull_request",
+    ),
 ]

@@ -31,8 +31,8 @@ from accounts.http import AuthenticatedHttpRequest
 from accounts.selectors import admin_membership_for, membership_for
 from config.db import db_sync_to_async
 
-from . import images, quota, repos, selectors, services
-from .models import RepoAuth, RepoJob, RepoJobKind, RepoJobStatus, Repository, Workspace
+from . import forges, images, quota, repos, selectors, services
+from .models import Forge, RepoAuth, RepoJob, RepoJobKind, RepoJobStatus, Repository, Workspace
 
 
 class SecretTextarea(forms.Textarea):
@@ -149,6 +149,8 @@ def repository_list(request: AuthenticatedHttpRequest, slug: str) -> HttpRespons
         messages.success(request, f"Added “{repo.name}”. It is being fetched now.")
         return redirect("repositories", slug=slug)
     repositories = list(team.repositories.all())
+    for repo in repositories:
+        repo.forge_target = forges.target_of(repo)  # type: ignore[attr-defined]
     built = images.available()  # the images folder and its manifests, read once for every row
     _flag_fetching(repositories)
     usage = _usage(repositories)
@@ -163,6 +165,7 @@ def repository_list(request: AuthenticatedHttpRequest, slug: str) -> HttpRespons
         "quota_bytes": 0 if quota.unavailable_reason() else settings.WORKSPACE_QUOTA_MB << 20,
         "quota_files": settings.WORKSPACE_QUOTA_FILES,
         "env_dirs": settings.SETUP_ENV_DIRS,
+        "forge_choices": Forge.choices,
     }
     status = 422 if form.is_bound else 200
     return render(request, "assistant/repositories.html", context, status=status)
@@ -275,6 +278,38 @@ def repository_setup(request: HttpRequest, slug: str) -> HttpResponse:
             if script
             else f"“{repo.name}” has no setup script now.",
         )
+    return redirect("repositories", slug=slug)
+
+
+@login_required
+@require_POST
+def repository_forge(request: HttpRequest, slug: str) -> HttpResponse:
+    """Where a repository's pull requests go (admins): GitHub or GitLab, its API base and the
+    project, each inferred from the address when left empty (assistant/forges.py)."""
+    membership = admin_membership_for(request.user, slug)
+    repo = _posted_repository(request, membership.team)
+    if isinstance(repo, HttpResponse):
+        return repo
+    kind = request.POST.get("forge", "")
+    api_base = request.POST.get("forge_api_base", "").strip()
+    project = request.POST.get("forge_project", "").strip().strip("/")
+    if len(api_base) > 500 or len(project) > 300:
+        messages.error(request, "The pull-request settings were not saved: an entry is too long.")
+        return redirect("repositories", slug=slug)
+    try:
+        forges.check_settings(url=repo.url, kind=kind, api_base=api_base, project=project)
+    except forges.ForgeError as exc:
+        messages.error(request, f"The pull-request settings were not saved: {exc}")
+        return redirect("repositories", slug=slug)
+    repo.forge, repo.forge_api_base, repo.forge_project = kind, api_base, project
+    repo.save(update_fields=["forge", "forge_api_base", "forge_project"])  # audited
+    target = forges.target_of(repo)
+    messages.success(
+        request,
+        f"Pull requests of “{repo.name}” go to {target.name}, project {target.project}."
+        if target
+        else f"“{repo.name}” has no pull requests.",
+    )
     return redirect("repositories", slug=slug)
 
 
@@ -415,9 +450,37 @@ def conversation_push(
     back = redirect("conversation_detail", slug=slug, conversation_id=conversation.uuid)
     branch = request.POST.get("branch", "").strip()[:255] or workspace.work_branch
     try:
-        services.workspace_push(conversation=conversation, branch=branch, user=request.user)
+        services.workspace_push(
+            conversation=conversation,
+            branch=branch,
+            user=request.user,
+            # Left out (an older form, a script): the proposed message.
+            message=request.POST.get("message"),
+        )
     except services.ChatError as exc:
         return _refused(request, conversation, "Nothing was pushed", str(exc))
+    return back
+
+
+@login_required
+@require_POST
+def conversation_pull_request(
+    request: AuthenticatedHttpRequest, slug: str, conversation_id
+) -> HttpResponse:
+    """Open a pull request (GitHub) or merge request (GitLab) from the branch the last push
+    made, in a worker; the header shows how it went and links it. Whoever may push may."""
+    conversation, _ = _workspace(request, slug, conversation_id)
+    back = redirect("conversation_detail", slug=slug, conversation_id=conversation.uuid)
+    try:
+        services.pull_request_open(
+            conversation=conversation,
+            user=request.user,
+            title=request.POST.get("title", ""),
+            body=request.POST.get("body", ""),
+            base=request.POST.get("base", ""),
+        )
+    except services.ChatError as exc:
+        return _refused(request, conversation, "No pull request was opened", str(exc))
     return back
 
 

@@ -573,7 +573,7 @@ def _repo_job(**fields) -> RepoJob:
     job = RepoJob.objects.create(**fields)
     jobs.enqueue("repo_job", str(job.uuid))
     # Where jobs run at once (tests' inline jobs), what the caller shows is the outcome.
-    job.refresh_from_db(fields=["status", "error", "result", "finished"])
+    job.refresh_from_db(fields=["status", "error", "result", "url", "number", "finished"])
     return job
 
 
@@ -616,12 +616,20 @@ def workspace_attach(
 
 
 @transaction.atomic
-def workspace_push(*, conversation: Conversation, branch: str, user: User) -> RepoJob:
-    """Commit the conversation's changes as ``user`` and push them to a new branch of the
-    remote (never forced), in a worker."""
+def workspace_push(
+    *, conversation: Conversation, branch: str, user: User, message: str | None = None
+) -> RepoJob:
+    """Commit the conversation's changes as ``user`` with ``message`` (checked, then used
+    exactly; None: the proposed one) and push them to a new branch of the remote (never
+    forced), in a worker."""
+    from . import pushes
+
     workspace = getattr(conversation, "workspace", None)
     if workspace is None:
         raise ChatError("This conversation has no repository.")
+    if message is None:
+        message = pushes.commit_message_proposal(conversation)
+    message = pushes.commit_message_checked(message)
     Conversation.objects.select_for_update().filter(pk=conversation.pk).first()
     if conversation.runs.filter(status__in=IN_FLIGHT).exists():
         raise ChatError("Wait until the assistant has finished before pushing.")
@@ -632,6 +640,57 @@ def workspace_push(*, conversation: Conversation, branch: str, user: User) -> Re
         repository=workspace.repository,
         conversation=conversation,
         branch=branch or workspace.work_branch,
+        message=message,
+        requested_by=user,
+    )
+
+
+def last_push(conversation: Conversation) -> RepoJob | None:
+    """The conversation's latest push that worked: what a pull request is opened from."""
+    pushes = conversation.repo_jobs.filter(kind=RepoJobKind.PUSH, status=RepoJobStatus.DONE)
+    return pushes.defer("patch").order_by("-created").first()
+
+
+@transaction.atomic
+def pull_request_open(
+    *, conversation: Conversation, user: User, title: str, body: str, base: str
+) -> RepoJob:
+    """Open a pull request (GitHub) or merge request (GitLab) from the branch the
+    conversation's last push made, in a worker (assistant/forges.py). One already open for
+    that branch is found and linked instead: a second click opens no second one. Who may push
+    may do this."""
+    from . import forges, pushes
+
+    workspace = getattr(conversation, "workspace", None)
+    if workspace is None:
+        raise ChatError("This conversation has no repository.")
+    repo = workspace.repository
+    target = forges.target_of(repo)
+    if target is None:
+        raise ChatError(f"“{repo.name}” is not on GitHub or GitLab: it has no pull requests.")
+    if not forges.has_token(repo):
+        raise ChatError(
+            f"Opening a {target.noun} needs the repository's HTTPS token, and “{repo.name}” "
+            "has none (a team admin connects it with one)."
+        )
+    Conversation.objects.select_for_update().filter(pk=conversation.pk).first()
+    jobs = conversation.repo_jobs
+    if jobs.filter(kind=RepoJobKind.PUSH, status__in=JOB_PENDING).exists():
+        raise ChatError(f"Wait until the push has finished, then open the {target.noun}.")
+    pushed = last_push(conversation)
+    if pushed is None:
+        raise ChatError(f"Push the changes to a branch first: the {target.noun} is made from it.")
+    title, body, base = pushes.pull_request_checked(title=title, body=body, base=base)
+    if pending := jobs.filter(kind=RepoJobKind.PULL_REQUEST, status__in=JOB_PENDING).first():
+        return pending  # a double click
+    return _repo_job(
+        kind=RepoJobKind.PULL_REQUEST,
+        repository=repo,
+        conversation=conversation,
+        branch=pushed.branch,
+        base=base,
+        title=title,
+        message=body,
         requested_by=user,
     )
 

@@ -13,7 +13,7 @@ from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 from accounts.http import AuthenticatedHttpRequest
 from accounts.selectors import membership_for
 
-from . import file_links, selectors, services, streams
+from . import file_links, forges, pushes, selectors, services, streams
 from .llm import config_for_team
 from .rendering import message_context, run_context, tool_call_context
 
@@ -99,20 +99,40 @@ def repository_context(conversation, workspace) -> dict[str, Any]:
     from .models import RepoJobKind
 
     latest = {}
-    for kind in (RepoJobKind.ATTACH, RepoJobKind.PUSH):
+    for kind in (RepoJobKind.ATTACH, RepoJobKind.PUSH, RepoJobKind.PULL_REQUEST):
         jobs = conversation.repo_jobs.filter(kind=kind).select_related("repository")
         latest[kind] = jobs.defer("patch").order_by("-created").first()
     attach, push = latest[RepoJobKind.ATTACH], latest[RepoJobKind.PUSH]
+    pull_request = latest[RepoJobKind.PULL_REQUEST]
     if workspace is not None:
         attach = None
-    elif push is not None:
-        push = None  # a push of a workspace since removed
+    else:
+        push = pull_request = None  # of a workspace since removed
+    polling = any(job is not None and job.pending for job in (attach, push, pull_request))
     return {
         "repositories": _attachable(conversation, workspace),
         "attach_job": attach,
         "push_job": push,
-        "polling": any(job is not None and job.pending for job in (attach, push)),
+        "pull_request_job": pull_request,
+        "polling": polling,
+        "forge": forges.target_of(workspace.repository) if workspace is not None else None,
+        # The forms are left out while the header polls (each poll replaces them).
+        **({} if polling or workspace is None else _push_forms(conversation, workspace)),
     }
+
+
+def _push_forms(conversation, workspace) -> dict[str, Any]:
+    """The Push form's proposed commit message (assistant/pushes.py), and, once a push has
+    worked on a repository on GitHub or GitLab, the Open pull request form's defaults."""
+    context: dict[str, Any] = {"commit_message": pushes.commit_message_proposal(conversation)}
+    target = forges.target_of(workspace.repository)
+    pushed = services.last_push(conversation) if target is not None else None
+    if target is not None and pushed is not None:
+        context["forge_token"] = forges.has_token(workspace.repository)
+        context["pushed"] = pushed
+        context["pull_request"] = pushes.pull_request_defaults(pushed, workspace)
+        context["base_branches"] = workspace.repository.branches[:200]
+    return context
 
 
 def _attachable(conversation, workspace) -> list[dict]:

@@ -280,6 +280,12 @@ PATCH_MAX_BYTES = envint("PATCH_MAX_BYTES", 50_000_000)
 # A file opened from a path in a reply (read-only, from the workspace's last finished turn):
 # larger ones are refused in words, never read.
 FILE_VIEW_MAX_BYTES = envint("FILE_VIEW_MAX_BYTES", 1_000_000)
+# Open pull request (assistant/forges.py): the REST APIs of github.com and gitlab.com, for
+# repositories there (self-hosted ones are on the repository's own host). Tests point these at
+# their stand-ins; nothing else does.
+GITHUB_API_BASE = env("GITHUB_API_BASE", "https://api.github.com")
+GITLAB_API_BASE = env("GITLAB_API_BASE", "https://gitlab.com/api/v4")
+FORGE_TIMEOUT = envint("FORGE_TIMEOUT", 20)
 CELERY_BEAT_SCHEDULE = {
     "fetch-repositories": {
         "task": "assistant.fetch_repositories",
