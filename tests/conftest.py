@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from tests.forge_standin import forge_api, forge_standin_server  # noqa: F401 (fixtures)
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -224,10 +226,24 @@ def redis_clean():
 
 
 @pytest.fixture(scope="session")
-def stack(django_db_setup, django_db_blocker, tmp_path_factory, redis_clean) -> Iterator[Stack]:
+def stack(
+    django_db_setup,
+    django_db_blocker,
+    tmp_path_factory,
+    redis_clean,
+    forge_standin_server,  # noqa: F811 (the fixture imported above)
+) -> Iterator[Stack]:
     db_name = settings.DATABASES["default"]["NAME"]
+    # github.com's and gitlab.com's APIs are the stand-in's (tests/forge_standin.py).
+    forges = {
+        "GITHUB_API_BASE": forge_standin_server.github_api,
+        "GITLAB_API_BASE": forge_standin_server.gitlab_api,
+    }
     running = start_stack(
-        tmp_path_factory.mktemp("stack"), db_name=db_name, redis_url=settings.REDIS_URL
+        tmp_path_factory.mktemp("stack"),
+        db_name=db_name,
+        redis_url=settings.REDIS_URL,
+        extra_env=forges,
     )
     yield running
     running.stop()
