@@ -6,6 +6,10 @@
 //   data-submit-on-change      on a select: submit its form when changed
 //   data-show-if="name=value"  on a part of a form: shown only while the form's field "name"
 //                              has that value (hidden parts keep their inputs out of the way)
+//   data-fresh-from="URL"      on a <details>: each time it opens, its [data-fresh] part (by
+//                              id) is replaced by the same part of that URL's page, unless the
+//                              person has typed in it: a proposal (Push's commit message) stays
+//                              current as turns finish, and nothing written is lost
 (() => {
   "use strict";
   document.addEventListener("click", (event) => {
@@ -41,4 +45,25 @@
   document.querySelectorAll("form").forEach((form) => {
     if (form.querySelector("[data-show-if]")) showIf(form);
   });
+
+  document.addEventListener("input", (event) => {
+    const part = event.target instanceof Element ? event.target.closest("[data-fresh]") : null;
+    if (part) part.dataset.edited = "1";
+  });
+  // "toggle" does not bubble: listened for on the way down.
+  document.addEventListener("toggle", async (event) => {
+    const details = event.target;
+    if (!(details instanceof HTMLDetailsElement) || !details.open || !details.dataset.freshFrom) return;
+    const part = details.querySelector("[data-fresh]");
+    if (!part || !part.id || part.dataset.edited) return;
+    try {
+      const response = await fetch(details.dataset.freshFrom, { headers: { "HX-Request": "true" } });
+      if (!response.ok) return;
+      const page = new DOMParser().parseFromString(await response.text(), "text/html");
+      const fresh = page.getElementById(part.id);
+      if (fresh && !part.dataset.edited && part.isConnected) part.replaceWith(fresh);
+    } catch {
+      // Offline: the proposal shown is the one the page came with.
+    }
+  }, true);
 })();
