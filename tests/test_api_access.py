@@ -27,7 +27,7 @@ BODIES = {
     "api_tool_call_decision": {"decision": "approve"},
     "api_conversations": {"title": "x"},
 }
-PARAMS = {"conversation_id", "run_id", "call_id"}
+PARAMS = {"conversation_id", "run_id", "call_id", "job_id"}
 # Routes about a team as a whole, asked with ?team=acme (the outsider names a team not theirs).
 TEAM_LISTS = {"conversations", "approvals", "usage"}
 

@@ -15,7 +15,15 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from assistant.models import Run, RunStatus, ToolCall, ToolCallStatus
+from assistant.models import (
+    RepoJob,
+    RepoJobKind,
+    Repository,
+    Run,
+    RunStatus,
+    ToolCall,
+    ToolCallStatus,
+)
 from assistant.services import message_send
 from tests.api_client import make_key
 
@@ -44,12 +52,25 @@ def world(team, alice, conversation, settings, tmp_path):
         arguments='{"command": "make"}',
         status=ToolCallStatus.AWAITING,
     )
+    repo = Repository.objects.create(team=team, name="w", url="https://github.com/acme/w.git")
+    job = RepoJob.objects.create(  # a pull request opened: its whole shape is answered
+        kind=RepoJobKind.PULL_REQUEST,
+        status="done",
+        repository=repo,
+        conversation=conversation,
+        branch="tandem/w",
+        base="main",
+        result="opened",
+        url="https://github.com/acme/w/pull/7",
+        number=7,
+    )
     return {
         "key": make_key(team, alice),
         "ids": {
             "conversation_id": str(conversation.uuid),
             "run_id": str(sent.run.uuid),
             "call_id": str(call.uuid),
+            "job_id": str(job.uuid),
         },
     }
 
@@ -78,6 +99,8 @@ REFUSED_THOUGH_SCHEMA_VALID = {
     "createConversation": ["422"],
     "sendMessage": ["422"],
     "createShare": ["422"],  # a public link where the team's admins don't allow them
+    "pushConversation": ["422"],  # a commit message of nothing but spaces
+    "openPullRequest": ["422"],  # a title of spaces, a base that isn't a branch name
 }
 CONFIG = {
     "operations": [

@@ -59,6 +59,7 @@ TEAM_PARAMS = {
     "server_id": "server_id",  # an MCP server of the team (the Tools page)
     "tool_id": "tool_id",  # a tool of that server
     "repository_id": "repository_id",  # a repository of the team
+    "job_id": "job_id",  # a push of one of the team's conversations (the API's /jobs/)
 }
 
 # Pages only owners and admins may use: a plain member gets 404 there.
@@ -72,6 +73,7 @@ ADMIN_ONLY = {
     "repository_remove",
     "repository_setup",
     "repository_rebuild",
+    "repository_forge",
     "team_agent_policy",
     "team_shares",
     "sharing_policy",
@@ -198,7 +200,7 @@ def make_world(*, team, owner, member) -> dict:
     from accounts.models import Role
     from accounts.services import invitation_create, membership_add
     from assistant import repos
-    from assistant.models import Repository, ToolCall, ToolCallStatus
+    from assistant.models import RepoJob, RepoJobKind, Repository, ToolCall, ToolCallStatus
     from assistant.services import conversation_create, message_send
 
     membership_add(team=team, user=member, role=Role.MEMBER)
@@ -208,6 +210,15 @@ def make_world(*, team, owner, member) -> dict:
     # The conversation works on a repository, so its patch and push URLs answer the owner.
     repo = Repository.objects.create(team=team, name="secret-repo", url=str(_origin()))
     repos.create_workspace(conversation=conversation, repo=repo)
+    push = RepoJob.objects.create(  # done: the page shows its forms, not "pushing…"
+        kind=RepoJobKind.PUSH,
+        status="done",
+        repository=repo,
+        conversation=conversation,
+        branch="secret",
+        result="0" * 40,
+        message="Secret plans\n",
+    )
     call = ToolCall.objects.create(
         run=sent.run,
         step=1,
@@ -241,6 +252,7 @@ def make_world(*, team, owner, member) -> dict:
         "link_id": link.uuid,
         "plugin": "devops",
         "repository_id": repo.uuid,
+        "job_id": push.uuid,
         "conversation": conversation,
         "run": sent.run,
     }
