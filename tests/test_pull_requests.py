@@ -407,3 +407,15 @@ def test_the_api_opens_one_with_the_proposed_defaults(
     sent = forge_api.of("gitlab", "POST")[0].body
     assert sent["title"] == "Make the answer 42"
     assert sent["description"] == "Changed files:\n- app.py"
+
+
+def test_gitlab_refusing_the_token_is_said_in_words(
+    conversation, team, alice, forge_api, inline_jobs
+):
+    repo = connected(team, url=f"https://gitlab.com/{GITLAB_PROJECT}", token="glpat-wrongSECRET")
+    pushed_workspace(conversation, repo, alice)
+    open_pr(alice, conversation)
+    job = last_pr(conversation)
+    assert job.status == "failed"
+    assert job.error.startswith("GitLab refused the repository's token (401)")
+    assert forge_api.of("gitlab")[0].headers["private-token"] == "glpat-wrongSECRET"
