@@ -139,7 +139,7 @@ def check_settings(*, url: str, kind: str, api_base: str, project: str) -> None:
     if not api_base:
         return
     parts = urlsplit(api_base)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+    if parts.scheme != "https" or not parts.hostname:  # the token never goes in the clear
         raise ForgeError(
             "The API base is an https:// address, such as https://git.example.com/api/v4."
         )
@@ -181,6 +181,11 @@ def open_pull_request(
     target = target_of(repo)
     if target is None:
         raise ForgeError("This repository is not on GitHub or GitLab.")
+    # Again before the token goes anywhere: the settings may have been written elsewhere than
+    # the page (the Django admin, the shell).
+    check_settings(
+        url=repo.url, kind=repo.forge, api_base=repo.forge_api_base, project=repo.forge_project
+    )
     token = token_of(repo)
     if not token:
         raise ForgeError(

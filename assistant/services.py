@@ -647,8 +647,8 @@ def workspace_push(
 
 def last_push(conversation: Conversation) -> RepoJob | None:
     """The conversation's latest push that worked: what a pull request is opened from."""
-    pushes = conversation.repo_jobs.filter(kind=RepoJobKind.PUSH, status=RepoJobStatus.DONE)
-    return pushes.defer("patch").order_by("-created").first()
+    done = conversation.repo_jobs.filter(kind=RepoJobKind.PUSH, status=RepoJobStatus.DONE)
+    return done.defer("patch").order_by("-created").first()
 
 
 @transaction.atomic
@@ -671,7 +671,7 @@ def pull_request_open(
     if not forges.has_token(repo):
         raise ChatError(
             f"Opening a {target.noun} needs the repository's HTTPS token, and “{repo.name}” "
-            "has none (a team admin connects it with one)."
+            "has none."
         )
     Conversation.objects.select_for_update().filter(pk=conversation.pk).first()
     jobs = conversation.repo_jobs

@@ -419,3 +419,15 @@ def test_gitlab_refusing_the_token_is_said_in_words(
     assert job.status == "failed"
     assert job.error.startswith("GitLab refused the repository's token (401)")
     assert forge_api.of("gitlab")[0].headers["private-token"] == "glpat-wrongSECRET"
+
+
+def test_an_api_base_written_past_the_page_is_refused_before_the_token_goes(
+    conversation, team, alice, forge_api, inline_jobs
+):
+    repo = connected(team, url="https://gitlab.com/acme/tools/widgets", token=GITLAB_TOKEN)
+    Repository.objects.filter(pk=repo.pk).update(forge_api_base=forge_api.gitlab_api)
+    pushed_workspace(conversation, repo, alice)
+    open_pr(alice, conversation)
+    job = last_pr(conversation)
+    assert job.status == "failed" and "https://" in job.error
+    assert forge_api.requests == []
