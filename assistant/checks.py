@@ -28,6 +28,12 @@ def _quota_problem() -> str:
     return quota.unavailable_reason()
 
 
+def _overlay_problem() -> str:
+    from . import overlays
+
+    return overlays.unavailable_reason()
+
+
 def announce_limits() -> None:
     """Log once per process what is not enforced by the kernel (and clear stale cgroups)."""
     global _announced
@@ -44,6 +50,12 @@ def announce_limits() -> None:
             (log.info if "switched off" in why else log.warning)(
                 "sandbox: no disk quota per workspace (%s); a command can fill the server's "
                 "disk up to its free space (only the per-file size limit applies)",
+                why,
+            )
+        elif why := _overlay_problem():
+            log.warning(
+                "sandbox: prepared trees are copied into workspaces with a quota (%s): a new "
+                "conversation's start costs a copy of its .venv/node_modules",
                 why,
             )
     except Exception:  # never keep the server from starting over a probe
@@ -75,6 +87,19 @@ def sandbox_limits(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                 id="tandem.W002",
             )
         )
+    else:
+        from . import overlays
+
+        if why := overlays.probe():  # only matters where workspaces are file systems of their own
+            found.append(
+                checks.Warning(
+                    f"Prepared trees are copied into workspaces with a quota: {why}.",
+                    hint="A new conversation then starts with a copy of its .venv/node_modules "
+                    "(about a second per 20,000 files) instead of an overlay of the kept tree. "
+                    "Overlays need root and the kernel's overlay file system.",
+                    id="tandem.W004",
+                )
+            )
     from django.conf import settings
 
     from . import images

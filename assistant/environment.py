@@ -19,16 +19,21 @@ key is kept starts from it instead of running the setup:
   (which would change it in the kept tree and in every workspace linked to it) nor chmod it;
   it may delete or replace them (``pip install -U``), which unlinks its own name only. The
   directories get the sandbox uid's ACL so it can;
+- else, for a workspace with a disk quota (a file system of its own: nothing can be linked into
+  it) on a root server, an **overlay**: the kept folder mounted read-only under a writable
+  upper layer in the workspace's own file system, so what the agent writes is counted by its
+  quota and never reaches the kept tree (``overlays``);
 - else (a server running as an ordinary user is the file's owner and could chmod it back; a
-  workspace with a disk quota is a file system of its own) a plain copy.
+  host that refuses overlays) a plain copy.
 
 Capturing runs in the sandbox (the kept folder bound at ``/prepared``); the server then seals
 the folder (root's, read-only files) walking it through file descriptors without following
 links, as ``sandbox._grant_worktree`` does. Restoring reads only the kept folder the server
 sealed and writes only names that did not exist in a tree no command has run in yet.
 
-Idle kept trees (no conversation started from one for ``PREPARED_TREE_IDLE_DAYS``) are removed
-by a beat task (:func:`remove_idle`).
+Idle kept trees (no conversation started from one for ``PREPARED_TREE_IDLE_DAYS``, and no
+workspace left that started from it: an overlay may have it as its lower layer) are removed by
+a beat task (:func:`remove_idle`).
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from . import egress, images, repos, sandbox
+from . import egress, images, overlays, repos, sandbox
 from .models import Repository, Workspace
 from .sandbox import SandboxLimits
 
@@ -318,17 +323,24 @@ def _seal(folder: Path) -> None:
 
 def restore(workspace: Workspace, folder: Path) -> str:
     """Put the kept tree's environment directories into the workspace's fresh tree; how
-    ("reflink", "hardlink" or "copy")."""
+    ("reflink", "overlay", "hardlink" or "copy")."""
     tree = repos.workspace_path(workspace=workspace)
     names = [n for n in env_dirs() if os.path.isdir(folder / n) and not os.path.islink(folder / n)]
     for name in names:
         if os.path.lexists(tree / name):  # the repository has one of its own: setup's business
             raise FileExistsError(name)
     how = _method(folder, tree)
-    for name in names:
-        _copy(folder / name, tree / name, how)
-        if os.geteuid() == 0:
-            _grant_directories(tree / name, sandbox.SANDBOX_UID)
+    if how == "overlay":
+        try:
+            overlays.mount(tree.parent, folder, names)
+        except overlays.OverlayError as exc:
+            log.warning("Copying the prepared tree instead: %s", exc)
+            how = "copy"
+    if how != "overlay":
+        for name in names:
+            _copy(folder / name, tree / name, how)
+            if os.geteuid() == 0:
+                _grant_directories(tree / name, sandbox.SANDBOX_UID)
     with contextlib.suppress(OSError):
         (folder / _USED).touch()
     return how
@@ -337,6 +349,8 @@ def restore(workspace: Workspace, folder: Path) -> str:
 def _method(folder: Path, tree: Path) -> str:
     if _can_reflink(folder, tree):
         return "reflink"
+    if os.path.ismount(tree.parent) and not overlays.unavailable_reason():
+        return "overlay"  # a workspace with a quota: a file system of its own (overlays.py)
     if os.geteuid() == 0 and os.stat(folder).st_dev == os.stat(tree).st_dev:
         return "hardlink"
     return "copy"
@@ -412,7 +426,14 @@ def remove_idle(older_than_days: float | None = None) -> int:
         root = prepared_root(repo)
         if not root.is_dir():
             continue
+        # A workspace started from a kept tree may have it as its overlay's lower layer: kept
+        # while that workspace exists, however long ago it started.
+        in_use = set(
+            Workspace.objects.filter(repository=repo).values_list("environment", flat=True)
+        )
         for folder in root.iterdir():
+            if folder.name in in_use:
+                continue
             if folder.name.startswith("."):
                 # A staging folder left by a crash: old enough, it is nobody's.
                 try:

@@ -52,7 +52,7 @@ from typing import Any, cast
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from . import quota, sandbox_git
+from . import overlays, quota, sandbox_git
 from .models import Conversation, RepoAuth, Repository, Workspace
 from .repo_address import RepoError, repos_root, validate_url
 from .repo_address import local_roots as local_roots  # still repos.local_roots to callers
@@ -164,6 +164,7 @@ def _workspace_dir(workspace: Workspace) -> Path:
     path = _repo_dir(workspace.repository) / "workspaces" / str(workspace.uuid)
     try:
         quota.ensure_mounted(path)  # its own file system (quota.py), after a restart too
+        overlays.ensure(path)  # its prepared tree's overlay (overlays.py), likewise
     except quota.QuotaError as exc:
         raise RepoError(str(exc))
     return path

@@ -219,3 +219,73 @@ def test_the_agents_commands_have_no_network_unless_allowed(team, alice, stage, 
     reached = asyncio.run(tools.execute("run_command", asked, ctx))
     assert reached.ok and "got" in reached.output, reached.output
     assert registry.requests[before:] == ["/simple/pytest/"]
+
+
+def test_a_workspace_with_a_quota_gets_the_kept_tree_under_an_overlay(team, alice, stage, settings):
+    """A workspace with a disk quota (its own ext4) starts from the kept tree mounted under an
+    overlay: the agent's writes to .venv land in the workspace's upper layer (counted by its
+    quota), the kept tree stays pristine for the next conversation, and the overlay comes back
+    after a restart."""
+    from assistant import overlays, quota
+
+    settings.WORKSPACE_QUOTA_MB, settings.WORKSPACE_QUOTA_FILES = 48, 3000
+    if why := quota.probe() or overlays.probe():
+        pytest.fail(f"no loop-mounted workspaces with overlays here: {why}", pytrace=False)
+    image, parent = stage
+    script = "mkdir -p .venv/lib/pkg\necho pristine > .venv/lib/pkg/mod.py\n"
+    repo = make_repo(team, parent, image, script)
+    try:
+        _, first = new_conversation(team, alice, repo)
+        assert setup_call(execute(send(first.conversation, alice, "Hi"))).status == "succeeded"
+        first.refresh_from_db()
+        kept = environment.kept(repo, first.environment)
+        assert kept is not None
+
+        _, second = new_conversation(team, alice, repo)
+        call = setup_call(execute(send(second.conversation, alice, "Go")))
+        assert "Started from the prepared environment" in call.output, call.output
+        assert "overlay of .venv" in call.output, call.output
+        ctx = agent._tool_context(second)
+        writes = (
+            "cd .venv/lib/pkg && cat mod.py && (echo x >> mod.py || echo cannot-write-in-place)"
+            " && echo mine > new.py && rm mod.py && echo replaced > mod.py && cat mod.py"
+            " && cat /proc/self/mountinfo"
+        )
+        done = asyncio.run(tools.execute("run_command", {"command": writes}, ctx))
+        assert done.ok, done.output
+        assert "pristine" in done.output and "cannot-write-in-place" in done.output
+        assert "replaced" in done.output
+        for needle in (str(parent), str(repo.uuid), str(team.uuid), first.environment):
+            assert needle not in done.output  # the overlay's layers show as /proc/self/fd/N
+        ws_dir = repos.workspace_path(workspace=second).parent
+        upper = ws_dir / overlays.ENV / "upper" / ".venv" / "lib" / "pkg"
+        assert (upper / "new.py").read_text() == "mine\n"
+        assert (kept / ".venv/lib/pkg/mod.py").read_text() == "pristine\n"
+        assert not (kept / ".venv/lib/pkg/new.py").exists()
+        # The quota bounds what the agent writes there too.
+        fill = "head -c 60000000 /dev/zero > .venv/big"
+        full = asyncio.run(tools.execute("run_command", {"command": fill}, ctx))
+        assert "No space left on device" in full.output, full.output
+        # A restart (the overlay gone, the workspace's file system still there): mounted again
+        # at the next use, with what the agent wrote.
+        overlays._umount(ws_dir / "tree" / ".venv")
+        ctx = agent._tool_context(second)
+        again = asyncio.run(
+            tools.execute(
+                "run_command", {"command": "cat .venv/lib/pkg/new.py .venv/lib/pkg/mod.py"}, ctx
+            )
+        )
+        assert again.output.split() == ["mine", "replaced"], again.output
+
+        _, third = new_conversation(team, alice, repo)
+        execute(send(third.conversation, alice, "Three"))
+        ctx = agent._tool_context(third)
+        seen = asyncio.run(tools.execute("run_command", {"command": "ls .venv/lib/pkg"}, ctx))
+        assert seen.output.split() == ["mod.py"], seen.output
+        # Kept while a workspace started from it may have it as its overlay's lower layer.
+        assert environment.remove_idle(older_than_days=-1) == 0 and kept.is_dir()
+        for workspace in (first, second, third):
+            repos.remove_workspace(workspace=workspace)
+        assert environment.remove_idle(older_than_days=-1) == 1 and not kept.exists()
+    finally:
+        quota.release(parent)
