@@ -190,30 +190,43 @@ def _wait_for_worker(stack: Stack, timeout: float = 30) -> None:
 TEST_IMAGE_PACKAGES = ("python3", "python-is-python3", "python3-venv", "git", "ripgrep")
 TEST_IMAGE_CACHE = Path("/var/cache/tandem-test-images")
 TEST_IMAGE_NAME = "small"
+# The Node repository's image: Debian's nodejs and npm (npm brings ~350 small packages: ~60 s
+# and ~550 MB once per machine), python3 for the egress forwarder and the file tools.
+NODE_IMAGE_PACKAGES = ("nodejs", "npm", "python3", "git", "ripgrep")
+NODE_IMAGE_NAME = "node"
 
 
-@pytest.fixture(scope="session")
-def sandbox_image() -> tuple[Path, str]:
-    """(images folder, name) of a small image built with mmdebstrap; fails (never skips) in one
+def _test_image(name: str, packages: tuple[str, ...]) -> tuple[Path, str]:
+    """(images folder, name) of a test image built with mmdebstrap; fails (never skips) in one
     line where it can't be built (scripts/install_test_deps.py installs mmdebstrap)."""
     import fcntl
     import hashlib
 
     from assistant import images
 
-    key = hashlib.sha256(("bookworm\n" + "\n".join(TEST_IMAGE_PACKAGES)).encode()).hexdigest()[:16]
+    key = hashlib.sha256(("bookworm\n" + "\n".join(packages)).encode()).hexdigest()[:16]
     base = TEST_IMAGE_CACHE / key
-    if (base / TEST_IMAGE_NAME / "root" / "usr").is_dir():
-        return base, TEST_IMAGE_NAME
+    if (base / name / "root" / "usr").is_dir():
+        return base, name
     if why := images.cannot_build():
         pytest.fail(f"the sandbox image tests need a built image, and {why}", pytrace=False)
     base.mkdir(parents=True, exist_ok=True)
     TEST_IMAGE_CACHE.chmod(0o755)
     with open(base / ".lock", "w") as lock:  # another session building the same one: wait
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (base / TEST_IMAGE_NAME / "root" / "usr").is_dir():
-            images.build(TEST_IMAGE_NAME, TEST_IMAGE_PACKAGES, suite="bookworm", base=base)
-    return base, TEST_IMAGE_NAME
+        if not (base / name / "root" / "usr").is_dir():
+            images.build(name, packages, suite="bookworm", base=base)
+    return base, name
+
+
+@pytest.fixture(scope="session")
+def sandbox_image() -> tuple[Path, str]:
+    return _test_image(TEST_IMAGE_NAME, TEST_IMAGE_PACKAGES)
+
+
+@pytest.fixture(scope="session")
+def node_sandbox_image() -> tuple[Path, str]:
+    return _test_image(NODE_IMAGE_NAME, NODE_IMAGE_PACKAGES)
 
 
 @pytest.fixture(scope="session")
