@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """How long a new conversation takes to start from a kept prepared tree (assistant/environment.py).
 
-    .venv/bin/python bench/setup_cache.py [--files 20000] [--repeat 5] [--image NAME] [--no-write]
+    .venv/bin/python bench/setup_cache.py [--files 20000] [--dirs 200] [--repeat 5] [--image NAME]
+                                          [--no-write]
 
-A kept tree of ``--files`` small files (a ``.venv`` of 200 packages x N files, in a temporary
+A kept tree of ``--files`` small files (a ``.venv`` of ``--dirs`` packages x N files, in a temporary
 folder next to a fresh workspace tree, on the same file system, as under REPOS_ROOT) is sealed
 as the server seals one, then restored into a fresh tree ``--repeat`` times per method:
 
@@ -11,7 +12,14 @@ as the server seals one, then restored into a fresh tree ``--repeat`` times per 
   the sandbox uid's ACL on the directories);
 - ``copy``: a plain copy (a server running as an ordinary user, or a workspace with a quota:
   its own file system);
-- ``reflink``: only where the file system can clone (btrfs, XFS); skipped elsewhere.
+- ``reflink``: only where the file system can clone (btrfs, XFS); skipped elsewhere;
+
+and into a workspace with a disk quota (its own loop-mounted ext4, ``quota.prepare``; root
+only), where nothing can be linked:
+
+- ``overlay``: the kept tree mounted read-only under a writable upper layer in the workspace's
+  file system (``overlays.mount``: a skeleton of its directories, then one mount);
+- ``copy``: what such a workspace got before, and still gets where overlays are refused.
 
 Plus the one sandbox call a start makes before restoring (the lock files' digests, in the image
 ``--image`` when given, else the host's system). Median and worst per method; the goal is
@@ -41,14 +49,13 @@ import django  # noqa: E402
 
 django.setup()
 
-from assistant import environment, sandbox  # noqa: E402
+from assistant import environment, overlays, quota, sandbox  # noqa: E402
 from assistant.sandbox import SandboxLimits  # noqa: E402
 
 HEADING = "## Prepared trees (bench/setup_cache.py)"
 
 
-def make_kept(folder: Path, files: int) -> None:
-    packages = 200
+def make_kept(folder: Path, files: int, packages: int = 200) -> None:
     per = max(1, files // packages)
     for p in range(packages):
         d = folder / ".venv" / "lib" / "python3.11" / "site-packages" / f"pkg{p}"
@@ -67,6 +74,22 @@ def restore_once(kept: Path, tree: Path, how: str) -> float:
     return time.perf_counter() - started
 
 
+def restore_quota_once(kept: Path, workspace: Path, how: str) -> float:
+    """One restore into a fresh workspace with a quota (made and removed outside the timing)."""
+    quota.prepare(workspace)
+    try:
+        (workspace / "tree").mkdir()
+        started = time.perf_counter()
+        if how == "overlay":
+            overlays.mount(workspace, kept, [".venv"])
+        else:
+            restore_once(kept, workspace / "tree", how)
+        return time.perf_counter() - started
+    finally:
+        quota.release(workspace)
+        shutil.rmtree(workspace, ignore_errors=True)
+
+
 def digest_once(tree: Path, image: str | None) -> float:
     started = time.perf_counter()
     result = sandbox.run_sync(
@@ -82,6 +105,7 @@ def digest_once(tree: Path, image: str | None) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=20_000)
+    parser.add_argument("--dirs", type=int, default=200, help="directories the files are in")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--image", default=None)
     parser.add_argument("--no-write", action="store_true")
@@ -94,7 +118,7 @@ def main() -> None:
         kept = base / "kept"
         kept.mkdir()
         t0 = time.perf_counter()
-        make_kept(kept, args.files)
+        make_kept(kept, args.files, args.dirs)
         made = time.perf_counter() - t0
         count = sum(len(f) for _, _, f in os.walk(kept / ".venv"))
         probe = base / "probe"
@@ -111,6 +135,16 @@ def main() -> None:
                 times.append(restore_once(kept, tree, how))
                 shutil.rmtree(tree)
             rows.append((f"restore ({how})", statistics.median(times), max(times)))
+        quota_methods = [] if quota.unavailable_reason() else ["copy"]
+        if quota_methods and not overlays.unavailable_reason():
+            quota_methods.insert(0, "overlay")
+        for how in quota_methods:
+            times = [
+                restore_quota_once(kept, base / f"ws-{how}-{i}", how) for i in range(args.repeat)
+            ]
+            rows.append(
+                (f"restore into a quota workspace ({how})", statistics.median(times), max(times))
+            )
         tree = base / "tree-digest"
         tree.mkdir()
         (tree / "requirements.txt").write_text("pytest\n")
@@ -129,8 +163,9 @@ def main() -> None:
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, "
         f"{'root' if os.geteuid() == 0 else 'an ordinary user'}, a kept `.venv` of {count:,} "
-        f"files in 200 directories (made and sealed in {made:.1f} s), {args.repeat} restores "
-        f"each into a fresh tree on the same file system; load average {os.getloadavg()[0]:.1f} "
+        f"files in {args.dirs:,} directories (made and sealed in {made:.1f} s), "
+        f"{args.repeat} restores each into a fresh tree (on the same file system, or a "
+        f"workspace's own); load average {os.getloadavg()[0]:.1f} "
         "(a machine shared with other work: the copy suffers most).",
         "",
         "| step | median | worst |",
@@ -149,12 +184,13 @@ def main() -> None:
         "",
         "Which method a server gets: reflink where the file system clones (btrfs, XFS: not "
         "measured here, ext4); hardlinks when it runs as root and the workspace is on the same "
-        "file system as the kept tree (quota off); a copy otherwise — a server running as an "
-        "ordinary user, and **every workspace with a disk quota** (its own ext4: nothing can be "
-        "linked or cloned into it). The goal holds for the first two; the copy misses it, by "
-        "how much depending on the disk and the load (1.1 s for `cp -a` of the same tree on "
-        "this machine when it was quiet). Closing that gap would take mounting the kept tree "
-        "read-only into the sandbox under a writable overlay instead of copying it: not done.",
+        "file system as the kept tree (quota off); an **overlay** for a workspace with a disk "
+        "quota (its own ext4: nothing can be linked or cloned into it) when the server runs as "
+        "root and the kernel allows overlays: a skeleton of the kept directories in the "
+        "workspace's upper layer and one mount, so its cost follows the directories "
+        f"({args.dirs:,} here), not the files; a copy otherwise (a server running as an "
+        "ordinary user, or a host that refuses overlays), which misses the goal by how much "
+        "depending on the disk and the load.",
         "",
     ]
     table = "\n".join(lines)
