@@ -154,3 +154,20 @@ def test_the_start_up_check_says_what_the_kernel_does_not_enforce(monkeypatch, s
     found = {w.id: w.msg for w in checks.sandbox_limits()}
     assert "no cgroup of their own: not root" in found["tandem.W001"]
     assert "no disk quota: switched off" in found["tandem.W002"]
+
+
+def test_where_overlays_are_refused_the_check_says_so_and_kept_trees_are_copied(
+    workspace, monkeypatch, settings
+):
+    from assistant import checks, environment, overlays
+
+    tree = repos.workspace_path(workspace=workspace)
+    kept = tree.parent.parent / "kept"  # any folder on another file system than the workspace
+    kept.mkdir()
+    (kept / ".complete").write_text("{}\n")
+    assert environment._method(kept, tree) == "overlay"
+    assert "tandem.W004" not in {w.id for w in checks.sandbox_limits()}
+    monkeypatch.setattr(overlays, "_refused", ["overlay mounts are refused here (test)"])
+    assert environment._method(kept, tree) == "copy"
+    found = {w.id: w.msg for w in checks.sandbox_limits()}
+    assert "copied into workspaces with a quota: overlay mounts are refused" in found["tandem.W004"]
