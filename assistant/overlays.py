@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -104,10 +105,13 @@ def _skeleton(lower: Path, upper: Path, uid: int) -> None:
     following links."""
     acl = sandbox._acl_for(0o40755, uid)
     upper.mkdir(mode=0o755)
-    for top, dirs, _files, _dirfd in os.fwalk(lower, follow_symlinks=False):
+    for top, dirs, _files, dirfd in os.fwalk(lower, follow_symlinks=False):
         mirror = upper / os.path.relpath(top, lower)
         for name in dirs:
-            (mirror / name).mkdir(mode=0o755)
+            # fwalk lists links to directories among them (a venv's lib64 -> lib): a directory
+            # made for one in the upper layer would hide the link.
+            if stat.S_ISDIR(os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode):
+                (mirror / name).mkdir(mode=0o755)
         fd = _open_dir(mirror)
         try:
             os.setxattr(f"/proc/self/fd/{fd}", sandbox._ACL_ACCESS, acl)

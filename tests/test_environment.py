@@ -232,7 +232,7 @@ def test_a_workspace_with_a_quota_gets_the_kept_tree_under_an_overlay(team, alic
     if why := quota.probe() or overlays.probe():
         pytest.fail(f"no loop-mounted workspaces with overlays here: {why}", pytrace=False)
     image, parent = stage
-    script = "mkdir -p .venv/lib/pkg\necho pristine > .venv/lib/pkg/mod.py\n"
+    script = "mkdir -p .venv/lib/pkg\necho pristine > .venv/lib/pkg/mod.py\nln -s lib .venv/lib64\n"
     repo = make_repo(team, parent, image, script)
     try:
         _, first = new_conversation(team, alice, repo)
@@ -280,8 +280,9 @@ def test_a_workspace_with_a_quota_gets_the_kept_tree_under_an_overlay(team, alic
         _, third = new_conversation(team, alice, repo)
         execute(send(third.conversation, alice, "Three"))
         ctx = agent._tool_context(third)
-        seen = asyncio.run(tools.execute("run_command", {"command": "ls .venv/lib/pkg"}, ctx))
-        assert seen.output.split() == ["mod.py"], seen.output
+        listing = "ls .venv/lib/pkg && readlink .venv/lib64 && cat .venv/lib64/pkg/mod.py"
+        seen = asyncio.run(tools.execute("run_command", {"command": listing}, ctx))
+        assert seen.output.split() == ["mod.py", "lib", "pristine"], seen.output
         # Kept while a workspace started from it may have it as its overlay's lower layer.
         assert environment.remove_idle(older_than_days=-1) == 0 and kept.is_dir()
         for workspace in (first, second, third):
