@@ -2,7 +2,7 @@
 """How long a new conversation takes to start from a kept prepared tree (assistant/environment.py).
 
     .venv/bin/python bench/setup_cache.py [--files 20000] [--dirs 200] [--repeat 5] [--image NAME]
-                                          [--no-write]
+                                          [--quota-only] [--no-write]
 
 A kept tree of ``--files`` small files (a ``.venv`` of ``--dirs`` packages x N files, in a temporary
 folder next to a fresh workspace tree, on the same file system, as under REPOS_ROOT) is sealed
@@ -20,6 +20,9 @@ only), where nothing can be linked:
 - ``overlay``: the kept tree mounted read-only under a writable upper layer in the workspace's
   file system (``overlays.mount``: a skeleton of its directories, then one mount);
 - ``copy``: what such a workspace got before, and still gets where overlays are refused.
+
+``--quota-only`` measures only these two (with, say, ``--dirs 2000``: the overlay's cost
+follows the directories) and writes a section of its own.
 
 Plus the one sandbox call a start makes before restoring (the lock files' digests, in the image
 ``--image`` when given, else the host's system). Median and worst per method; the goal is
@@ -52,7 +55,8 @@ django.setup()
 from assistant import environment, overlays, quota, sandbox  # noqa: E402
 from assistant.sandbox import SandboxLimits  # noqa: E402
 
-HEADING = "## Prepared trees (bench/setup_cache.py)"
+SCRIPT = "bench/setup_cache.py"
+HEADING = f"## Prepared trees ({SCRIPT})"
 
 
 def make_kept(folder: Path, files: int, packages: int = 200) -> None:
@@ -109,6 +113,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--image", default=None)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--quota-only", action="store_true", help="only the restores into quota workspaces"
+    )
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="tandem-bench-setup-"))
@@ -127,6 +134,8 @@ def main() -> None:
         methods.append("copy")
         if environment._can_reflink(kept, probe):
             methods.insert(0, "reflink")
+        if args.quota_only:
+            methods = []
         for how in methods:
             times = []
             for i in range(args.repeat):
@@ -157,8 +166,11 @@ def main() -> None:
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
+    heading = HEADING
+    if args.quota_only:  # a section of its own, beside the full run's
+        heading = f"## Prepared trees in quota workspaces, {args.dirs:,} directories ({SCRIPT})"
     lines = [
-        HEADING,
+        heading,
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, "
@@ -182,23 +194,26 @@ def main() -> None:
         f"{(digest + worst_method) * 1000:.0f} ms with the slowest (goal: <= 1 s for 20,000 "
         "files).",
         "",
-        "Which method a server gets: reflink where the file system clones (btrfs, XFS: not "
-        "measured here, ext4); hardlinks when it runs as root and the workspace is on the same "
-        "file system as the kept tree (quota off); an **overlay** for a workspace with a disk "
-        "quota (its own ext4: nothing can be linked or cloned into it) when the server runs as "
-        "root and the kernel allows overlays: a skeleton of the kept directories in the "
-        "workspace's upper layer and one mount, so its cost follows the directories "
-        f"({args.dirs:,} here), not the files; a copy otherwise (a server running as an "
-        "ordinary user, or a host that refuses overlays), which misses the goal by how much "
-        "depending on the disk and the load.",
-        "",
     ]
+    if not args.quota_only:
+        lines += [
+            "Which method a server gets: reflink where the file system clones (btrfs, XFS: not "
+            "measured here, ext4); hardlinks when it runs as root and the workspace is on the same "
+            "file system as the kept tree (quota off); an **overlay** for a workspace with a disk "
+            "quota (its own ext4: nothing can be linked or cloned into it) when the server runs as "
+            "root and the kernel allows overlays: a skeleton of the kept directories in the "
+            "workspace's upper layer and one mount, so its cost follows the directories "
+            f"({args.dirs:,} here), not the files; a copy otherwise (a server running as an "
+            "ordinary user, or a host that refuses overlays), which misses the goal by how much "
+            "depending on the disk and the load.",
+            "",
+        ]
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
         path = ROOT / "docs" / "benchmarks.md"
         text = path.read_text()
-        pattern = re.compile(re.escape(HEADING) + r".*?(?=\n## |\Z)", re.S)
+        pattern = re.compile(re.escape(heading) + r".*?(?=\n## |\Z)", re.S)
         text = (
             pattern.sub(table.rstrip("\n") + "\n", text)
             if pattern.search(text)
