@@ -31,7 +31,13 @@ def _quota_problem() -> str:
 def _overlay_problem() -> str:
     from . import overlays
 
-    return overlays.unavailable_reason()
+    return overlays.probe()  # a real try (a few ms): a refusal is remembered, copies follow
+
+
+def _overlay_refusal_logged(why: str) -> bool:
+    from . import overlays
+
+    return why in overlays._refused  # overlays logs a refusal once, when it finds it
 
 
 def announce_limits() -> None:
@@ -52,7 +58,7 @@ def announce_limits() -> None:
                 "disk up to its free space (only the per-file size limit applies)",
                 why,
             )
-        elif why := _overlay_problem():
+        elif (why := _overlay_problem()) and not _overlay_refusal_logged(why):
             log.warning(
                 "sandbox: prepared trees are copied into workspaces with a quota (%s): a new "
                 "conversation's start costs a copy of its .venv/node_modules",

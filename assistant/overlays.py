@@ -216,7 +216,7 @@ def _remove(path: Path) -> None:
 
 
 def probe() -> str:
-    """Try a small overlay for real (``manage.py check``): why it failed, or ""."""
+    """Try a small overlay for real (start-up, ``manage.py check``): why it failed, or ""."""
     if why := unavailable_reason():
         return why
     tmp = Path(tempfile.mkdtemp(prefix="tandem-overlay-probe-"))
@@ -227,7 +227,10 @@ def probe() -> str:
         _umount(tmp / "mnt")
         return ""
     except OSError as exc:
-        return f"overlay mounts are refused here ({exc.strerror})"
+        why = f"overlay mounts are refused here ({exc.strerror})"
+        if exc.errno in (errno.EPERM, errno.EACCES, errno.ENODEV, errno.EINVAL):
+            _refuse(why)  # this process copies from now on, without trying each time
+        return why
     finally:
         with contextlib.suppress(OSError):
             if os.path.ismount(tmp / "mnt"):
