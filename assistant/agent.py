@@ -161,15 +161,17 @@ class DeltaPublisher:
             self.flushed.append(text)
             self.flushed_bytes.append(self.flushed_bytes[-1] + len(text.encode()))
             self.last_sent = self.batcher.add(
-                self.conversation_id, self.run_id, self.seq, text, self.whole
+                self.conversation_id, self.run_id, self.seq, text, self
             )
         else:
             self.queue.put_nowait((self.seq, text, time.monotonic()))
 
-    def whole(self, seq: int) -> tuple[int, str]:
-        """(length in bytes, text) of the stream from its start through delta ``seq``."""
-        count = seq - self.start_seq
-        return self.flushed_bytes[count], "".join(self.flushed[: count + 1])
+    def length_through(self, seq: int) -> int:
+        """The stream's length in bytes from its start through delta ``seq``."""
+        return self.flushed_bytes[seq - self.start_seq]
+
+    def text_through(self, seq: int) -> str:
+        return "".join(self.flushed[: seq - self.start_seq + 1])
 
     def sent_within(self, seconds: float) -> bool:
         return bool(self.batcher) and self.loop.time() - self.last_flush < seconds

@@ -22,7 +22,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -230,6 +230,61 @@ async def publish_delta(conversation_id: str, run_id: str, seq: int, text: str) 
     )
 
 
+class Streamed(Protocol):
+    """A run's text as it has streamed so far (agent.DeltaPublisher)."""
+
+    def length_through(self, seq: int) -> int:
+        """The length in bytes (UTF-8) of the text from the start through delta ``seq``."""
+        ...
+
+    def text_through(self, seq: int) -> str: ...
+
+
+# One delta batch in one command: for each delta, the run's text and number (the snapshot a
+# viewer resyncs from), the conversation's event log entry and its expiry, the PUBLISH to the
+# conversation's group; then each run's cancel flag. Answers the text's length after each
+# APPEND (see DeltaBatcher._rewrite_lost), then a 0/1 per run for its cancel flag.
+# KEYS: text, seq, log per delta, then a cancel flag per run.
+# ARGV: count, log length, log TTL, stream TTL, then text, seq, entry, channel, message per delta.
+DELTA_SCRIPT = """
+local count = tonumber(ARGV[1])
+local log_length, log_ttl, ttl = ARGV[2], ARGV[3], ARGV[4]
+local out = {}
+for i = 0, count - 1 do
+  local k, a = i * 3, 4 + i * 5
+  local length = redis.call('APPEND', KEYS[k + 1], ARGV[a + 1])
+  if length == string.len(ARGV[a + 1]) then
+    redis.call('EXPIRE', KEYS[k + 1], ttl)
+  end
+  redis.call('SET', KEYS[k + 2], ARGV[a + 2], 'EX', ttl)
+  redis.call('XADD', KEYS[k + 3], 'MAXLEN', '~', log_length, '*', 'e', ARGV[a + 3])
+  redis.call('EXPIRE', KEYS[k + 3], log_ttl)
+  redis.call('PUBLISH', ARGV[a + 4], ARGV[a + 5])
+  out[#out + 1] = length
+end
+for k = count * 3 + 1, #KEYS do
+  out[#out + 1] = redis.call('EXISTS', KEYS[k])
+end
+return out
+"""
+
+_delta_scripts: dict[int, Any] = {}
+
+
+def _delta_script(client):
+    """The script bound to ``client`` (redis-py sends EVALSHA, and the script itself again if
+    Redis has lost it: after a restart)."""
+    script = _delta_scripts.get(id(client))
+    if script is None:
+        script = _delta_scripts[id(client)] = client.register_script(DELTA_SCRIPT)
+    return script
+
+
+def _encode_delta(run_id: str, seq: int, text: str) -> str:
+    # What _encode(delta_event(...)) gives, made by hand: this runs for every delta.
+    return f'{{"t":"delta","run":"{run_id}","seq":{seq},"text":{json.dumps(text)}}}'
+
+
 class DeltaBatcher:
     """Production's delta path: every delta of every run on this event loop goes to Redis in
     one MULTI per turn of the loop — the snapshot writes, the PUBLISH to the conversation's
@@ -267,11 +322,11 @@ class DeltaBatcher:
         run_id: str,
         seq: int,
         text: str,
-        whole: Callable[[int], tuple[int, str]] | None = None,
+        whole: Streamed | None = None,
     ) -> asyncio.Future:
         """Queue a delta; the future resolves once it is in Redis and published. ``whole``
-        (seq -> (its text's length in bytes, the text) from the start through delta seq) lets
-        the batch write the run's text again when Redis lost it (see _rewrite_lost)."""
+        (the run's text through any delta so far) lets the batch write the run's text again
+        when Redis lost it (see _rewrite_lost)."""
         done = asyncio.get_running_loop().create_future()
         self.pending.append((conversation_id, run_id, seq, text, done, whole))
         self.emitted.append(time.monotonic())
@@ -291,57 +346,53 @@ class DeltaBatcher:
     async def _send(self, batch) -> None:
         from . import streams
 
-        pipe = streams.async_redis().pipeline(transaction=True)
         runs: list[str] = []
-        conversations: set[str] = set()
-        appends: list[tuple[int, str, int, Callable[[int], tuple[int, str]]]] = []
-        for conversation_id, run_id, seq, text, _, whole in batch:
-            if whole is not None:
-                appends.append((len(pipe), run_id, seq, whole))  # APPEND's place in the reply
-            streams.queue_append(pipe, run_id, seq, text)
-            # In the same MULTI: the log entry, the snapshot and the PUBLISH agree at any instant.
-            queue_log(pipe, conversation_id, delta_event(run_id, seq, text))
-            conversations.add(conversation_id)
+        keys: list[str] = []
+        args: list[Any] = [len(batch), settings.API_EVENT_LOG_LENGTH, settings.API_EVENT_LOG_TTL]
+        args.append(streams.TTL_SECONDS)
+        for conversation_id, run_id, seq, text, _, _ in batch:
+            # The log entry, the snapshot and the PUBLISH change together (one script runs
+            # alone on Redis): they agree at any instant.
+            keys += streams.delta_keys(run_id)
+            keys.append(log_key(conversation_id))
             message = {"type": "conv.delta", "run": run_id, "seq": seq, "text": text}
             channel = self.layer._get_group_channel_name(group_name(conversation_id))
-            pipe.publish(channel, self.layer.serialize(message))
+            args += [text, seq, _encode_delta(run_id, seq, text), channel]
+            args.append(self.layer.serialize(message))
             if run_id not in runs:
                 runs.append(run_id)
-        for conversation_id in conversations:
-            queue_log_expiry(pipe, conversation_id)
-        for run_id in runs:
-            streams.queue_cancel_check(pipe, run_id)
+        keys += [streams.cancel_key(run_id) for run_id in runs]
         error: Exception | None = None
         try:
-            results = await pipe.execute()
+            results = await _delta_script(streams.async_redis())(keys=keys, args=args)
         except Exception as exc:  # live viewers miss these; the saved message has them all
             log.exception("Could not publish %d deltas", len(batch))
             error = exc
         else:
-            for run_id, flagged in zip(runs, results[-len(runs) :], strict=True):
+            for run_id, flagged in zip(runs, results[len(batch) :], strict=True):
                 if flagged:
                     self.cancel_requested.add(run_id)
-            await self._rewrite_lost(appends, results)
+            await self._rewrite_lost(batch, results)
         for *_, done, _ in batch:
             if not done.done():
                 done.set_result(error)
 
-    async def _rewrite_lost(self, appends, results) -> None:
+    async def _rewrite_lost(self, batch, results) -> None:
         """APPEND answers the text's new length: when it is not what the run has streamed, the
         text in Redis was lost (Redis restarted, keeping nothing) and a snapshot would now hand
         a viewer who resyncs only the deltas since. Write the whole text again."""
         from . import streams
 
-        lost: dict[str, tuple[int, Callable[[int], tuple[int, str]]]] = {}
-        for index, run_id, seq, whole in appends:
-            if results[index] != whole(seq)[0]:
+        lost: dict[str, tuple[int, Streamed]] = {}
+        for (_, run_id, seq, _, _, whole), length in zip(batch, results, strict=False):
+            if whole is not None and length != whole.length_through(seq):
                 lost[run_id] = (seq, whole)  # the batch's last delta of the run wins
         if not lost:
             return
         pipe = streams.async_redis().pipeline(transaction=True)
         for run_id, (seq, whole) in lost.items():
             log.warning("The stream of run %s was lost from Redis: written again whole", run_id)
-            streams.queue_rewrite(pipe, run_id, seq, whole(seq)[1])
+            streams.queue_rewrite(pipe, run_id, seq, whole.text_through(seq))
         try:
             await pipe.execute()
         except Exception:

@@ -139,8 +139,13 @@ def queue_rewrite(pipe, run_id: str, seq: int, text: str) -> None:
     pipe.set(_seq_key(run_id), seq, ex=TTL_SECONDS)
 
 
-def queue_cancel_check(pipe, run_id: str) -> None:
-    pipe.exists(_cancel_key(run_id))
+def delta_keys(run_id: str) -> list[str]:
+    """The keys one delta writes (text, number), for events.DELTA_SCRIPT."""
+    return [_text_key(run_id), _seq_key(run_id)]
+
+
+def cancel_key(run_id: str) -> str:
+    return _cancel_key(run_id)
 
 
 def async_redis():
