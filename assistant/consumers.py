@@ -3,13 +3,16 @@
 On connect (members only) the client first gets the text so far of every run in flight, then
 newer deltas; each delta has a sequence number, so the client drops what it already has and asks
 for a fresh snapshot when it sees a gap (pub/sub is at-most-once). Browser frames are JSON:
-``{"t": "d", "r": run, "s": seq, "x": text}`` for deltas, ``{"t": type, "html": ...}`` else.
+``{"t": "d", "r": run, "s": seq, "x": text}`` for deltas (with ``"f": first`` when the frame
+carries deltas first..seq, merged while the socket was behind), ``{"t": type, "html": ...}`` else.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -94,6 +97,20 @@ def _run_from_event(run: dict[str, Any], event: dict[str, Any] | None) -> dict[s
     }
 
 
+def _waiting(layer, channel: str) -> Iterator[dict[str, Any]]:
+    """Take the messages already received for ``channel`` and waiting for its consumer, oldest
+    first, one at a time as the caller asks. Only the Redis pub/sub layer of production (its
+    queue per channel, one per event loop) is looked into; another layer yields nothing."""
+    get_layer = getattr(layer, "_get_layer", None)
+    if get_layer is None:
+        return
+    queue = getattr(get_layer(), "channels", {}).get(channel)
+    if not isinstance(queue, asyncio.Queue):
+        return
+    while not queue.empty():
+        yield layer.deserialize(queue.get_nowait())
+
+
 class ConversationConsumer(AsyncWebsocketConsumer):
     conversation: Conversation | None = None
 
@@ -167,8 +184,25 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await super().dispatch(message)
 
     async def conv_delta(self, message: dict[str, Any]) -> None:
-        frame = {"t": "d", "r": message["run"], "s": message["seq"], "x": message["text"]}
+        # Coalescing by backpressure: the deltas of the same run already waiting for this
+        # socket (the process is behind: many streams at once) go out as one frame numbered
+        # f..s; a socket that keeps up gets every delta alone, at once.
+        run, first, last, parts = message["run"], message["seq"], message["seq"], [message["text"]]
+        after = None
+        for waiting in _waiting(self.channel_layer, self.channel_name):
+            if waiting.get("type") == "conv.delta" and waiting["run"] == run:
+                if waiting["seq"] == last + 1:
+                    last = waiting["seq"]
+                    parts.append(waiting["text"])
+                    continue
+            after = waiting  # anything else ends the run of deltas, and goes out after them
+            break
+        frame = {"t": "d", "r": run, "s": last, "x": "".join(parts)}
+        if last != first:
+            frame["f"] = first
         await self.send(text_data=json.dumps(frame, ensure_ascii=False))
+        if after is not None:
+            await self.dispatch(after)
 
     async def conv_event(self, message: dict[str, Any]) -> None:
         event = message["event"]

@@ -322,7 +322,7 @@ class Viewer:
                 return
             seq = frame["s"]
             view.last_delta_at = now
-            if seq == view.seq + 1:
+            if frame.get("f", seq) == view.seq + 1:  # deltas f..s (merged under load)
                 view.text += frame["x"]
                 view.seq = seq
             elif seq <= view.seq:

@@ -505,22 +505,24 @@ async def ws_read(watch: Watch) -> None:
         watch.error = f"{type(exc).__name__}: {exc}"
 
 
-def ws_deltas(watch: Watch) -> list[tuple[float, int, str]]:
+def ws_deltas(watch: Watch) -> list[tuple[float, int, int, str]]:
+    """(received, first delta number, last, text) per frame: a WebSocket frame carries deltas
+    f..s when the server merged those waiting for the socket (assistant/consumers.py)."""
     deltas = []
     for received, raw in watch.frames:
         frame = json.loads(raw)
         if frame.get("t") == "d" and frame.get("r") == watch.run_id:
-            deltas.append((received, frame["s"], frame["x"]))
+            deltas.append((received, frame.get("f", frame["s"]), frame["s"], frame["x"]))
     return deltas
 
 
-def sse_deltas(watch: Watch) -> list[tuple[float, int, str]]:
+def sse_deltas(watch: Watch) -> list[tuple[float, int, int, str]]:
     deltas = []
     for received, event, raw in watch.sse_frames:
         if event == "delta":
             data = json.loads(raw)
             if data.get("run") == watch.run_id:
-                deltas.append((received, data["seq"], data["text"]))
+                deltas.append((received, data["seq"], data["seq"], data["text"]))
     return deltas
 
 
@@ -528,7 +530,7 @@ def analyse_watch(
     watch: Watch,
     published: int,
     saved: tuple[str, str | None] | None,
-    deltas: list[tuple[float, int, str]],
+    deltas: list[tuple[float, int, int, str]],
     ended: str,
 ) -> dict:
     seen: set[int] = set()
@@ -537,12 +539,12 @@ def analyse_watch(
     delta_lat: list[float] = []
     token_lat: list[float] = []
     bad_stamps = 0
-    for received, seq, text in deltas:
+    for received, first, seq, text in deltas:
         if seq in seen:
             duplicated += 1
-        elif seq < last:
+        elif first < last:
             reordered += 1
-        seen.add(seq)
+        seen.update(range(first, seq + 1))
         last = max(last, seq)
         try:
             stamps = [float(s) for s in text.split()]
@@ -553,7 +555,7 @@ def analyse_watch(
             delta_lat.append(received - max(stamps))
             token_lat.extend(received - s for s in stamps)
     lost = max(0, published - len(seen))
-    text = "".join(d[2] for d in deltas)
+    text = "".join(d[3] for d in deltas)
     status, saved_text = saved if saved else ("missing", None)
     return {
         "deltas": len(deltas),

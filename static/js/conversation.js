@@ -142,7 +142,8 @@
     if (!stream) return requestResync();
     const seq = Number(el.dataset.seq || 0);
     if (frame.s <= seq) return; // already have it (snapshot covered it)
-    if (frame.s !== seq + 1) return requestResync(); // a gap: fetch the text so far
+    // A frame carries deltas f..s when the server merged those that waited for this socket.
+    if ((frame.f || frame.s) !== seq + 1) return requestResync(); // a gap, or part already had
     keepScrolled(() => stream.append(document.createTextNode(frame.x)));
     el.dataset.seq = String(frame.s);
     setRunning(el);
