@@ -190,11 +190,11 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         run, first, last, parts = message["run"], message["seq"], message["seq"], [message["text"]]
         after = None
         for waiting in _waiting(self.channel_layer, self.channel_name):
-            if waiting.get("type") == "conv.delta" and waiting["run"] == run:
-                if waiting["seq"] == last + 1:
-                    last = waiting["seq"]
-                    parts.append(waiting["text"])
-                    continue
+            kind, seq = waiting.get("type"), waiting.get("seq")
+            if kind == "conv.delta" and waiting["run"] == run and seq == last + 1:
+                last = seq
+                parts.append(waiting["text"])
+                continue
             after = waiting  # anything else ends the run of deltas, and goes out after them
             break
         frame = {"t": "d", "r": run, "s": last, "x": "".join(parts)}

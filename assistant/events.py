@@ -21,7 +21,6 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from asgiref.sync import async_to_sync
@@ -287,8 +286,10 @@ def _encode_delta(run_id: str, seq: int, text: str) -> str:
 
 class DeltaBatcher:
     """Production's delta path: every delta of every run on this event loop goes to Redis in
-    one MULTI per turn of the loop — the snapshot writes, the PUBLISH to the conversation's
-    group, and a look at each run's cancel flag — instead of two round trips per delta.
+    one command per turn of the loop (DELTA_SCRIPT: the snapshot writes, the event log, the
+    PUBLISH to the conversation's group, and a look at each run's cancel flag) instead of two
+    round trips per delta. One script costs the worker less than half the CPU of the six
+    commands of a MULTI it replaced (~90 against ~210 µs per delta, measured with redis-py).
 
     At 50 streams that is one round trip for dozens of deltas; measured per-delta latency fell
     from seconds (sequential round trips piling up behind a busy loop) to milliseconds. The

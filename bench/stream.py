@@ -837,7 +837,7 @@ class Context:
         started = []
         for name in ("daphne", "worker"):
             out = self.profile_dir / f"{tag}-{name}.txt"
-            args = [str(spy), "record", "-r", os.environ.get("BENCH_PROFILE_RATE", "250"), "-f", "raw", "-o", str(out)]
+            args = [str(spy), "record", "-r", "250", "-f", "raw", "-o", str(out)]
             args += ["--nonblocking", "-p", str(self.pids[name])]
             proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             started.append((name, proc, out))
