@@ -463,9 +463,11 @@ class _Start:
 
 
 def _claim_and_read(run_id: str) -> _Start | None:
-    # One trip to a pool thread instead of four: with many runs starting at once, each
+    # One trip to a pool thread instead of five: with many runs starting at once, each
     # trip waits its turn for the loop's few executor threads, and the first word waits
     # for all of them (docs/benchmarks.md, issue 14).
+    if _waits_for_workspace(run_id):
+        return None  # left queued: the job preparing the workspace queues it again once done
     run = run_claim(run_id)
     if run is None:
         return None
@@ -492,8 +494,6 @@ async def execute_run(run_id: str) -> None:
     """Execute one run, once. Safe to call twice for the same run: the second finds it
     already claimed and returns. A parked run that was approved is queued again and comes
     back here, to go on from where it stopped."""
-    if await db_sync_to_async(_waits_for_workspace)(run_id):
-        return  # left queued: the job preparing the workspace queues it again once done
     start = await _aclaim_and_read(run_id)
     if start is None:
         return

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Value
+from django.db.models import Exists, OuterRef, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -59,9 +59,15 @@ def refuse_while_in_flight(conversation: Conversation) -> None:
     from .models import Workspace
 
     # A workspace being prepared counts: the runs sent meanwhile wait for it, then run on it.
-    if not Workspace.objects.filter(conversation_id=conversation.pk).exists() and not (
-        attach_pending(conversation)
-    ):
+    # Both looked at in one query: this runs before every message.
+    has_workspace = Exists(Workspace.objects.filter(conversation_id=OuterRef("pk")))
+    attaching = Exists(
+        RepoJob.objects.filter(
+            conversation_id=OuterRef("pk"), kind=RepoJobKind.ATTACH, status__in=JOB_PENDING
+        )
+    )
+    this = Conversation.objects.filter(pk=conversation.pk)
+    if not this.filter(has_workspace | attaching).exists():
         return
     Conversation.objects.select_for_update().filter(pk=conversation.pk).first()
     if Run.objects.filter(conversation_id=conversation.pk, status__in=IN_FLIGHT).exists():
