@@ -240,10 +240,10 @@ def test_a_secret_split_across_deltas_never_reaches_a_viewer(stack, conversation
             frame = await next_frame(viewer)
             if frame["t"] == "d":
                 seen.append(frame)
-        while len(raw) < len(pieces):
+        while not raw or raw[-1][0] < len(pieces):  # a member's frame may carry deltas f..s
             frame = await next_frame(member)
             if frame["t"] == "d":
-                raw.append(frame["x"])
+                raw.append((frame["s"], frame["x"]))
         await viewer.close()
         await member.close()
         return seen, raw
@@ -252,7 +252,7 @@ def test_a_secret_split_across_deltas_never_reaches_a_viewer(stack, conversation
         seen, raw = asyncio.run(scenario())
     finally:
         asyncio.run(streams.discard(run_id))
-    assert "".join(raw) == "".join(pieces)  # the member's stream is untouched
+    assert "".join(x for _, x in raw) == "".join(pieces)  # the member's stream is untouched
     assert [frame["s"] for frame in seen] == [1, 2, 3, 4, 5]
     shown = "".join(frame["x"] for frame in seen)
     assert shown == f"The token is {MARK} so rotate it "
