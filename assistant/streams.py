@@ -37,7 +37,7 @@ def _seq_key(run_id: str) -> str:
     return f"tandem:run:{run_id}:seq"
 
 
-def _cancel_key(run_id: str) -> str:
+def cancel_key(run_id: str) -> str:
     return f"tandem:run:{run_id}:cancel"
 
 
@@ -144,10 +144,6 @@ def delta_keys(run_id: str) -> list[str]:
     return [_text_key(run_id), _seq_key(run_id)]
 
 
-def cancel_key(run_id: str) -> str:
-    return _cancel_key(run_id)
-
-
 def async_redis():
     return _async_redis()
 
@@ -190,7 +186,7 @@ async def discard(run_id: str) -> None:
     pipe = _async_redis().pipeline(transaction=False)
     pipe.expire(_text_key(run_id), 60)
     pipe.expire(_seq_key(run_id), 60)
-    pipe.delete(_cancel_key(run_id))
+    pipe.delete(cancel_key(run_id))
     await pipe.execute()
 
 
@@ -200,19 +196,19 @@ def request_cancel(run_id: str) -> None:
         with _memory.lock:
             _memory.cancel.add(run_id)
         return
-    _redis().set(_cancel_key(run_id), "1", ex=TTL_SECONDS)
+    _redis().set(cancel_key(run_id), "1", ex=TTL_SECONDS)
 
 
 def is_cancel_requested_sync(run_id: str) -> bool:
     if not _use_redis():
         return run_id in _memory.cancel
-    return bool(_redis().exists(_cancel_key(run_id)))
+    return bool(_redis().exists(cancel_key(run_id)))
 
 
 async def is_cancel_requested(run_id: str) -> bool:
     if not _use_redis():
         return run_id in _memory.cancel
-    return bool(await _async_redis().exists(_cancel_key(run_id)))
+    return bool(await _async_redis().exists(cancel_key(run_id)))
 
 
 # --- Presence ----------------------------------------------------------------------------------
