@@ -109,23 +109,24 @@ def repository_context(conversation, workspace) -> dict[str, Any]:
     else:
         push = pull_request = None  # of a workspace since removed
     polling = any(job is not None and job.pending for job in (attach, push, pull_request))
+    target = forges.target_of(workspace.repository) if workspace is not None else None
     return {
         "repositories": _attachable(conversation, workspace),
         "attach_job": attach,
         "push_job": push,
         "pull_request_job": pull_request,
         "polling": polling,
-        "forge": forges.target_of(workspace.repository) if workspace is not None else None,
+        "forge": target,
         # The forms are left out while the header polls (each poll replaces them).
-        **({} if polling or workspace is None else _push_forms(conversation, workspace)),
+        **({} if polling or workspace is None else _push_forms(conversation, workspace, target)),
     }
 
 
-def _push_forms(conversation, workspace) -> dict[str, Any]:
+def _push_forms(conversation, workspace, target: forges.Target | None) -> dict[str, Any]:
     """The Push form's proposed commit message (assistant/pushes.py), and, once a push has
-    worked on a repository on GitHub or GitLab, the Open pull request form's defaults."""
+    worked on a repository on GitHub or GitLab (``target``), the Open pull request form's
+    defaults."""
     context: dict[str, Any] = {"commit_message": pushes.commit_message_proposal(conversation)}
-    target = forges.target_of(workspace.repository)
     pushed = services.last_push(conversation) if target is not None else None
     if target is not None and pushed is not None:
         context["forge_token"] = forges.has_token(workspace.repository)
