@@ -13,6 +13,14 @@ import websockets
 from django.conf import settings
 from django.test import Client
 
+# The identity of commits a test makes in its own repositories (an "origin" it serves from).
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "O",
+    "GIT_AUTHOR_EMAIL": "o@example.com",
+    "GIT_COMMITTER_NAME": "O",
+    "GIT_COMMITTER_EMAIL": "o@example.com",
+}
+
 
 def session_cookie(user) -> str:
     client = Client()

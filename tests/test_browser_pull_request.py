@@ -17,6 +17,7 @@ from playwright.sync_api import expect
 from assistant import sandbox
 from assistant.models import Forge, RepoAuth, RepoJob, Repository
 from tests.forge_standin import GITHUB_PROJECT, GITHUB_TOKEN
+from tests.helpers import GIT_ENV
 from tests.test_browser import open_page, run_bubble, send, sign_in_to_conversation
 from tests.test_browser_agent import tool
 
@@ -25,12 +26,6 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(not Path(sandbox.BWRAP).exists(), reason="bubblewrap is not installed"),
 ]
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "O",
-    "GIT_AUTHOR_EMAIL": "o@example.com",
-    "GIT_COMMITTER_NAME": "O",
-    "GIT_COMMITTER_EMAIL": "o@example.com",
-}
 
 
 def git(cwd: Path, *args: str) -> str:

@@ -21,18 +21,12 @@ from django.conf import settings
 from assistant import sandbox
 from assistant.models import FINISHED_STATUSES, Repository, Run, RunStatus, Workspace
 from tests.conftest import start_web, stop_web
-from tests.helpers import session_cookie, wait_until
+from tests.helpers import GIT_ENV, session_cookie, wait_until
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(not Path(sandbox.BWRAP).exists(), reason="bubblewrap is not installed"),
 ]
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "O",
-    "GIT_AUTHOR_EMAIL": "o@example.com",
-    "GIT_COMMITTER_NAME": "O",
-    "GIT_COMMITTER_EMAIL": "o@example.com",
-}
 
 
 def git(*args: str | Path, cwd: Path | None = None) -> str:
