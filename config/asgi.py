@@ -13,9 +13,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from assistant import routing as assistant_routing  # noqa: E402
 from assistant.runner import remember_server_loop  # noqa: E402
+from config import autobahn_quiet  # noqa: E402
 from config.clientip import ClientAddressMiddleware  # noqa: E402
 from config.origin import SameOriginValidator  # noqa: E402
 from sharing import routing as sharing_routing  # noqa: E402
+
+autobahn_quiet.install()  # every WebSocket frame paid for colouring an unused debug line
 
 # Each app routes its own sockets; assistant sits below sharing and never imports it.
 websocket_urlpatterns = (
