@@ -26,5 +26,5 @@ def install() -> None:
     autobahn.util, so patching there would not reach it)."""
     from autobahn.websocket import protocol
 
-    protocol.hltype = plain_type  # type: ignore[assignment]
-    protocol.hlval = plain_value  # type: ignore[assignment]
+    protocol.hltype = plain_type
+    protocol.hlval = plain_value
