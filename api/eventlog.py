@@ -20,8 +20,11 @@ the rare case that exactly the ones it had were trimmed: a needless resync, neve
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,23 +107,18 @@ def _id(value: str | bytes | None) -> EntryId | None:
 
 
 class RedisReader:
-    """One reader per event stream, on a connection of its own: XREAD BLOCK holds it while
-    the stream is idle, and closing it is how a reader that goes away stops waiting."""
+    """One event stream's reader. Reading with a check (state, read_checked) is a MULTI on the
+    shared connection pool; waiting for new entries goes through this event loop's LogHub, so
+    a process serving many streams holds one blocked XREAD for all of them."""
 
     def __init__(self, conversation_id: str) -> None:
-        import redis.asyncio
-
         self.key = events.log_key(conversation_id)
-        self.client = redis.asyncio.Redis.from_url(
-            settings.REDIS_URL,
-            socket_connect_timeout=5,
-            socket_timeout=None,  # blocking reads wait longer than any sensible timeout
-            max_connections=1,
-            client_name="tandem-sse",
-        )
+        self.subscription: _Subscription | None = None
 
     async def close(self) -> None:
-        await self.client.aclose()
+        if self.subscription is not None:
+            self.subscription.hub.unsubscribe(self.subscription)
+            self.subscription = None
 
     async def state(self) -> LogState:
         return (await self._read(None))[0]
@@ -130,7 +128,9 @@ class RedisReader:
         return await self._read(position)
 
     async def _read(self, position: EntryId | None) -> tuple[LogState, list[Entry]]:
-        pipe = self.client.pipeline(transaction=True)
+        from assistant import streams
+
+        pipe = streams.async_redis().pipeline(transaction=True)
         pipe.time()
         pipe.info("server")
         pipe.xinfo_stream(self.key)
@@ -154,13 +154,236 @@ class RedisReader:
         )
         return state, _decode_entries(found[0][0][1]) if found and found[0] else []
 
-    async def wait(self, position: EntryId, block_ms: int) -> list[Entry]:
-        """Entries after ``position``, waiting up to ``block_ms`` for the first one."""
-        # Any: redis-py types the reply for RESP3 (a dict) too; this connection speaks RESP2.
-        found: Any = await self.client.xread(
-            {self.key: format_id(position)}, count=COUNT, block=max(1, block_ms)
+    async def wait(
+        self, position: EntryId, block_ms: int, until: asyncio.Future[Any] | None = None
+    ) -> list[Entry] | None:
+        """Entries after ``position``, waiting up to ``block_ms`` for the first one; None as
+        soon as ``until`` is done (the caller's access ended)."""
+        hub = LogHub.for_this_loop()
+        if self.subscription is None:
+            self.subscription = hub.subscribe(self.key, position)
+        return await hub.wait(self.subscription, position, block_ms, until)
+
+
+# --- One blocked read per process -----------------------------------------------------------
+# Each event stream used to hold a Redis connection of its own in XREAD BLOCK and sent one XREAD
+# per event it forwarded: at 10 conversations streaming that was most of the web process's CPU
+# for a delta on the event stream (bench/fanout.py, docs/benchmarks.md). The hub reads every
+# watched log with one XREAD (many keys, one reply holding what all of them got) and hands the
+# entries to the streams of this process; a stream that opens on a log the blocked read doesn't
+# cover interrupts it (CLIENT UNBLOCK) so it is covered at once.
+
+BLOCK_MS = 5000  # the longest the hub's read blocks; a new log interrupts it
+
+
+class _Subscription:
+    """One stream's share of the hub: what the hub read for its log since ``base``."""
+
+    __slots__ = ("base", "buffer", "error", "hub", "key", "waiter")
+
+    def __init__(self, hub: LogHub, key: str, base: EntryId) -> None:
+        self.hub, self.key = hub, key
+        # The buffer holds every entry of the log after ``base``, up to what the hub read:
+        # a reader at or past ``base`` takes from it, one before it reads Redis itself.
+        self.base = base
+        self.buffer: list[Entry] = []
+        self.waiter: asyncio.Future[None] | None = None
+        self.error: BaseException | None = None
+
+    def deliver(self, entries: list[Entry]) -> None:
+        if len(self.buffer) + len(entries) > 2 * COUNT:
+            # A stream far behind (its client reads slowly): keep nothing, it reads Redis
+            # from its own position next (with the trim check the stream makes every COUNT).
+            self.buffer.clear()
+            self.base = entries[-1][0]
+        else:
+            self.buffer.extend(entries)
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def take(self, position: EntryId) -> list[Entry]:
+        found = [entry for entry in self.buffer if entry[0] > position]
+        if self.buffer:
+            self.base = max(self.base, self.buffer[-1][0])
+            self.buffer.clear()
+        return found
+
+
+class _Log:
+    __slots__ = ("position", "subscriptions")
+
+    def __init__(self, position: EntryId) -> None:
+        self.position = position  # the hub's next read starts after it
+        self.subscriptions: set[_Subscription] = set()
+
+
+def _wake_future(future: asyncio.Future[Any], *_: Any) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class LogHub:
+    """This event loop's reader of every conversation log its event streams watch."""
+
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LogHub] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    @classmethod
+    def for_this_loop(cls) -> LogHub:
+        loop = asyncio.get_running_loop()
+        hub = cls._by_loop.get(loop)
+        if hub is None:
+            hub = cls._by_loop[loop] = cls()
+        return hub
+
+    def __init__(self) -> None:
+        self.logs: dict[str, _Log] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.client_id: int | None = None
+        self.reading = False  # an XREAD is on its way or blocked
+        self.unblocking: asyncio.Task[None] | None = None
+        self.reads = 0  # XREADs made (tests, and a look with a debugger)
+
+    def subscribe(self, key: str, position: EntryId) -> _Subscription:
+        log = self.logs.get(key)
+        if log is None:
+            log = self.logs[key] = _Log(position)
+            self._cover_new_log()
+        subscription = _Subscription(self, key, log.position)
+        log.subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: _Subscription) -> None:
+        log = self.logs.get(subscription.key)
+        if log is None:
+            return
+        log.subscriptions.discard(subscription)
+        if not log.subscriptions:
+            del self.logs[subscription.key]  # the next read leaves it out
+            if not self.logs and self.task is not None:
+                self.task.cancel()  # nobody left: free the connection now, not after a block
+                self.task = None
+
+    async def wait(
+        self,
+        subscription: _Subscription,
+        position: EntryId,
+        block_ms: int,
+        until: asyncio.Future[Any] | None,
+    ) -> list[Entry] | None:
+        if subscription.error is not None:
+            raise subscription.error
+        if position < subscription.base:
+            # Behind what the hub read for this log (it joined later than another stream of
+            # the same conversation, or fell behind): the entries in between come from Redis.
+            from assistant import streams
+
+            found: Any = await streams.async_redis().xread(
+                {subscription.key: format_id(position)}, count=COUNT
+            )
+            entries = _decode_entries(found[0][1]) if found else []
+            if entries:
+                return entries
+        entries = subscription.take(position)
+        if entries:
+            return entries
+        if until is not None and until.done():
+            return None
+        loop = asyncio.get_running_loop()
+        waiter = subscription.waiter = loop.create_future()
+        timer = loop.call_later(block_ms / 1000, _wake_future, waiter)
+        wake = functools.partial(_wake_future, waiter)
+        if until is not None:
+            until.add_done_callback(wake)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            subscription.waiter = None
+            if until is not None:
+                until.remove_done_callback(wake)
+        if subscription.error is not None:
+            raise subscription.error
+        if until is not None and until.done():
+            return None
+        return subscription.take(position)
+
+    # --- the read ---
+
+    def _cover_new_log(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        elif self.reading and (self.unblocking is None or self.unblocking.done()):
+            self.unblocking = asyncio.get_running_loop().create_task(self._unblock())
+
+    async def _unblock(self) -> None:
+        """Have the blocked read return now, so the next one covers the new log."""
+        from assistant import streams
+
+        for _ in range(50):
+            if not self.reading or self.client_id is None:
+                return  # the read ended by itself; the next one covers the log
+            try:
+                if await streams.async_redis().client_unblock(self.client_id):
+                    return
+            except Exception:  # Redis away: the read fails too, and the streams end
+                return
+            # 0: the XREAD has not reached Redis yet (or just returned): look again shortly.
+            await asyncio.sleep(0.002)
+        # Never found blocked (its connection was replaced, with another id): start over.
+        if self.task is not None:
+            self.task.cancel()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        import redis.asyncio
+
+        client = redis.asyncio.Redis.from_url(
+            settings.REDIS_URL,
+            socket_connect_timeout=5,
+            socket_timeout=None,  # blocking reads wait longer than any sensible timeout
+            max_connections=1,
+            client_name="tandem-sse",
         )
-        return _decode_entries(found[0][1]) if found else []
+        try:
+            self.client_id = int(await client.client_id())
+            while self.logs:
+                keys: dict[Any, Any] = {k: format_id(v.position) for k, v in self.logs.items()}
+                self.reading = True
+                try:
+                    found: Any = await client.xread(keys, count=COUNT, block=BLOCK_MS)
+                finally:
+                    self.reading = False
+                self.reads += 1
+                for key, raw in found or ():
+                    log = self.logs.get(key.decode() if isinstance(key, bytes) else key)
+                    if log is None or not raw:
+                        continue  # its last stream closed meanwhile
+                    entries = _decode_entries(raw)
+                    log.position = entries[-1][0]
+                    for subscription in log.subscriptions:
+                        subscription.deliver(entries)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Redis away: every stream on it ends, and comes back
+            for log in self.logs.values():
+                for subscription in log.subscriptions:
+                    subscription.fail(exc)
+            self.logs.clear()
+        finally:
+            if self.task is None or self.task is asyncio.current_task():
+                # (A cancelled read finishing late must not clear the state of its successor.)
+                self.client_id = None
+                self.reading = False
+            await client.aclose()
 
 
 class MemoryReader:
@@ -189,16 +412,22 @@ class MemoryReader:
     async def read_checked(self, position: EntryId) -> tuple[LogState, list[Entry]]:
         return self._read(position)
 
-    async def wait(self, position: EntryId, block_ms: int) -> list[Entry]:
-        import asyncio
+    async def wait(
+        self, position: EntryId, block_ms: int, until: asyncio.Future[Any] | None = None
+    ) -> list[Entry] | None:
         import time
 
         deadline = time.monotonic() + block_ms / 1000
         while True:
+            if until is not None and until.done():
+                return None
             _, entries = self._read(position)
             if entries or time.monotonic() >= deadline:
                 return entries
-            await asyncio.sleep(self.POLL_SECONDS)
+            if until is None:
+                await asyncio.sleep(self.POLL_SECONDS)
+            else:  # the access ending stops the wait at once, as on Redis
+                await asyncio.wait({until}, timeout=self.POLL_SECONDS)
 
 
 def reader_for(conversation_id: str) -> RedisReader | MemoryReader:

@@ -26,9 +26,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -154,22 +154,6 @@ async def _events(opened: Opened) -> AsyncIterator[bytes]:
         )
 
 
-_T = TypeVar("_T")
-
-
-async def _until_ended(awaitable: Awaitable[_T], ended: asyncio.Future[Any]) -> _T | None:
-    """``awaitable``'s result, or None once ``ended`` is done (the caller's access ended)."""
-    task = asyncio.ensure_future(awaitable)
-    try:
-        await asyncio.wait({task, ended}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():  # access ended, or the stream itself was cancelled
-            task.cancel()
-    if ended.done() and not task.done():
-        return None
-    return task.result()
-
-
 async def _log_events(opened: Opened, ended: asyncio.Future[Any]) -> AsyncIterator[bytes]:
     reader = eventlog.reader_for(opened.conversation_id)
     heartbeat = settings.API_SSE_HEARTBEAT_SECONDS
@@ -204,10 +188,13 @@ async def _log_events(opened: Opened, ended: asyncio.Future[Any]) -> AsyncIterat
             out = []
             for entry_id, event in pending:
                 position = entry_id
-                kind = event.pop("t", "event")
+                kind = event.get("t", "event")
                 if kind == "delta" and covered.get(event.get("run", ""), 0) >= event.get("seq", 0):
                     continue
-                out.append(frame(kind, event, entry_id))
+                # The entry is shared with the other streams of this conversation (one read
+                # for all: api/eventlog.py's LogHub): copied, not changed.
+                payload = {key: value for key, value in event.items() if key != "t"}
+                out.append(frame(kind, payload, entry_id))
                 if kind == "conversation.deleted":
                     yield b"".join(out)
                     return
@@ -224,7 +211,7 @@ async def _log_events(opened: Opened, ended: asyncio.Future[Any]) -> AsyncIterat
                     pending = []
                     yield chunk
             else:
-                waited = await _until_ended(reader.wait(position, int(heartbeat * 1000)), ended)
+                waited = await reader.wait(position, int(heartbeat * 1000), until=ended)
                 if waited is None:
                     return
                 pending = waited

@@ -144,7 +144,7 @@ def delta_keys(run_id: str) -> list[str]:
     return [_text_key(run_id), _seq_key(run_id)]
 
 
-def async_redis():
+def async_redis() -> Any:
     return _async_redis()
 
 

@@ -271,3 +271,99 @@ def test_deltas_the_snapshot_already_holds_are_not_sent_twice(
     snapshot = frames(first)[0]
     assert snapshot["data"]["runs"] == [{"id": rid, "status": "running", "seq": 2, "text": "Hello"}]
     assert [(f["event"], f["data"]["seq"]) for f in frames(more)] == [("delta", 3)]
+
+
+# --- One read per process for every stream (eventlog.LogHub) ------------------------------------
+
+
+def test_one_read_serves_every_log_and_a_new_log_interrupts_the_blocked_read(
+    redis_clean, monkeypatch
+):
+    """Streams of several conversations wait on one XREAD; a stream that opens while that
+    read blocks on the others' logs gets its events at once (CLIENT UNBLOCK), not after the
+    block: here the block is a minute and the wait ten seconds, so without the interruption
+    the new stream's wait would come back empty."""
+    monkeypatch.setattr(eventlog, "BLOCK_MS", 60_000)
+
+    async def go():
+        start = (int(time.time() * 1000) - 1, 0)
+        first = [eventlog.reader_for(f"a{i}") for i in range(3)]
+        waits = [asyncio.create_task(r.wait(start, 10_000)) for r in first]
+        hub = eventlog.LogHub.for_this_loop()
+        await wait_until_async(lambda: hub.reading)
+        late = eventlog.reader_for("late")
+        late_wait = asyncio.create_task(late.wait(start, 10_000))
+        await asyncio.sleep(0.05)
+        began = time.monotonic()
+        await asyncio.to_thread(log, "late", {"t": "x", "n": 0})
+        got_late = await late_wait
+        late_took = time.monotonic() - began
+        reads_before = hub.reads
+        for i in range(3):
+            await asyncio.to_thread(log, f"a{i}", {"t": "x", "n": i})
+        got = await asyncio.gather(*waits)
+        for reader in [*first, late]:
+            await reader.close()
+        return got_late, late_took, got, hub.reads - reads_before, hub.task
+
+    got_late, late_took, got, reads, task = asyncio.run(go())
+    assert [e["n"] for _, e in got_late] == [0]
+    assert late_took < 9  # the ten-second wait did not run out
+    assert [[e["n"] for _, e in entries] for entries in got] == [[0], [1], [2]]
+    assert reads <= 3  # the three logs' events came in at most three reads, not one each...
+    assert task is None  # ...and the hub let its connection go with the last stream
+
+
+def test_a_stream_joining_behind_the_hub_gets_every_entry_in_order(redis_clean):
+    """Two streams of one conversation: the second starts from an older position than the
+    hub has read to; it gets the entries in between from Redis, then the shared ones, with
+    none twice and none missing."""
+
+    async def go():
+        start = (int(time.time() * 1000) - 1, 0)
+        ahead, behind = eventlog.reader_for("c"), eventlog.reader_for("c")
+        for n in range(3):
+            await asyncio.to_thread(log, "c", {"t": "x", "n": n})
+        seen_ahead = await ahead.wait(start, 5_000)  # the hub has read these three now
+        position = seen_ahead[-1][0]
+        waiting = asyncio.create_task(ahead.wait(position, 5_000))
+        seen_behind = []
+        at = start
+        for n in range(3, 6):
+            await asyncio.to_thread(log, "c", {"t": "x", "n": n})
+        while len(seen_behind) < 6:
+            entries = await behind.wait(at, 5_000)
+            assert entries, "an entry went missing"
+            seen_behind += entries
+            at = entries[-1][0]
+        more = await waiting
+        await ahead.close()
+        await behind.close()
+        return seen_ahead + more, seen_behind
+
+    seen_ahead, seen_behind = asyncio.run(go())
+    assert [e["n"] for _, e in seen_behind] == [0, 1, 2, 3, 4, 5]
+    assert [e["n"] for _, e in seen_ahead][:3] == [0, 1, 2]
+    ids = [entry_id for entry_id, _ in seen_behind]
+    assert ids == sorted(set(ids))
+
+
+def test_the_access_ending_stops_a_wait_at_once(backend):
+    async def go():
+        reader = eventlog.reader_for("c")
+        ended = asyncio.get_running_loop().create_future()
+        wait = asyncio.create_task(reader.wait((int(time.time() * 1000), 0), 30_000, until=ended))
+        await asyncio.sleep(0.05)
+        ended.set_result(None)
+        result = await asyncio.wait_for(wait, 5)
+        await reader.close()
+        return result
+
+    assert asyncio.run(go()) is None
+
+
+async def wait_until_async(condition, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.01)
