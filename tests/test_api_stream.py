@@ -202,7 +202,12 @@ def test_joining_mid_reply_starts_from_a_snapshot(stack, team, alice, conversati
 
 
 def sse_readers(client) -> int:
-    return sum(1 for c in client.client_list() if c.get("name") == "tandem-sse")
+    """The event-stream readers on this test's Redis database (CLIENT LIST is the whole
+    server's: another test process, or a bench, may have readers of its own)."""
+    db = str(client.connection_pool.connection_kwargs.get("db", 0))
+    return sum(
+        1 for c in client.client_list() if c.get("name") == "tandem-sse" and c.get("db") == db
+    )
 
 
 def test_a_client_that_goes_away_frees_its_reader(stack, team, alice, conversation, redis_clean):
@@ -222,7 +227,10 @@ def test_a_client_that_goes_away_frees_its_reader(stack, team, alice, conversati
     async def scenario():
         async with client_for(stack) as client:
             async with open_stream(client, conversation, key) as response:
-                await Stream(response).next()
+                # Held while counting: a Stream dropped at once closes its line iterator,
+                # and with it the response (the client leaves).
+                stream = Stream(response)
+                await stream.next()
                 opened = await asyncio.to_thread(wait_for_readers, start + 1)
             closed = await asyncio.to_thread(wait_for_readers, start)
             return opened, closed

@@ -64,3 +64,35 @@ def test_a_stream_lost_from_redis_is_written_again_whole(settings):
 
     snap = asyncio.run(stream())
     assert snap == streams.Snapshot(5, "Parked text. One two three.")
+
+
+def test_the_delta_script_survives_a_lost_script_cache_and_a_killed_connection(settings):
+    """The batches go out on a connection of their own (events.ScriptWire). After Redis forgot
+    its scripts (SCRIPT FLUSH, as a restart does) the batch runs the script in full; after its
+    connection was killed the batch goes out again on a new one. No delta is lost either way."""
+    import uuid
+
+    import redis
+
+    from assistant import events, streams
+
+    run_id = f"wire-{uuid.uuid4().hex}"
+    admin = redis.Redis.from_url(settings.REDIS_URL)
+
+    async def stream() -> tuple[streams.Snapshot, int]:
+        publisher = DeltaPublisher("c", run_id, 0)
+        publisher.add("one ")
+        await publisher.drain()
+        wire = events.DeltaBatcher.for_this_loop().wire
+        assert wire is not None and wire.connection is not None
+        admin.script_flush()
+        publisher.add("two ")
+        await publisher.drain()
+        killed = admin.client_kill_filter(_type="normal", skipme=True)  # the wire's among them
+        publisher.add("three.")
+        await publisher.close()
+        return await streams.snapshot(run_id), killed
+
+    snap, killed = asyncio.run(stream())
+    assert killed >= 1
+    assert snap == streams.Snapshot(3, "one two three.")
