@@ -351,3 +351,65 @@ def test_hostile_markdown_is_shown_as_text(stack, new_context, conversation):
         page.reload()
         expect_live(page)
     assert dialogs == []
+
+
+# --- Deltas merged while the page's socket was behind -------------------------------------------
+
+
+def test_deltas_merged_while_the_socket_was_behind_show_in_order_without_a_resync(
+    stack, new_context, conversation, alice
+):
+    """The server merges the deltas that queued for a socket into one frame numbered f..s
+    (assistant/consumers.py). The page must take such a frame as deltas f..s — append its
+    text once, in order, and go on from s — not as a gap to resync from. Daphne is stopped
+    while five deltas are published, so they queue and go out as one frame."""
+    import asyncio
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    from assistant import events
+    from assistant.models import Role
+
+    question = Message.objects.create(
+        conversation=conversation, role=Role.USER, author=alice, content="Count, please"
+    )
+    run = Run.objects.create(
+        conversation=conversation,
+        user_message=question,
+        requested_by=alice,
+        status=RunStatus.RUNNING,
+    )
+    run_id = str(run.uuid)
+    page = open_page(new_context, "alice", stack)
+    sent: list[str] = []
+    received: list[str] = []
+
+    def watch(socket) -> None:
+        socket.on("framesent", lambda payload: sent.append(str(payload)))
+        socket.on("framereceived", lambda payload: received.append(str(payload)))
+
+    page.on("websocket", watch)
+    sign_in_to_conversation(page, "alice@example.com", conversation)
+    stream = run_bubble(page, run_id).get_by_test_id("stream")
+    expect(stream).to_have_count(1)
+
+    def publish(seq: int) -> None:
+        # Playwright's sync API keeps an event loop in this thread: publish from another.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(
+                asyncio.run, events.publish_delta(str(conversation.uuid), run_id, seq, f"w{seq} ")
+            ).result()
+
+    daphne = stack.procs[1]
+    daphne.send_signal(signal.SIGSTOP)
+    try:
+        for seq in range(1, 6):
+            publish(seq)
+    finally:
+        daphne.send_signal(signal.SIGCONT)
+    expect(stream).to_have_text("w1 w2 w3 w4 w5 ")
+    publish(6)  # the next one, alone, goes on from s
+    expect(stream).to_have_text("w1 w2 w3 w4 w5 w6 ")
+    merged = [f for f in received if '"f": 1' in f and '"s": 5' in f]
+    assert merged, "the five deltas did not arrive as one frame"
+    assert not [f for f in sent if "resync" in f]
