@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import hiredis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer  # type: ignore[import-untyped]
 from django.conf import settings
 from django.db import transaction
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -466,12 +467,49 @@ def _observe_lag(emitted: list[float], published: float) -> None:
 
 
 def publish_sync(conversation_id: str, event: dict[str, Any]) -> None:
-    """For rare events from sync code (views, services). Inside Daphne's worker threads
-    async_to_sync runs this on the server's own loop, which the in-memory layer requires."""
-    # The log entry is written with the sync client: elsewhere (a Celery thread) async_to_sync
-    # makes a loop per call, and a per-loop async client would be left behind each time.
+    """For events from sync code (views, services: every message sent goes through here).
+    With Redis, the log entry and the PUBLISH are one MULTI on the sync client (see
+    _publish_direct). The in-memory layer lives on the server's own loop: inside Daphne's
+    worker threads async_to_sync runs the group send there."""
+    layer = get_channel_layer()
+    if settings.REDIS_URL and isinstance(layer, RedisPubSubChannelLayer):  # production
+        _publish_direct(layer, conversation_id, event)
+        return
     log_event_sync(conversation_id, event)
     async_to_sync(_group_send)(conversation_id, event)
+
+
+def _group_channel(layer: RedisPubSubChannelLayer, group: str) -> str:
+    """The Redis channel the pub/sub layer publishes a group's messages on: what its
+    ``_get_group_channel_name`` answers, which needs a running loop to reach (tested equal)."""
+    return f"{layer._kwargs.get('prefix', 'asgi')}__group__{group}"
+
+
+def _publish_direct(
+    layer: RedisPubSubChannelLayer, conversation_id: str, event: dict[str, Any]
+) -> None:
+    """The log entry, its expiry and the PUBLISH the layer's group_send would make (same
+    channel, same serialisation: consumers can't tell), in one round trip from this thread.
+
+    It was the log entry with the sync client, then async_to_sync(group_send): a hop onto the
+    server's loop and back, which under load waited behind everything else on that loop — on
+    the path of every POST of a message, before its run is enqueued (docs/benchmarks.md, issue
+    14). The PUBLISH is done when this returns, so what is enqueued after it (the run, whose
+    events come from the worker) still reaches viewers after it."""
+    from . import streams
+
+    message = {"type": "conv.event", "event": event}
+    pipe = streams._redis().pipeline(transaction=True)
+    if event.get("t") not in UNLOGGED:
+        queue_log(pipe, conversation_id, event)
+        queue_log_expiry(pipe, conversation_id)
+    pipe.publish(_group_channel(layer, group_name(conversation_id)), layer.serialize(message))
+    try:
+        pipe.execute()
+    except Exception:
+        # As before: the failure is logged, and raised (the group send's always was).
+        log.exception("Could not publish %s to conversation %s", event.get("t"), conversation_id)
+        raise
 
 
 def publish_on_commit(conversation_id: str, event: dict[str, Any]) -> None:
