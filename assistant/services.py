@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Exists, OuterRef, Value
+from django.db import connection, transaction
+from django.db.models import Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -52,22 +53,33 @@ BUSY = (
 )
 
 
+@functools.cache
+def _has_repository_sql() -> str:
+    """Whether a conversation has a workspace, or one being attached. Written out: building
+    and compiling the ORM's Exists(…) | Exists(…) cost ~1.2 ms of CPU, the query itself
+    ~0.1 ms, and every message sent pays it (docs/benchmarks.md, issue 14)."""
+    from .models import Workspace
+
+    pending = ", ".join(["%s"] * len(JOB_PENDING))
+    return (
+        f"SELECT EXISTS (SELECT 1 FROM {Workspace._meta.db_table} WHERE conversation_id = %s)"  # noqa: S608 (the models' own table names)
+        f" OR EXISTS (SELECT 1 FROM {RepoJob._meta.db_table} WHERE conversation_id = %s"
+        f" AND kind = %s AND status IN ({pending}))"
+    )
+
+
 def refuse_while_in_flight(conversation: Conversation) -> None:
     """RunInFlight when the conversation has a repository and a run that is not finished.
     Locks the conversation's row until the transaction ends, so two requests cannot both pass
     and start two runs on one workspace."""
-    from .models import Workspace
-
     # A workspace being prepared counts: the runs sent meanwhile wait for it, then run on it.
     # Both looked at in one query: this runs before every message.
-    has_workspace = Exists(Workspace.objects.filter(conversation_id=OuterRef("pk")))
-    attaching = Exists(
-        RepoJob.objects.filter(
-            conversation_id=OuterRef("pk"), kind=RepoJobKind.ATTACH, status__in=JOB_PENDING
-        )
-    )
-    this = Conversation.objects.filter(pk=conversation.pk)
-    if not this.filter(has_workspace | attaching).exists():
+    pending = [str(status) for status in JOB_PENDING]  # a TextChoices' str is its value
+    params: list[int | str] = [conversation.id, conversation.id, str(RepoJobKind.ATTACH), *pending]
+    with connection.cursor() as cursor:
+        cursor.execute(_has_repository_sql(), params)
+        (has_repository,) = cursor.fetchone()
+    if not has_repository:
         return
     Conversation.objects.select_for_update().filter(pk=conversation.pk).first()
     if Run.objects.filter(conversation_id=conversation.pk, status__in=IN_FLIGHT).exists():
