@@ -225,3 +225,27 @@ def test_createapikey_explains_what_is_wrong(team, charlie, team_slug, email, me
     with pytest.raises(CommandError, match=message):
         call_command("createapikey", "--team", team_slug, "--user", email, stdout=StringIO())
     assert not ApiKey.objects.exists()
+
+
+def test_a_found_key_comes_with_its_team_and_owner_as_the_orm_loads_them(
+    team, bob, django_assert_num_queries
+):
+    """find_usable writes its query out (api/keys.py, _Lookup): what it hands back must be
+    what the ORM would have, field for field, and key.team / key.user must need no query."""
+    from accounts.models import Membership
+    from api.keys import find_usable
+
+    raw = make_key(team, bob)
+    ApiKey.objects.filter(user=bob).update(
+        expires=timezone.now() + timedelta(days=1), last_used_at=timezone.now()
+    )
+    with django_assert_num_queries(1):
+        key, role = find_usable(raw)
+        team_of, owner = key.team, key.user
+    assert role == Membership.objects.get(team=team, user=bob).role
+    expected = ApiKey.objects.select_related("team", "user").get(pk=key.pk)
+    for found, orm in ((key, expected), (team_of, expected.team), (owner, expected.user)):
+        assert type(found) is type(orm) and not found._state.adding
+        for field in orm._meta.concrete_fields:
+            assert getattr(found, field.attname) == getattr(orm, field.attname), field.name
+            assert type(getattr(found, field.attname)) is type(getattr(orm, field.attname))
