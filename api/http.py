@@ -5,10 +5,12 @@ Errors are always ``{"error": {"code": "...", "message": "..."}}`` with the matc
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, overload
@@ -194,10 +196,13 @@ def admit(request: HttpRequest) -> tuple[Caller, ratelimit.Verdict]:
 
 
 def endpoint(
-    *methods: str,
+    *methods: str, gate: threading.Semaphore | None = None
 ) -> Callable[[Callable[..., HttpResponseBase]], Callable[..., HttpResponseBase]]:
     """A JSON endpoint: 405 for other methods, then the caller is admitted (401/429/403) and
-    the view gets it; ApiError, Http404 and anything unexpected become JSON errors."""
+    the view gets it; ApiError, Http404 and anything unexpected become JSON errors.
+
+    ``gate``: at most that many of these requests are served at once in this process, the
+    others wait their turn (see SEND_GATE in api/views.py)."""
 
     def decorate(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
         @csrf_exempt  # API keys need no CSRF token; authenticate() checks sessions' writes
@@ -211,8 +216,9 @@ def endpoint(
                         f"{request.method} is not allowed here.",
                         {"Allow": ", ".join(methods)},
                     )
-                caller, verdict = admit(request)
-                response = view(request, caller, *args, **kwargs)
+                with gate or contextlib.nullcontext():
+                    caller, verdict = admit(request)
+                    response = view(request, caller, *args, **kwargs)
                 for name, value in _limit_headers(verdict).items():
                     response[name] = value
                 return response

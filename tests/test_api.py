@@ -612,3 +612,60 @@ def test_the_docs_examples_are_accepted_as_they_are(api, key, no_runs):
         body=example("/conversations/{conversation_id}/shares", "post"),
     )
     assert shared.status_code == 201, shared.content
+
+
+class _Gate:
+    """A stand-in for a semaphore that says when it is held."""
+
+    def __init__(self) -> None:
+        self.held = False
+        self.entered = 0
+
+    def __enter__(self) -> None:
+        assert not self.held
+        self.held, self.entered = True, self.entered + 1
+
+    def __exit__(self, *exc) -> None:
+        self.held = False
+
+
+def test_a_gated_endpoint_admits_and_serves_inside_its_gate(rf, alice, key, monkeypatch):
+    """endpoint(gate=…) (api/views.py SEND_GATE): the caller's admission and the view run
+    while the gate is held, and it is given back however the view ends."""
+    from django.http import JsonResponse
+
+    from api import http
+
+    gate = _Gate()
+    seen = []
+    real_admit = http.admit
+
+    def admit(request):
+        seen.append(("admit", gate.held))
+        return real_admit(request)
+
+    monkeypatch.setattr(http, "admit", admit)
+
+    @http.endpoint("POST", gate=gate)  # type: ignore[arg-type]
+    def view(request, caller, fail=False):
+        seen.append(("view", gate.held))
+        if fail:
+            raise http.ApiError(409, "conflict", "No.")
+        return JsonResponse({})
+
+    def post():
+        return rf.post("/x", HTTP_AUTHORIZATION=f"Bearer {key}")
+
+    assert view(post()).status_code == 200
+    assert view(post(), fail=True).status_code == 409
+    assert seen == [("admit", True), ("view", True)] * 2
+    assert gate.entered == 2 and not gate.held
+
+
+def test_sending_a_message_goes_through_the_send_gate():
+    import inspect
+
+    from api import views
+
+    wrapper = views.messages.__wrapped__  # endpoint's, inside csrf_exempt's
+    assert inspect.getclosurevars(wrapper).nonlocals["gate"] is views.SEND_GATE
