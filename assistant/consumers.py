@@ -19,7 +19,6 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
-from accounts.models import Membership
 from config import metrics
 
 from . import events, streams
@@ -36,13 +35,19 @@ MAX_CLIENT_FRAME = 4096
 
 @database_sync_to_async
 def _conversation_for(user, conversation_id) -> Conversation | None:
-    """The conversation if the user is a member of its team; None for everyone else."""
-    conversation = Conversation.objects.select_related("team").filter(uuid=conversation_id).first()
-    if conversation is None:
-        return None
-    if not Membership.objects.filter(team_id=conversation.team_id, user=user).exists():
-        return None
-    return conversation
+    """The conversation if the user is a member of its team; None for everyone else. One
+    query (it was two: the conversation, then the membership)."""
+    return (
+        Conversation.objects.select_related("team")
+        .filter(uuid=conversation_id, team__memberships__user=user)
+        .first()
+    )
+
+
+@database_sync_to_async
+def _still_visible(user, conversation_pk: int) -> bool:
+    """Whether the conversation still exists and the user is still a member of its team."""
+    return Conversation.objects.filter(pk=conversation_pk, team__memberships__user=user).exists()
 
 
 @database_sync_to_async
@@ -133,7 +138,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         # Join first, then read snapshots: no delta can fall between the two.
         await self.channel_layer.group_add(self.group, self.channel_name)
         # Joined, then checked again: access that ended in between is not missed.
-        if await _conversation_for(user, conversation_id) is None:
+        if not await _still_visible(user, self.conversation.pk):
             await self.channel_layer.group_discard(self.group, self.channel_name)
             await self.channel_layer.group_discard(self.user_group, self.channel_name)
             self.conversation = None
