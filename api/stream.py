@@ -34,7 +34,7 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
-from django.db.models import Q
+from django.db.models import Exists, Q
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -94,19 +94,20 @@ def _snapshot(conversation_pk: int) -> list[dict[str, Any]]:
 
 
 def _still_allowed(opened: Opened) -> bool:
+    """The conversation is still there, its caller still an active member of its team and
+    their key (if they came with one) not revoked or expired: one query."""
     caller = opened.caller
-    if caller.key is not None:
-        now = timezone.now()
-        usable = ApiKey.objects.filter(pk=caller.key.pk, revoked_at__isnull=True).filter(
-            Q(expires__isnull=True) | Q(expires__gt=now)
-        )
-        if not usable.exists():
-            return False
-    return Conversation.objects.filter(
+    allowed = Conversation.objects.filter(
         pk=opened.conversation_pk,
         team__memberships__user=caller.user,
         team__memberships__user__is_active=True,
-    ).exists()
+    )
+    if caller.key is not None:
+        usable = ApiKey.objects.filter(pk=caller.key.pk, revoked_at__isnull=True).filter(
+            Q(expires__isnull=True) | Q(expires__gt=timezone.now())
+        )
+        allowed = allowed.filter(Exists(usable))
+    return allowed.exists()
 
 
 # Opening runs like any sync view, in the request's thread, and gives that thread's database

@@ -367,3 +367,44 @@ async def wait_until_async(condition, timeout: float = 10) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition never held"
         await asyncio.sleep(0.01)
+
+
+@pytest.mark.django_db
+def test_what_keeps_a_stream_allowed(team, alice, bob, charlie, other_team):
+    """api/stream.py _still_allowed, one query: the conversation, the caller's active
+    membership and, for a key, the key's being neither revoked nor expired."""
+    from datetime import timedelta
+
+    from accounts.models import Membership
+    from api.models import ApiKey
+    from api.stream import _still_allowed
+    from assistant.models import Conversation
+    from assistant.services import conversation_create
+    from tests.api_client import make_key
+
+    conversation = conversation_create(team=team, author=alice)
+    make_key(team, bob)
+    key = ApiKey.objects.get(user=bob)
+
+    def allowed(caller: Caller) -> bool:
+        return _still_allowed(
+            Opened(caller, conversation.pk, str(conversation.uuid), team.pk, None)
+        )
+
+    by_key = Caller(bob, key, "member")
+    assert allowed(by_key) and allowed(Caller(bob))
+    assert not allowed(Caller(charlie))  # of another team
+    ApiKey.objects.filter(pk=key.pk).update(expires=time_now() - timedelta(seconds=1))
+    assert not allowed(by_key) and allowed(Caller(bob))
+    ApiKey.objects.filter(pk=key.pk).update(expires=None, revoked_at=time_now())
+    assert not allowed(by_key)
+    ApiKey.objects.filter(pk=key.pk).update(revoked_at=None)
+    assert allowed(by_key)
+    type(bob).objects.filter(pk=bob.pk).update(is_active=False)
+    assert not allowed(by_key) and not allowed(Caller(bob))
+    type(bob).objects.filter(pk=bob.pk).update(is_active=True)
+    Membership.objects.filter(team=team, user=bob).delete()
+    assert not allowed(by_key) and not allowed(Caller(bob))
+    assert allowed(Caller(alice))
+    Conversation.objects.filter(pk=conversation.pk).delete()
+    assert not allowed(Caller(alice))
