@@ -1,7 +1,9 @@
-"""events.publish_sync in production (Redis, the pub/sub layer) writes the log entry and the
-PUBLISH itself, in one round trip from the calling thread, instead of hopping onto the
-server's loop for the layer's group_send: what a subscriber gets must be exactly what that
-group_send would have sent, on the same channel."""
+"""What sending a message does after its commit, kept cheap (issue 14).
+
+events.publish_sync in production (Redis, the pub/sub layer) writes the log entry and the
+PUBLISH itself, in one round trip from the calling thread, instead of hopping onto the server's
+loop for the layer's group_send: what a subscriber gets must be exactly what that group_send
+would have sent, on the same channel."""
 
 from __future__ import annotations
 
@@ -54,3 +56,17 @@ def test_presence_is_published_but_not_logged(redis_clean):
     conversation_id = str(uuid.uuid4())
     events.publish_sync(conversation_id, {"t": "presence", "viewers": []})
     assert not streams._redis().exists(events.log_key(conversation_id))
+
+
+def test_every_thread_shares_one_celery_backend():
+    """Each request has a thread of its own: a backend per thread (Celery's default) was built
+    again for every message sent, in enqueue_run (CELERY_RESULT_BACKEND_THREAD_SAFE)."""
+    import threading
+
+    from config.celery import app
+
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(app.backend))
+    thread.start()
+    thread.join()
+    assert seen == [app.backend]
