@@ -669,3 +669,41 @@ def test_sending_a_message_goes_through_the_send_gate():
 
     wrapper = views.messages.__wrapped__  # endpoint's, inside csrf_exempt's
     assert inspect.getclosurevars(wrapper).nonlocals["gate"] is views.SEND_GATE
+
+
+def test_a_session_sends_to_a_conversation_of_the_team_it_names(
+    api, bob, conversation, other_team, no_runs
+):
+    """POST messages finds the conversation with a written-out query (api/views.py _SendTo):
+    a session reaches its teams' conversations, narrowed by ?team= when given."""
+    from accounts.models import Membership
+
+    api.force_login(bob)  # a member of acme
+    headers = {"X-CSRFToken": csrf_token(api)}
+    path = f"conversations/{conversation.uuid}/messages"
+
+    def send(query: str = ""):
+        return call(api, "POST", path + query, body={"content": "x"}, headers=headers)
+
+    assert_error(send(f"?team={other_team.slug}"), 404, "not_found")  # not bob's team
+    Membership.objects.create(team=other_team, user=bob)
+    assert_error(send(f"?team={other_team.slug}"), 404, "not_found")  # hers, but not this one's
+    assert_error(send("?team=no such"), 404, "not_found")
+    assert send("?team=acme").status_code == 202
+    Run.objects.filter(conversation=conversation).update(status=RunStatus.SUCCEEDED)
+    assert send().status_code == 202
+    Membership.objects.filter(team=conversation.team, user=bob).delete()
+    assert_error(send(), 404, "not_found")
+
+
+def test_the_conversation_a_key_sends_to_comes_with_its_team(key, conversation):
+    from api.http import Caller
+    from api.keys import find_usable
+    from api.views import _to_send_to
+
+    found_key, role = find_usable(key)
+    caller = Caller(found_key.user, found_key, role)
+    found = _to_send_to(caller, None, conversation.uuid)
+    assert found == conversation and found.team == conversation.team
+    assert found.title == conversation.title and found.updated == conversation.updated
+    assert _to_send_to(caller, None, uuid.uuid4()) is None
