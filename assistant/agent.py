@@ -58,12 +58,12 @@ from .models import (
 )
 from .sandbox import SandboxLimits
 from .services import (
-    arun_finish,
     arun_heartbeat,
     arun_park,
-    ausage_record,
     ausage_record_tool,
     run_claim,
+    run_finish,
+    usage_record,
 )
 from .tools import toolbox as toolboxes
 
@@ -313,8 +313,12 @@ def _build_prompt(
         .select_related("assistant_message")
     )
     calls: dict[int, list[ToolCall]] = {}
-    for call in ToolCall.objects.filter(run__in=earlier_runs + [run]).select_related("decided_by"):
-        calls.setdefault(call.run_id, []).append(call)
+    # A run that made no model call has no calls the model sees (only the setup's, at step 0,
+    # which replay() leaves out): the first message of a conversation needs no query here.
+    asked = [r for r in [*earlier_runs, run] if r.steps]
+    if asked:
+        for call in ToolCall.objects.filter(run__in=asked).select_related("decided_by"):
+            calls.setdefault(call.run_id, []).append(call)
     by_user: dict[int, list[Run]] = {}
     for earlier in earlier_runs:
         by_user.setdefault(earlier.user_message_id, []).append(earlier)
@@ -354,7 +358,23 @@ def _build_prompt(
     return prompt + replay(text_so_far, calls.get(run.pk, []))
 
 
-_abuild_prompt = db_sync_to_async(_build_prompt)
+def _prompt_and_reserve(
+    run: Run,
+    text_so_far: str,
+    workspace: Workspace | None,
+    context: str | None,
+    tools_text: str,
+    model: str,
+) -> list[dict]:
+    """The prompt of the next model call, then the call's budget hold (BudgetExceeded when the
+    team's budget or the member's tokens for today are used up), in one trip to a pool
+    thread: each trip waits for a thread and a pooled connection."""
+    messages = _build_prompt(run, text_so_far, workspace, context, tools_text)
+    hooks.meter().reserve(run=run, model=model, messages=messages)
+    return messages
+
+
+_aprompt_and_reserve = db_sync_to_async(_prompt_and_reserve)
 
 
 # --- One turn -----------------------------------------------------------------------------------
@@ -392,6 +412,10 @@ class Turn:
     # This execution's tools: built-ins and the team's own (plugins, MCP servers), closed at
     # the end of the execution so what they started for it stops.
     toolbox: toolboxes.Toolbox = field(default_factory=lambda: toolboxes.Toolbox([]))
+    # Whether the run may have tool calls from before this execution (it had made model calls:
+    # a resumed run), and whether this execution saved some.
+    resumed: bool = False
+    saved_calls: bool = False
 
     @property
     def run_id(self) -> str:
@@ -418,24 +442,26 @@ def _changed_in_run(run: Run, box: toolboxes.Toolbox) -> bool:
 
 
 def _workspace_of(run: Run) -> Workspace | None:
-    # With the team: the workspace's path names it, and the loop may not query lazily.
-    return (
-        Workspace.objects.filter(conversation_id=run.conversation_id)
-        .select_related("repository__team")
-        .first()
-    )
+    """The workspace the claim read with the run (services.run_claim), or None."""
+    try:
+        return run.conversation.workspace
+    except Workspace.DoesNotExist:
+        return None
 
 
 def _waits_for_workspace(run_id: str) -> bool:
-    from .models import RepoJob, RepoJobKind
-    from .services import JOB_PENDING
+    """Whether the run would be left queued now: its workspace is still being prepared (the
+    claim asks the same in its UPDATE)."""
+    from .services import workspace_pending
 
-    return RepoJob.objects.filter(
-        conversation__runs__uuid=run_id, kind=RepoJobKind.ATTACH, status__in=JOB_PENDING
-    ).exists()
+    return Run.objects.filter(uuid=run_id).filter(workspace_pending()).exists()
 
 
 def _tokens_used(run: Run) -> int:
+    if not run.steps:
+        # No model call yet (each is counted as a step before it is metered): nothing used,
+        # and no query. A retry is a new run, so it starts from nothing too.
+        return 0
     return hooks.meter().tokens_used(run)
 
 
@@ -465,10 +491,10 @@ class _Start:
 def _claim_and_read(run_id: str) -> _Start | None:
     # One trip to a pool thread instead of five: with many runs starting at once, each
     # trip waits its turn for the loop's few executor threads, and the first word waits
-    # for all of them (docs/benchmarks.md, issue 14).
-    if _waits_for_workspace(run_id):
-        return None  # left queued: the job preparing the workspace queues it again once done
-    run = run_claim(run_id)
+    # for all of them (docs/benchmarks.md, issue 14). Two queries for a new run: the claim
+    # (which leaves the run queued while its workspace is being prepared: the job preparing
+    # it queues it again once done) and the run with everything the turn reads.
+    run = run_claim(run_id, unless_workspace_pending=True)
     if run is None:
         return None
     team = run.conversation.team
@@ -524,6 +550,7 @@ async def execute_run(run_id: str) -> None:
         allowlist=policy.parse_allowlist(run.conversation.team.command_allowlist),
         guarded=start.guarded,
         tokens=start.tokens,
+        resumed=run.steps > 0,
     )
     status, error = RunStatus.SUCCEEDED, ""
     try:
@@ -581,11 +608,14 @@ async def execute_run(run_id: str) -> None:
             # Stored before the run is marked finished, so the bubble that refreshes then
             # shows it; pages only ever read it from the database.
             await _arecord_changes(run, turn.workspace, tree_after)
-    message = await arun_finish(
-        run=run, status=status, text=turn.text, error=error, model=config.label,
+    message, has_calls = await _afinish_run(
+        run, status=status, text=turn.text, error=error, model=config.label,
         tree_after=tree_after,
+        # Without a repository a turn has tool calls too when the team's tools need none (an
+        # MCP server's, say); a new run that saved none in this execution has none.
+        ask_calls=turn.workspace is None and (turn.resumed or turn.saved_calls),
     )  # fmt: skip
-    await _announce_end(turn, status, error, message)
+    await _announce_end(turn, status, error, message, has_calls)
     await _ahook_run_ended(run)
     try:
         await streams.discard(run_id)
@@ -639,6 +669,7 @@ async def _agent_loop(turn: Turn) -> None:
                 "The model asked for a tool, but this conversation has no repository. Attach "
                 "one to let the assistant work on code."
             )
+        turn.saved_calls = True
         await _asave_calls(turn.run, requests, len(turn.text))
 
 
@@ -685,10 +716,21 @@ async def _model_step(turn: Turn, tool_schemas: list[dict] | None) -> list[llm.T
     """One call of the model: its text streams out; the tool calls it asks for come back."""
     if turn.workspace is not None and turn.context is None:
         turn.context = await db_sync_to_async(repo_context.build_safe)(workspace=turn.workspace)
-    messages = await _abuild_prompt(
-        turn.run, turn.text, turn.workspace, turn.context, turn.toolbox.prompt_text()
-    )
-    await _reserve_budget(turn, messages)
+    try:
+        messages = await _aprompt_and_reserve(
+            turn.run,
+            turn.text,
+            turn.workspace,
+            turn.context,
+            turn.toolbox.prompt_text(),
+            turn.config.model,
+        )
+    except BudgetExceeded as exc:
+        # Before each model call, atomically across every worker: the team's monthly budget
+        # and the member's tokens for today must not be used up, and the call's estimate is
+        # held (usage/budgets.py, through hooks.meter()). Used up, the turn ends in words and
+        # the model is not called.
+        raise CannotContinue(f"The assistant stopped: {exc}")
     requests: list[llm.ToolCallRequest] = []
     usage = llm.Usage()
 
@@ -718,20 +760,18 @@ async def _model_step(turn: Turn, tool_schemas: list[dict] | None) -> list[llm.T
     finally:
         usage.latency_ms = usage.latency_ms or int((time.monotonic() - started) * 1000)
         turn.tokens += usage.prompt_tokens + usage.completion_tokens
-        await _asave(turn.run, steps=turn.run.steps + 1)
-        await ausage_record(run=turn.run, model=turn.config.model, usage=usage, outcome=outcome)
+        await _acount_step(turn.run, turn.config.model, usage, outcome)
     return requests
 
 
-async def _reserve_budget(turn: Turn, messages: list[dict]) -> None:
-    """Before each model call, atomically across every worker: the team's monthly budget and
-    the member's tokens for today must not be used up, and the call's estimate is held
-    (usage/budgets.py, through hooks.meter()). Used up, the turn ends in words and the model
-    is not called."""
-    try:
-        await hooks.meter().areserve(run=turn.run, model=turn.config.model, messages=messages)
-    except BudgetExceeded as exc:
-        raise CannotContinue(f"The assistant stopped: {exc}")
+def _count_step(run: Run, model: str, usage: llm.Usage, outcome: str) -> None:
+    """After a model call, in one trip to a pool thread: the run's step count (saved first:
+    a run with usage records has steps, _tokens_used relies on it), then the call metered."""
+    _save(run, steps=run.steps + 1)
+    usage_record(run=run, model=model, usage=usage, outcome=outcome)
+
+
+_acount_step = db_sync_to_async(_count_step)
 
 
 async def _until_stopped(turn: Turn, work, *, streaming: bool = False):
@@ -1075,8 +1115,18 @@ def _tool_context(workspace: Workspace | None) -> tools.ToolContext:
     )
 
 
+def _finish_run(run: Run, *, ask_calls: bool, **fields) -> tuple[Message | None, bool]:
+    """Save the reply and the final status; and, when asked, whether the run has tool calls
+    (_announce_end) — in one trip to a pool thread."""
+    message = run_finish(run=run, **fields)
+    return message, ask_calls and run.tool_calls.exists()
+
+
+_afinish_run = db_sync_to_async(_finish_run)
+
+
 def _hook_run_ended(run: Run) -> None:
-    run.refresh_from_db()
+    # run_finish left the run as saved (status, error, finished…): no need to read it again.
     hooks.send(hooks.run_ended, run=run)
 
 
@@ -1096,10 +1146,7 @@ async def _park(turn: Turn) -> None:
         await events.publish(turn.conversation_id, {"t": "run.waiting", "run": turn.run_id})
 
 
-_ahas_calls = db_sync_to_async(lambda run: run.tool_calls.exists())
-
-
-async def _announce_end(turn: Turn, status, error, message) -> None:
+async def _announce_end(turn: Turn, status, error, message, has_calls: bool = False) -> None:
     event_type = {
         RunStatus.SUCCEEDED: "run.completed",
         RunStatus.FAILED: "run.failed",
@@ -1112,7 +1159,7 @@ async def _announce_end(turn: Turn, status, error, message) -> None:
         "model": turn.config.label,
         "message": events.message_data(message) if message else None,
     }
-    if turn.workspace is not None or await _ahas_calls(turn.run):
+    if turn.workspace is not None or has_calls:
         # Tool calls and the turn's diff are rendered from the database: viewers fetch the
         # finished bubble instead of building it from the event. (Without a repository a
         # turn has tool calls too when the team's tools need none: an MCP server's, say.)

@@ -45,8 +45,10 @@ class Meter(Protocol):
         """Raise errors.BudgetExceeded when the team's budget or the member's tokens for today
         are used up (before a message is accepted)."""
 
-    async def areserve(self, *, run: Run, model: str, messages: list[dict[str, Any]]) -> None:
-        """Before a model call: raise errors.BudgetExceeded, or hold the call's estimate."""
+    def reserve(self, *, run: Run, model: str, messages: list[dict[str, Any]]) -> None:
+        """Before a model call: raise errors.BudgetExceeded, or hold the call's estimate.
+        Synchronous: the agent calls it in the same trip to a pool thread that built the
+        prompt."""
 
     def record_llm(self, *, run: Run, model: str, usage: Usage, outcome: str) -> None:
         """After a model call: record, price and settle it."""

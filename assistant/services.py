@@ -394,12 +394,32 @@ def run_undo(*, run: Run, user: User) -> Run:
 # --- Used by the agent (async code calls these through db_sync_to_async) ------------------------
 
 
-def run_claim(run_id: str) -> Run | None:
-    """queued -> running, once: a task delivered twice finds nothing to claim."""
+def workspace_pending() -> Exists:
+    """For a query of runs: whether the run's conversation is still having its repository
+    attached (its workspace prepared). Such a run waits, queued: the attach job queues it
+    again once done."""
+    return Exists(
+        RepoJob.objects.filter(
+            conversation_id=OuterRef("conversation_id"),
+            kind=RepoJobKind.ATTACH,
+            status__in=JOB_PENDING,
+        )
+    )
+
+
+def run_claim(run_id: str, *, unless_workspace_pending: bool = False) -> Run | None:
+    """queued -> running, once: a task delivered twice finds nothing to claim. With
+    ``unless_workspace_pending`` a run whose workspace is still being prepared is left queued,
+    in the same statement (one round trip less than asking first, and no gap between the
+    two). The run comes back with what the agent reads: its conversation, team, author, user
+    message, and the conversation's workspace (with its repository and team) when it has one."""
     from config.readiness import executing_worker
 
     now = timezone.now()
-    claimed = Run.objects.filter(uuid=run_id, status=RunStatus.QUEUED).update(
+    claimable = Run.objects.filter(uuid=run_id, status=RunStatus.QUEUED)
+    if unless_workspace_pending:
+        claimable = claimable.exclude(workspace_pending())
+    claimed = claimable.update(
         status=RunStatus.RUNNING,
         started=Coalesce("started", Value(now)),
         heartbeat=now,
@@ -407,9 +427,12 @@ def run_claim(run_id: str) -> Run | None:
     )
     if not claimed:
         return None
-    return Run.objects.select_related("conversation__team", "requested_by", "user_message").get(
-        uuid=run_id
-    )
+    return Run.objects.select_related(
+        "conversation__team",
+        "conversation__workspace__repository__team",
+        "requested_by",
+        "user_message",
+    ).get(uuid=run_id)
 
 
 def run_finish(
@@ -449,16 +472,16 @@ def _finish(
     it, message)."""
     assert status in FINISHED_STATUSES
     with transaction.atomic():
+        changes = {"finished": timezone.now(), "model": model or run.model}
         updated = Run.objects.filter(pk=run.pk, status=from_status, **only_if).update(
-            status=status,
-            error=error,
-            finished=timezone.now(),
-            model=model or run.model,
-            text="",
-            tree_after=tree_after,
+            status=status, error=error, text="", tree_after=tree_after, **changes
         )
         if not updated:
             return False, None
+        # The instance says what the row now says: the run-ended hook's receivers read it
+        # without fetching it again.
+        run.status, run.error, run.finished = status, error, changes["finished"]
+        run.model, run.text, run.tree_after = changes["model"], "", tree_after
         message = None
         if text:
             message = Message.objects.create(
@@ -486,9 +509,7 @@ def run_heartbeat(run: Run) -> None:
 
 arun_claim = db_sync_to_async(run_claim)
 arun_heartbeat = db_sync_to_async(run_heartbeat)
-arun_finish = db_sync_to_async(run_finish)
 arun_park = db_sync_to_async(run_park)
-ausage_record = db_sync_to_async(usage_record)
 ausage_record_tool = db_sync_to_async(usage_record_tool)
 
 

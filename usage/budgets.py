@@ -31,7 +31,6 @@ from django.utils import timezone
 
 from assistant.errors import BudgetExceeded
 from config import metrics
-from config.db import db_sync_to_async
 
 if TYPE_CHECKING:
     from accounts.models import Team, User
@@ -508,6 +507,3 @@ def reserve(*, run: Run, model: str, messages: list[dict[str, Any]]) -> None:
         model=model,
         prompt_chars=chars,
     )
-
-
-areserve = db_sync_to_async(reserve)

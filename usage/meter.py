@@ -19,8 +19,8 @@ class UsageMeter:
     def check(self, *, team: Team, user: User) -> None:
         budgets.check(team=team, user=user)
 
-    async def areserve(self, *, run: Run, model: str, messages: list[dict[str, Any]]) -> None:
-        await budgets.areserve(run=run, model=model, messages=messages)
+    def reserve(self, *, run: Run, model: str, messages: list[dict[str, Any]]) -> None:
+        budgets.reserve(run=run, model=model, messages=messages)
 
     def record_llm(self, *, run: Run, model: str, usage: Usage, outcome: str) -> None:
         metering.record_llm(run=run, model=model, usage=usage, outcome=outcome)
