@@ -20,7 +20,7 @@ class AssistantConfig(AppConfig):
         access_ended.connect(events.end_access, dispatch_uid="assistant.events.end_access")
         repos.local_roots()  # warns, at start-up, of REPOS_LOCAL_ROOTS it ignores
         # Each run's tools: the team's switched-on plugins, documentation lookup.
-        toolbox.register_provider(team_tools.plugins_provider)
+        toolbox.register_reader(team_tools.plugins_reader)
         toolbox.register_provider(team_tools.web_provider)
         self._audit()
 

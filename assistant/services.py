@@ -472,16 +472,17 @@ def _finish(
     it, message)."""
     assert status in FINISHED_STATUSES
     with transaction.atomic():
-        changes = {"finished": timezone.now(), "model": model or run.model}
+        finished, model = timezone.now(), model or run.model
         updated = Run.objects.filter(pk=run.pk, status=from_status, **only_if).update(
-            status=status, error=error, text="", tree_after=tree_after, **changes
-        )
+            status=status, error=error, finished=finished, model=model, text="",
+            tree_after=tree_after,
+        )  # fmt: skip
         if not updated:
             return False, None
         # The instance says what the row now says: the run-ended hook's receivers read it
         # without fetching it again.
-        run.status, run.error, run.finished = status, error, changes["finished"]
-        run.model, run.text, run.tree_after = changes["model"], "", tree_after
+        run.status, run.error, run.finished = status, error, finished
+        run.model, run.text, run.tree_after = model, "", tree_after
         message = None
         if text:
             message = Message.objects.create(

@@ -19,7 +19,6 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Team, User
-from config.db import db_sync_to_async
 
 from . import plugins
 from .models import TeamPlugin
@@ -101,7 +100,8 @@ def web_tools(team: Team) -> list[Entry]:
     return found
 
 
-def _plugins_for(request: ToolboxRequest) -> list[Entry]:
+def plugins_reader(request: ToolboxRequest) -> list[Entry]:
+    """The Toolbox reader of the team's switched-on plugins (with their prompt sections)."""
     entries: list[Entry] = []
     for plugin in enabled_plugins(request.team):
         mine = _plugin_entries(plugin)
@@ -112,11 +112,6 @@ def _plugins_for(request: ToolboxRequest) -> list[Entry]:
             request.add_prompt(plugin.prompt)
         entries += mine
     return entries
-
-
-async def plugins_provider(request: ToolboxRequest) -> list[Entry]:
-    """The Toolbox provider of the team's switched-on plugins."""
-    return await db_sync_to_async(_plugins_for)(request)
 
 
 async def web_provider(request: ToolboxRequest) -> list[Entry]:

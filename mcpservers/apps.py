@@ -11,4 +11,4 @@ class MCPServersConfig(AppConfig):
 
         from . import checks, provider  # noqa: F401 (importing checks registers them)
 
-        toolbox.register_provider(provider.entries)
+        toolbox.register_reader(provider.entries)

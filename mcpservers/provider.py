@@ -18,7 +18,6 @@ from django.conf import settings
 from assistant import repos
 from assistant.tools import toolbox
 from assistant.tools.base import Tool, ToolContext, ToolResult
-from config.db import db_sync_to_async
 
 from . import client
 from .models import Kind, MCPServer, MCPTool
@@ -40,11 +39,11 @@ class Offer:
     policy: str
 
 
-async def entries(request: toolbox.ToolboxRequest) -> list[toolbox.Entry]:
-    """The Toolbox provider (registered in apps.py): one entry per enabled tool of the team's
+def entries(request: toolbox.ToolboxRequest) -> list[toolbox.Entry]:
+    """The Toolbox reader (registered in apps.py): one entry per enabled tool of the team's
     enabled servers, under its policy, offered with or without a repository. "never" tools are
     entries too, so a call the model makes anyway is refused in words, not "unknown"."""
-    offers = await db_sync_to_async(offers_for)(request.team.pk)
+    offers = offers_for(request.team.pk)
     if not offers:
         return []
     pool = Pool(place_of(request.workspace))

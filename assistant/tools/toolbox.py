@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from . import TOOLS, Tool, ToolContext, ToolResult, execute, validate
 
@@ -68,19 +68,29 @@ class ToolboxRequest:
 
 
 Provider = Callable[[ToolboxRequest], Awaitable[list[Entry]]]
-_providers: list[Provider] = []
+# A provider that only reads the database (synchronous): every reader is called in one trip to
+# a pool thread, where each async provider that reads would make a trip of its own — each trip
+# waits for a thread and a pooled connection before the run's first model call.
+Reader = Callable[[ToolboxRequest], list[Entry]]
+_providers: list[tuple[Provider | Reader, bool]] = []  # in registration order, with is-reader
 
 
 def register_provider(provider: Provider) -> Provider:
     """Add a source of tools (idempotent); usable as a decorator."""
-    if provider not in _providers:
-        _providers.append(provider)
+    if (provider, False) not in _providers:
+        _providers.append((provider, False))
     return provider
 
 
-def unregister_provider(provider: Provider) -> None:
-    if provider in _providers:
-        _providers.remove(provider)
+def register_reader(reader: Reader) -> Reader:
+    """Add a synchronous source of tools that reads the database (idempotent)."""
+    if (reader, True) not in _providers:
+        _providers.append((reader, True))
+    return reader
+
+
+def unregister_provider(provider: Provider | Reader) -> None:
+    _providers[:] = [(p, r) for p, r in _providers if p != provider]
 
 
 def builtin_entries() -> list[Entry]:
@@ -182,18 +192,65 @@ async def _ask(provider: Provider, request: ToolboxRequest) -> list[Entry] | str
     except asyncio.CancelledError:
         raise
     except TimeoutError:
-        return (
-            f"{getattr(provider, '__qualname__', provider)} took longer than {PROVIDER_SECONDS:g} s"
-        )
+        return f"{_name(provider)} took longer than {PROVIDER_SECONDS:g} s"
     except Exception as exc:
         log.exception("Tool provider %r failed", provider)
         return str(exc) or type(exc).__name__
 
 
+def _name(provider: Callable[..., Any]) -> str:
+    return str(getattr(provider, "__qualname__", provider))
+
+
+def _read(readers: list[Reader], request: ToolboxRequest) -> list[list[Entry] | str]:
+    answers: list[list[Entry] | str] = []
+    for reader in readers:
+        try:
+            answers.append(reader(request))
+        except Exception as exc:
+            log.exception("Tool provider %r failed", reader)
+            answers.append(str(exc) or type(exc).__name__)
+    return answers
+
+
+async def _ask_readers(readers: list[Reader], request: ToolboxRequest) -> list[list[Entry] | str]:
+    # channels' database_sync_to_async on a pool thread is config.db.db_sync_to_async, which
+    # this package may not import (it gives the thread's connection back after the call).
+    from channels.db import database_sync_to_async
+
+    try:
+        return await asyncio.wait_for(
+            database_sync_to_async(_read, thread_sensitive=False)(readers, request),
+            PROVIDER_SECONDS,
+        )
+    except asyncio.CancelledError:
+        raise
+    except TimeoutError:
+        return [f"{_name(r)} took longer than {PROVIDER_SECONDS:g} s" for r in readers]
+    except Exception as exc:  # the trip itself failed (no connection): none of them answered
+        log.exception("Tool providers %r failed", readers)
+        return [str(exc) or type(exc).__name__ for _ in readers]
+
+
 async def build(request: ToolboxRequest) -> Toolbox:
-    """The built-in tools and every registered provider's, asked concurrently."""
+    """The built-in tools and every registered provider's, asked concurrently (the readers
+    together, in one trip to a thread); their entries in the order they were registered."""
     providers = list(_providers)
-    answers = await asyncio.gather(*(_ask(p, request) for p in providers))
+    readers = [cast(Reader, p) for p, is_reader in providers if is_reader]
+    asked = [_ask(cast(Provider, p), request) for p, is_reader in providers if not is_reader]
+    read: list[list[Entry] | str] = []
+    if readers:
+        read_task = asyncio.ensure_future(_ask_readers(readers, request))
+        try:
+            told = await asyncio.gather(*asked)
+        except BaseException:  # cancelled: the readers' trip is not awaited by anyone now
+            read_task.cancel()
+            raise
+        read = await read_task
+    else:
+        told = await asyncio.gather(*asked)
+    by_kind = {True: iter(read), False: iter(told)}
+    answers = [next(by_kind[is_reader]) for _, is_reader in providers]
     entries = builtin_entries()
     notes: list[str] = []
     for answer in answers:
