@@ -4,7 +4,7 @@
   :func:`plugin_rows` is what the settings section and the staff page show.
 - :func:`enabled_plugins` / :func:`prompt_sections`: what the agent offers and says for a team.
 - :func:`plugin_tools` / :func:`web_tools`: the tools as Toolbox entries with their source and
-  policy; :func:`plugins_provider` and :func:`web_provider` hand them to each run's Toolbox
+  policy; :func:`plugins_reader` and :func:`web_provider` hand them to each run's Toolbox
   (registered in ``apps.py``), the plugins' prompt sections with them.
 
 A plugin's read-only tools run freely; one that changes files asks a member every time, as
