@@ -483,6 +483,9 @@ class _Start:
     workspace: Workspace | None
     tokens: int
     guarded: set[str]
+    # What the toolbox's readers (the team's plugins, its MCP tools) answered for this request.
+    tools: toolboxes.ToolboxRequest | None = None
+    tools_read: dict = field(default_factory=dict)
     # A read after the claim that failed: raised where the turn handles failures, so the
     # claimed run ends failed in words instead of staying "running" until it is swept.
     error: Exception | None = None
@@ -493,7 +496,8 @@ def _claim_and_read(run_id: str) -> _Start | None:
     # trip waits its turn for the loop's few executor threads, and the first word waits
     # for all of them (docs/benchmarks.md, issue 14). Two queries for a new run: the claim
     # (which leaves the run queued while its workspace is being prepared: the job preparing
-    # it queues it again once done) and the run with everything the turn reads.
+    # it queues it again once done) and the run with everything the turn reads; then what the
+    # toolbox's readers read (toolboxes.read), which would otherwise be a trip of its own.
     run = run_claim(run_id, unless_workspace_pending=True)
     if run is None:
         return None
@@ -508,6 +512,10 @@ def _claim_and_read(run_id: str) -> _Start | None:
     try:
         start.workspace = _workspace_of(run)
         start.tokens = _tokens_used(run)
+        start.tools = toolboxes.ToolboxRequest(
+            team=team, conversation=run.conversation, run=run, workspace=start.workspace
+        )
+        start.tools_read = toolboxes.read(start.tools)
     except Exception as exc:
         start.error = exc
     return start
@@ -557,14 +565,8 @@ async def execute_run(run_id: str) -> None:
         try:
             if start.error is not None:
                 raise start.error
-            turn.toolbox = await toolboxes.build(
-                toolboxes.ToolboxRequest(
-                    team=run.conversation.team,
-                    conversation=run.conversation,
-                    run=run,
-                    workspace=turn.workspace,
-                )
-            )
+            assert start.tools is not None  # made with the reads, or start.error says why not
+            turn.toolbox = await toolboxes.build(start.tools, already_read=start.tools_read)
             if turn.guarded and run.steps:  # a resumed run: what its calls so far did
                 turn.changed = await db_sync_to_async(_changed_in_run)(run, turn.toolbox)
             if turn.workspace is not None and not run.tree_before:
@@ -616,7 +618,6 @@ async def execute_run(run_id: str) -> None:
         ask_calls=turn.workspace is None and (turn.resumed or turn.saved_calls),
     )  # fmt: skip
     await _announce_end(turn, status, error, message, has_calls)
-    await _ahook_run_ended(run)
     try:
         await streams.discard(run_id)
     except Exception as exc:  # Redis restarting: the keys expire by themselves
@@ -1116,21 +1117,20 @@ def _tool_context(workspace: Workspace | None) -> tools.ToolContext:
 
 
 def _finish_run(run: Run, *, ask_calls: bool, **fields) -> tuple[Message | None, bool]:
-    """Save the reply and the final status; and, when asked, whether the run has tool calls
-    (_announce_end) — in one trip to a pool thread."""
+    """Save the reply and the final status; tell the run-ended hook; and, when asked, whether
+    the run has tool calls (_announce_end) — in one trip to a pool thread. The hook's
+    receivers only look and queue work (Slack's: a task, once committed, which the save is),
+    and run_finish left the run as saved: they read it without fetching it again."""
     message = run_finish(run=run, **fields)
+    if run.status not in FINISHED_STATUSES:  # finished by someone else first (a sweep)
+        run.refresh_from_db()
+    hooks.send(hooks.run_ended, run=run)
     return message, ask_calls and run.tool_calls.exists()
 
 
 _afinish_run = db_sync_to_async(_finish_run)
 
 
-def _hook_run_ended(run: Run) -> None:
-    # run_finish left the run as saved (status, error, finished…): no need to read it again.
-    hooks.send(hooks.run_ended, run=run)
-
-
-_ahook_run_ended = db_sync_to_async(_hook_run_ended)
 _ahook = db_sync_to_async(hooks.send)
 
 

@@ -202,8 +202,11 @@ def _name(provider: Callable[..., Any]) -> str:
     return str(getattr(provider, "__qualname__", provider))
 
 
-def _read(readers: list[Reader], request: ToolboxRequest) -> list[list[Entry] | str]:
-    answers: list[list[Entry] | str] = []
+Answer = list[Entry] | str  # a provider's entries, or why it has none
+
+
+def _read(readers: list[Reader], request: ToolboxRequest) -> list[Answer]:
+    answers: list[Answer] = []
     for reader in readers:
         try:
             answers.append(reader(request))
@@ -213,7 +216,15 @@ def _read(readers: list[Reader], request: ToolboxRequest) -> list[list[Entry] | 
     return answers
 
 
-async def _ask_readers(readers: list[Reader], request: ToolboxRequest) -> list[list[Entry] | str]:
+def read(request: ToolboxRequest) -> dict[Reader, Answer]:
+    """Ask every reader now, in this thread (one that may query the database): for a caller
+    already on a pool thread for other reads (the agent's claim), so that build() makes no
+    trip of its own for them. Each reader that fails answers why, as in build()."""
+    readers = [cast(Reader, p) for p, is_reader in list(_providers) if is_reader]
+    return dict(zip(readers, _read(readers, request), strict=True))
+
+
+async def _ask_readers(readers: list[Reader], request: ToolboxRequest) -> list[Answer]:
     # channels' database_sync_to_async on a pool thread is config.db.db_sync_to_async, which
     # this package may not import (it gives the thread's connection back after the call).
     from channels.db import database_sync_to_async
@@ -232,13 +243,16 @@ async def _ask_readers(readers: list[Reader], request: ToolboxRequest) -> list[l
         return [str(exc) or type(exc).__name__ for _ in readers]
 
 
-async def build(request: ToolboxRequest) -> Toolbox:
+async def build(
+    request: ToolboxRequest, *, already_read: dict[Reader, Answer] | None = None
+) -> Toolbox:
     """The built-in tools and every registered provider's, asked concurrently (the readers
-    together, in one trip to a thread); their entries in the order they were registered."""
+    together, in one trip to a thread, unless ``already_read`` has their answers, from read()
+    with the same request); their entries in the order they were registered."""
     providers = list(_providers)
-    readers = [cast(Reader, p) for p, is_reader in providers if is_reader]
+    known = dict(already_read or {})
+    readers = [cast(Reader, p) for p, is_reader in providers if is_reader and p not in known]
     asked = [_ask(cast(Provider, p), request) for p, is_reader in providers if not is_reader]
-    read: list[list[Entry] | str] = []
     if readers:
         read_task = asyncio.ensure_future(_ask_readers(readers, request))
         try:
@@ -246,11 +260,13 @@ async def build(request: ToolboxRequest) -> Toolbox:
         except BaseException:  # cancelled: the readers' trip is not awaited by anyone now
             read_task.cancel()
             raise
-        read = await read_task
+        known.update(zip(readers, await read_task, strict=True))
     else:
         told = await asyncio.gather(*asked)
-    by_kind = {True: iter(read), False: iter(told)}
-    answers = [next(by_kind[is_reader]) for _, is_reader in providers]
+    async_answers = iter(told)
+    answers = [
+        known[cast(Reader, p)] if is_reader else next(async_answers) for p, is_reader in providers
+    ]
     entries = builtin_entries()
     notes: list[str] = []
     for answer in answers:
