@@ -645,6 +645,42 @@ def test_a_conversation_without_repository_gets_no_tools(conversation, alice):
     assert "no repository" in run.error
 
 
+def test_a_plain_reply_takes_four_trips_to_the_database_and_tells_the_hook_its_end(
+    conversation, alice, monkeypatch
+):
+    """Each trip to a pool thread waits for a thread and a connection, and the first word
+    waits for those before the model call: the claim with every read (the toolbox's readers
+    too), then the prompt with the budget hold; after it, the metering, then the save with
+    the run-ended hook (whose receivers get the run as saved, not read again)."""
+    import channels.db
+
+    from assistant import hooks
+
+    trips: list[str] = []
+    real = channels.db.DatabaseSyncToAsync.thread_handler
+
+    def counted(self, loop, *args, **kwargs):
+        trips.append(getattr(self.func, "__name__", repr(self.func)))
+        return real(self, loop, *args, **kwargs)
+
+    ended: list[tuple[str, str]] = []
+
+    def on_run_ended(sender, run, **kwargs):
+        ended.append((run.status, run.finished and "finished"))
+
+    hooks.run_ended.connect(on_run_ended, dispatch_uid="test.trips")
+    try:
+        run = send(conversation, alice, "Hello")
+        monkeypatch.setattr(channels.db.DatabaseSyncToAsync, "thread_handler", counted)
+        run = execute(run)
+        monkeypatch.undo()
+    finally:
+        hooks.run_ended.disconnect(dispatch_uid="test.trips")
+    assert run.status == RunStatus.SUCCEEDED
+    assert trips == ["_claim_and_read", "_prompt_and_reserve", "_count_step", "_finish_run"]
+    assert ended == [(RunStatus.SUCCEEDED, "finished")]
+
+
 def test_outsiders_cannot_decide_undo_or_download(conversation, alice, charlie, workspace):
     run = execute(send(conversation, alice, tool("run_command", command="ls")))
     (call,) = calls_of(run)

@@ -10,7 +10,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from assistant.models import Conversation, Message, Role, Run, RunStatus
+from assistant.models import Conversation, Message, Role, Run, RunStatus, Workspace
 from assistant.services import conversation_create, message_send, run_claim
 
 pytestmark = pytest.mark.django_db
@@ -240,6 +240,42 @@ def test_it_claims_a_run_once(run):
     first = run_claim(str(run.uuid))
     assert first is not None and first.status == RunStatus.RUNNING
     assert run_claim(str(run.uuid)) is None
+
+
+def test_a_claim_leaves_a_run_queued_while_its_workspace_is_prepared(run, conversation, alice):
+    from assistant.models import RepoJob, RepoJobKind, RepoJobStatus, Repository
+
+    repo = Repository.objects.create(team=conversation.team, name="demo", url="/nonexistent")
+    job = RepoJob.objects.create(
+        conversation=conversation, repository=repo, kind=RepoJobKind.ATTACH, requested_by=alice
+    )
+    # The check and the claim are one statement: the run stays queued for the job to requeue.
+    assert run_claim(str(run.uuid), unless_workspace_pending=True) is None
+    assert Run.objects.get(pk=run.pk).status == RunStatus.QUEUED
+    RepoJob.objects.filter(pk=job.pk).update(status=RepoJobStatus.FAILED)
+    claimed = run_claim(str(run.uuid), unless_workspace_pending=True)
+    assert claimed is not None and claimed.status == RunStatus.RUNNING
+
+
+def test_a_claimed_run_comes_with_what_the_agent_reads(run, django_assert_num_queries):
+    claimed = run_claim(str(run.uuid))
+    with django_assert_num_queries(0):
+        assert claimed.conversation.team.slug == "acme"
+        assert claimed.user_message.content == "Hello"
+        assert claimed.requested_by.email
+        with pytest.raises(Workspace.DoesNotExist):  # none: known without a query
+            _ = claimed.conversation.workspace
+
+
+def test_finishing_a_run_leaves_the_instance_as_saved(run):
+    from assistant.services import run_finish
+
+    claimed = run_claim(str(run.uuid))
+    message = run_finish(run=claimed, status=RunStatus.FAILED, text="Partial", error="Down")
+    saved = Run.objects.get(pk=run.pk)
+    for name in ("status", "error", "finished", "model", "text", "tree_after"):
+        assert getattr(claimed, name) == getattr(saved, name), name
+    assert message is not None and message.content == "Partial"
 
 
 def test_it_retries_a_failed_run(bob, run, no_runs, django_capture_on_commit_callbacks):

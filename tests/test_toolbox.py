@@ -154,3 +154,53 @@ def test_the_toolbox_offers_per_policy_and_says_what_is_missing(conversation, te
     assert "read_file of plugin:test was left out" in text
     with pytest.raises(ValueError):
         toolbox.Toolbox([toolbox.Entry(box.entries["team_echo"].tool, policy="sometimes")])
+
+
+def test_readers_answer_in_registration_order_in_one_trip_or_read_ahead(team):
+    """Readers (providers that only read the database) are asked together in one trip to a
+    pool thread, or ahead by the caller (the agent's claim) through read(); either way the
+    entries keep the order the providers were registered in, and a reader that fails is a
+    note, not a failed build."""
+    threads: list[str] = []
+
+    def entry(name: str, source: str) -> toolbox.Entry:
+        async def run(ctx, args):
+            return ToolResult(ok=True, output="")
+
+        tool = Tool(name, "A tool.", params([]), read_only=True, run=run)
+        return toolbox.Entry(tool, source=source, needs_workspace=False)
+
+    def first(request):
+        import threading
+
+        threads.append(threading.current_thread().name)
+        return [entry("dup", "reader:first"), entry("only_first", "reader:first")]
+
+    async def middle(request):
+        return [entry("dup", "async:middle"), entry("only_middle", "async:middle")]
+
+    def broken(request):
+        raise RuntimeError("the tickets server is unreachable")
+
+    async def build(*, ahead: bool):
+        toolbox.register_reader(first)
+        toolbox.register_provider(middle)
+        toolbox.register_reader(broken)
+        try:
+            request = toolbox.ToolboxRequest(team=team)
+            if not ahead:
+                return await toolbox.build(request)
+            read = await asyncio.to_thread(toolbox.read, request)
+            return await toolbox.build(request, already_read=read)
+        finally:
+            for extra in (first, middle, broken):
+                toolbox.unregister_provider(extra)
+
+    for ahead in (False, True):
+        threads.clear()
+        box = asyncio.run(build(ahead=ahead))
+        assert len(threads) == 1  # asked once, in one thread, either way
+        assert box.entries["dup"].source == "reader:first"  # registered first, kept
+        assert {"only_first", "only_middle"} <= set(box.entries)
+        assert "dup of async:middle was left out" in box.prompt_text()
+        assert "the tickets server is unreachable" in box.prompt_text()
