@@ -127,6 +127,53 @@ def test_a_teams_price_wins_over_the_map(team, conversation, alice, no_runs):
 
 
 @pytest.mark.django_db
+def test_a_teams_prices_are_kept_and_a_change_applies_from_the_next_call_on(
+    team, alice, django_assert_num_queries, django_capture_on_commit_callbacks
+):
+    """Each process keeps the prices it read, under the team's prices token: a price saved or
+    removed (here, through the page) replaces the token once committed, so no process —
+    this one, or a worker that only sees the token change — prices with the old one."""
+    model = "ollama_chat/kept"
+    ModelPrice.objects.create(team=team, model=model, input_usd_per_mtok=1, output_usd_per_mtok=2)
+    assert pricing.price_for(team.pk, model).input == Decimal("0.000001")
+    with django_assert_num_queries(0):  # kept
+        assert pricing.price_for(team.pk, model).output == Decimal("0.000002")
+    admin = Client()
+    admin.force_login(alice)
+    with django_capture_on_commit_callbacks(execute=True):
+        admin.post(
+            "/t/acme/usage/prices/",
+            {"model": model, "input_usd_per_mtok": "3", "output_usd_per_mtok": "4"},
+        )
+    assert pricing.price_for(team.pk, model).input == Decimal("0.000003")
+    # Another process's change: only the shared token tells this one (the row is changed
+    # behind this process's back, as another process's save would be).
+    ModelPrice.objects.filter(team=team, model=model).update(input_usd_per_mtok=5)
+    assert pricing.price_for(team.pk, model).input == Decimal("0.000003")  # kept: no news
+    token_key = pricing.PRICES_TOKEN_KEY.format(team.pk)
+    from assistant.streams import _redis
+
+    _redis().set(token_key, "another-process-saved-a-price")
+    assert pricing.price_for(team.pk, model).input == Decimal("0.000005")
+    with django_capture_on_commit_callbacks(execute=True):
+        admin.post("/t/acme/usage/prices/", {"delete": model})
+    assert pricing.price_for(team.pk, model).source == "litellm"  # back to the map's
+
+
+@pytest.mark.django_db
+def test_embedded_mode_keeps_prices_under_a_token_of_its_own(
+    team, settings, django_assert_num_queries
+):
+    settings.REDIS_URL = ""  # one process does everything: its token lives in memory
+    model = "x/embedded"
+    assert pricing.price_for(team.pk, model).source == "unknown"
+    with django_assert_num_queries(0):
+        pricing.price_for(team.pk, model)
+    ModelPrice.objects.create(team=team, model=model, input_usd_per_mtok=1, output_usd_per_mtok=1)
+    assert pricing.price_for(team.pk, model).source == "team"
+
+
+@pytest.mark.django_db
 def test_members_cannot_set_prices(team, bob):
     member = Client()
     member.force_login(bob)

@@ -15,9 +15,23 @@ class UsageConfig(AppConfig):
 
         hooks.register_meter(UsageMeter())
 
+        from django.db.models.signals import post_delete, post_save
+
         from accounts import audit
 
+        from . import pricing
         from .models import ModelPrice
+
+        # Every process prices from the team's prices as saved, from the next call on.
+        def on_price_changed(sender, instance, **kwargs) -> None:
+            pricing.prices_changed(instance.team_id)
+
+        post_save.connect(
+            on_price_changed, sender=ModelPrice, weak=False, dispatch_uid="usage.prices"
+        )
+        post_delete.connect(
+            on_price_changed, sender=ModelPrice, weak=False, dispatch_uid="usage.prices"
+        )
 
         price = audit.Action.TEAM_PRICE
         audit.track(
