@@ -472,11 +472,12 @@ MAX_MESSAGE_CHARS = envint("MAX_MESSAGE_CHARS", 32000)
 # Up to STREAM_COALESCE_ABOVE replies streaming at once on a worker's loop, every piece of text
 # is published as it comes; past that, pieces are joined for STREAM_COALESCE_MS before being
 # published (each event costs the web processes CPU; see assistant/agent.py's DeltaPublisher).
-# 100: measured on 2 cores running everything (docs/benchmarks.md, issue 14), sending every
-# piece was better up to 100 streams (at 50: 5 ms per word at the median against 22, for 17%
-# more CPU; the web side merges what queues for a slow socket by itself) and worse at 200.
+# 50: measured on 2 cores running everything (docs/benchmarks.md, issue 14), sending every
+# piece was better at 50 streams (5 ms per word at the median against 22, for ~15% more CPU;
+# the web side merges what queues for a slow socket by itself) and much worse at 200 (p99
+# 0.9 s against 0.4), where streams start over seconds: a threshold of 100 rarely engaged.
 STREAM_COALESCE_MS = envint("STREAM_COALESCE_MS", 30)
-STREAM_COALESCE_ABOVE = envint("STREAM_COALESCE_ABOVE", 100)
+STREAM_COALESCE_ABOVE = envint("STREAM_COALESCE_ABOVE", 50)
 INVITATION_DAYS = envint("INVITATION_DAYS", 7)
 
 # --- Sharing (sharing/) ------------------------------------------------------------------------
