@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import statistics
 import sys
 import tempfile
@@ -49,6 +48,7 @@ from bench.stream import (  # noqa: E402  (the path above first)
     proc_cpu,
     recreate_database,
     session_cookie,
+    stack_env,
     wait_for_answer,
 )
 
@@ -188,17 +188,7 @@ def main() -> int:
     args = parser.parse_args()
 
     logdir = Path(tempfile.mkdtemp(prefix="tandem-fanout-"))
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "DATABASE_URL": f"{args.pg_url}/{args.db}",
-        "REDIS_URL": args.redis_url,
-        "RUN_EXECUTOR": "celery",
-        "SECRET_KEY": secrets.token_urlsafe(50),
-        "TANDEM_DATA_DIR": str(logdir / "data"),
-        "LOG_LEVEL": "WARNING",
-        "API_RATE_PER_MINUTE": "0",
-    }
+    env = stack_env(args.pg_url, args.db, args.redis_url, logdir)
     import redis
 
     redis.Redis.from_url(args.redis_url).flushdb()

@@ -259,6 +259,25 @@ def start_stack(
 # --- database and Django ---------------------------------------------------------------------
 
 
+def stack_env(pg_url: str, db: str, redis_url: str, logdir: Path) -> dict[str, str]:
+    """The environment of a bench's stack: production's settings (Celery, the Redis layer, the
+    connection pool) on a database and a Redis number of the bench's own."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DATABASE_URL": f"{pg_url}/{db}",
+        "REDIS_URL": redis_url,
+        "RUN_EXECUTOR": "celery",
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "TANDEM_DATA_DIR": str(logdir / "data"),
+        "PYTHONUNBUFFERED": "1",
+        "LOG_LEVEL": "WARNING",
+        # 200 streams open 200 event streams and POST 200 messages within a second with one
+        # key: the API's per-minute limit would refuse most of them.
+        "API_RATE_PER_MINUTE": "0",
+    }
+
+
 def recreate_database(pg_url: str, name: str, *, drop_only: bool = False) -> None:
     import psycopg
 
@@ -1238,23 +1257,10 @@ def main() -> int:
     logdir = args.logs or Path(tempfile.mkdtemp(prefix="tandem-bench-"))
     logdir.mkdir(parents=True, exist_ok=True)
     concurrency = max(args.stream_counts) + 8
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "DATABASE_URL": f"{args.pg_url}/{args.db}",
-        "REDIS_URL": args.redis_url,
-        "RUN_EXECUTOR": "celery",
-        "SECRET_KEY": secrets.token_urlsafe(50),
-        "LLM_MODEL": "openai/fake-model",
-        "LLM_API_KEY": "bench-key",
-        "LLM_MAX_RETRIES": "0",
-        "TANDEM_DATA_DIR": str(logdir / "data"),
-        "PYTHONUNBUFFERED": "1",
-        "LOG_LEVEL": "WARNING",
-        # 200 streams open 200 event streams and POST 200 messages within a second with one
-        # key: the API's per-minute limit would refuse most of them.
-        "API_RATE_PER_MINUTE": "0",
-    }
+    env = stack_env(args.pg_url, args.db, args.redis_url, logdir)
+    env.update(
+        {"LLM_MODEL": "openai/fake-model", "LLM_API_KEY": "bench-key", "LLM_MAX_RETRIES": "0"}
+    )
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     if args.coalesce_ms is not None:
         env["STREAM_COALESCE_MS"] = str(args.coalesce_ms)
