@@ -36,6 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config import metrics
 
+from . import streams
 from .models import Conversation, Message, Run, ToolCall
 
 log = logging.getLogger(__name__)
@@ -392,7 +393,6 @@ class DeltaBatcher:
                 metrics.safely(_observe_lag, emitted, time.monotonic())
 
     async def _send(self, batch) -> None:
-        streams = _streams()
         runs: list[str] = []
         keys: list[str] = []
         args: list[Any] = [len(batch), settings.API_EVENT_LOG_LENGTH, settings.API_EVENT_LOG_TTL]
@@ -403,7 +403,7 @@ class DeltaBatcher:
             keys += streams.delta_keys(run_id)
             keys.append(log_key(conversation_id))
             message = {"type": "conv.delta", "run": run_id, "seq": seq, "text": text}
-            channel = self.layer._get_group_channel_name(group_name(conversation_id))
+            channel = _group_channel(self.layer, group_name(conversation_id))
             args += [text, seq, _encode_delta(run_id, seq, text), channel]
             args.append(self.layer.serialize(message))
             if run_id not in runs:
@@ -430,8 +430,6 @@ class DeltaBatcher:
         """APPEND answers the text's new length: when it is not what the run has streamed, the
         text in Redis was lost (Redis restarted, keeping nothing) and a snapshot would now hand
         a viewer who resyncs only the deltas since. Write the whole text again."""
-        from . import streams
-
         lost: dict[str, tuple[int, Streamed]] = {}
         for (_, run_id, seq, _, _, whole), length in zip(batch, results, strict=False):
             if whole is not None and length != whole.length_through(seq):
@@ -446,19 +444,6 @@ class DeltaBatcher:
             await pipe.execute()
         except Exception:
             log.exception("Could not write the lost streams of %d run(s) again", len(lost))
-
-
-def _streams():
-    """assistant.streams (it imports this module: imported on first use, then kept)."""
-    global _streams_module
-    if _streams_module is None:
-        from . import streams
-
-        _streams_module = streams
-    return _streams_module
-
-
-_streams_module: Any = None
 
 
 def _observe_lag(emitted: list[float], published: float) -> None:
@@ -496,8 +481,6 @@ def _publish_direct(
     the path of every POST of a message, before its run is enqueued (docs/benchmarks.md, issue
     14). The PUBLISH is done when this returns, so what is enqueued after it (the run, whose
     events come from the worker) still reaches viewers after it."""
-    from . import streams
-
     message = {"type": "conv.event", "event": event}
     pipe = streams._redis().pipeline(transaction=True)
     if event.get("t") not in UNLOGGED:
@@ -580,8 +563,6 @@ async def log_event(conversation_id: str, event: dict[str, Any]) -> None:
     if not settings.REDIS_URL:
         memory_log.append(conversation_id, event)
         return
-    from . import streams
-
     try:
         await _log_pipeline(streams.async_redis(), conversation_id, event).execute()
     except Exception:  # the live viewers must still get it; an API stream misses it
@@ -594,8 +575,6 @@ def log_event_sync(conversation_id: str, event: dict[str, Any]) -> None:
     if not settings.REDIS_URL:
         memory_log.append(conversation_id, event)
         return
-    from . import streams
-
     try:
         _log_pipeline(streams._redis(), conversation_id, event).execute()
     except Exception:
