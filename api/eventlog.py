@@ -28,9 +28,10 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+import redis.asyncio
 from django.conf import settings
 
-from assistant import events
+from assistant import events, streams
 
 EntryId = tuple[int, int]
 ID_RE = re.compile(r"^(\d{1,15})-(\d{1,19})$")
@@ -128,8 +129,6 @@ class RedisReader:
         return await self._read(position)
 
     async def _read(self, position: EntryId | None) -> tuple[LogState, list[Entry]]:
-        from assistant import streams
-
         pipe = streams.async_redis().pipeline(transaction=True)
         pipe.time()
         pipe.info("server")
@@ -284,8 +283,6 @@ class LogHub:
         if position < subscription.base:
             # Behind what the hub read for this log (it joined later than another stream of
             # the same conversation, or fell behind): the entries in between come from Redis.
-            from assistant import streams
-
             found: Any = await streams.async_redis().xread(
                 {subscription.key: format_id(position)}, count=COUNT
             )
@@ -326,8 +323,6 @@ class LogHub:
 
     async def _unblock(self) -> None:
         """Have the blocked read return now, so the next one covers the new log."""
-        from assistant import streams
-
         for _ in range(50):
             if not self.reading or self.client_id is None:
                 return  # the read ended by itself; the next one covers the log
@@ -344,8 +339,6 @@ class LogHub:
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        import redis.asyncio
-
         client = redis.asyncio.Redis.from_url(
             settings.REDIS_URL,
             socket_connect_timeout=5,
