@@ -482,7 +482,7 @@ def _publish_direct(
     14). The PUBLISH is done when this returns, so what is enqueued after it (the run, whose
     events come from the worker) still reaches viewers after it."""
     message = {"type": "conv.event", "event": event}
-    pipe = streams._redis().pipeline(transaction=True)
+    pipe = streams.sync_redis().pipeline(transaction=True)
     if event.get("t") not in UNLOGGED:
         queue_log(pipe, conversation_id, event)
         queue_log_expiry(pipe, conversation_id)
@@ -576,7 +576,7 @@ def log_event_sync(conversation_id: str, event: dict[str, Any]) -> None:
         memory_log.append(conversation_id, event)
         return
     try:
-        _log_pipeline(streams._redis(), conversation_id, event).execute()
+        _log_pipeline(streams.sync_redis(), conversation_id, event).execute()
     except Exception:
         log.exception("Could not log %s of conversation %s", event.get("t"), conversation_id)
 

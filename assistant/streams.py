@@ -52,7 +52,8 @@ _sync_client: Any = None
 _lock = threading.Lock()
 
 
-def _async_redis():
+def async_redis() -> Any:
+    """This event loop's client (a pool of connections)."""
     import redis.asyncio
 
     loop = asyncio.get_running_loop()
@@ -69,7 +70,8 @@ def _async_redis():
     return client
 
 
-def _redis() -> redis.Redis:
+def sync_redis() -> redis.Redis:
+    """The process's client for sync code (views, services, Celery threads)."""
     global _sync_client
     with _lock:
         if _sync_client is None:
@@ -105,7 +107,7 @@ async def append(run_id: str, seq: int, text: str) -> None:
             _memory.text.setdefault(run_id, []).append(text)
             _memory.seq[run_id] = seq
         return
-    pipe = _async_redis().pipeline(transaction=True)
+    pipe = async_redis().pipeline(transaction=True)
     queue_append(pipe, run_id, seq, text)
     await pipe.execute()
 
@@ -118,7 +120,7 @@ async def seed(run_id: str, seq: int, text: str) -> None:
             _memory.text[run_id] = [text]
             _memory.seq[run_id] = seq
         return
-    pipe = _async_redis().pipeline(transaction=True)
+    pipe = async_redis().pipeline(transaction=True)
     pipe.set(_text_key(run_id), text, ex=TTL_SECONDS)
     pipe.set(_seq_key(run_id), seq, ex=TTL_SECONDS)
     await pipe.execute()
@@ -144,10 +146,6 @@ def delta_keys(run_id: str) -> list[str]:
     return [_text_key(run_id), _seq_key(run_id)]
 
 
-def async_redis() -> Any:
-    return _async_redis()
-
-
 def _decode(seq: Any, text: Any) -> Snapshot:
     if isinstance(text, bytes):
         text = text.decode("utf-8")
@@ -157,14 +155,14 @@ def _decode(seq: Any, text: Any) -> Snapshot:
 async def snapshot(run_id: str) -> Snapshot:
     if not _use_redis():
         return _memory_snapshot(run_id)
-    seq, text = await _async_redis().mget(_seq_key(run_id), _text_key(run_id))
+    seq, text = await async_redis().mget(_seq_key(run_id), _text_key(run_id))
     return _decode(seq, text)
 
 
 def snapshot_sync(run_id: str) -> Snapshot:
     if not _use_redis():
         return _memory_snapshot(run_id)
-    seq, text = _redis().mget(_seq_key(run_id), _text_key(run_id))
+    seq, text = sync_redis().mget(_seq_key(run_id), _text_key(run_id))
     return _decode(seq, text)
 
 
@@ -183,7 +181,7 @@ async def discard(run_id: str) -> None:
         return
     # Keep the text a little while: a client that read the page just before the run ended
     # still resyncs from it.
-    pipe = _async_redis().pipeline(transaction=False)
+    pipe = async_redis().pipeline(transaction=False)
     pipe.expire(_text_key(run_id), 60)
     pipe.expire(_seq_key(run_id), 60)
     pipe.delete(cancel_key(run_id))
@@ -196,19 +194,19 @@ def request_cancel(run_id: str) -> None:
         with _memory.lock:
             _memory.cancel.add(run_id)
         return
-    _redis().set(cancel_key(run_id), "1", ex=TTL_SECONDS)
+    sync_redis().set(cancel_key(run_id), "1", ex=TTL_SECONDS)
 
 
 def is_cancel_requested_sync(run_id: str) -> bool:
     if not _use_redis():
         return run_id in _memory.cancel
-    return bool(_redis().exists(cancel_key(run_id)))
+    return bool(sync_redis().exists(cancel_key(run_id)))
 
 
 async def is_cancel_requested(run_id: str) -> bool:
     if not _use_redis():
         return run_id in _memory.cancel
-    return bool(await _async_redis().exists(cancel_key(run_id)))
+    return bool(await async_redis().exists(cancel_key(run_id)))
 
 
 # --- Presence ----------------------------------------------------------------------------------
@@ -220,7 +218,7 @@ async def presence_join(conversation_id: str, channel: str, user_name: str) -> N
             _memory.presence.setdefault(conversation_id, {})[channel] = (user_name, now)
         return
     key = _presence_key(conversation_id)
-    pipe = _async_redis().pipeline(transaction=False)
+    pipe = async_redis().pipeline(transaction=False)
     pipe.hset(key, channel, json.dumps([user_name, now]))
     pipe.expire(key, TTL_SECONDS)
     await pipe.execute()
@@ -231,7 +229,7 @@ async def presence_leave(conversation_id: str, channel: str) -> None:
         with _memory.lock:
             _memory.presence.get(conversation_id, {}).pop(channel, None)
         return
-    await _async_redis().hdel(_presence_key(conversation_id), channel)
+    await async_redis().hdel(_presence_key(conversation_id), channel)
 
 
 async def presence_list(conversation_id: str) -> list[str]:
@@ -242,6 +240,6 @@ async def presence_list(conversation_id: str) -> list[str]:
         with _memory.lock:
             entries = list(_memory.presence.get(conversation_id, {}).values())
     else:
-        raw = await _async_redis().hgetall(_presence_key(conversation_id))
+        raw = await async_redis().hgetall(_presence_key(conversation_id))
         entries = [tuple(json.loads(value)) for value in raw.values()]
     return sorted({name for name, seen in entries if seen >= cutoff})

@@ -47,15 +47,17 @@ def test_a_subscriber_gets_the_event_and_the_log_has_it(settings, redis_clean):
             await layer.group_discard(events.group_name(conversation_id), channel)
 
     assert asyncio.run(go()) == {"type": "conv.event", "event": event}
-    entries = streams._redis().xrange(events.log_key(conversation_id))
+    entries = streams.sync_redis().xrange(events.log_key(conversation_id))
     assert [json.loads(fields[b"e"]) for _, fields in entries] == [event]
-    assert 0 < streams._redis().ttl(events.log_key(conversation_id)) <= settings.API_EVENT_LOG_TTL
+    assert (
+        0 < streams.sync_redis().ttl(events.log_key(conversation_id)) <= settings.API_EVENT_LOG_TTL
+    )
 
 
 def test_presence_is_published_but_not_logged(redis_clean):
     conversation_id = str(uuid.uuid4())
     events.publish_sync(conversation_id, {"t": "presence", "viewers": []})
-    assert not streams._redis().exists(events.log_key(conversation_id))
+    assert not streams.sync_redis().exists(events.log_key(conversation_id))
 
 
 def test_every_thread_shares_one_celery_backend():

@@ -151,9 +151,9 @@ def test_a_teams_prices_are_kept_and_a_change_applies_from_the_next_call_on(
     ModelPrice.objects.filter(team=team, model=model).update(input_usd_per_mtok=5)
     assert pricing.price_for(team.pk, model).input == Decimal("0.000003")  # kept: no news
     token_key = pricing.PRICES_TOKEN_KEY.format(team.pk)
-    from assistant.streams import _redis
+    from assistant.streams import sync_redis
 
-    _redis().set(token_key, "another-process-saved-a-price")
+    sync_redis().set(token_key, "another-process-saved-a-price")
     assert pricing.price_for(team.pk, model).input == Decimal("0.000005")
     with django_capture_on_commit_callbacks(execute=True):
         admin.post("/t/acme/usage/prices/", {"delete": model})

@@ -150,9 +150,9 @@ return 0
 
 class _RedisStore:
     def __init__(self) -> None:
-        from assistant.streams import _redis
+        from assistant.streams import sync_redis
 
-        self.client = _redis()
+        self.client = sync_redis()
         self.reserve_script = self.client.register_script(_RESERVE)
         self.settle_script = self.client.register_script(_SETTLE)
 

@@ -77,11 +77,11 @@ def _token(team_id: int) -> str | None:
     if not settings.REDIS_URL:
         with _lock:
             return _local_tokens.setdefault(team_id, uuid.uuid4().hex)
-    from assistant.streams import _redis
+    from assistant.streams import sync_redis
 
     key = PRICES_TOKEN_KEY.format(team_id)
     try:
-        client = _redis()
+        client = sync_redis()
         token = client.get(key)
         if token is None:
             client.set(key, uuid.uuid4().hex, nx=True, ex=PRICES_TOKEN_SECONDS)
@@ -107,10 +107,10 @@ def prices_changed(team_id: int) -> None:
     def replace() -> None:
         forget()
         if settings.REDIS_URL:
-            from assistant.streams import _redis
+            from assistant.streams import sync_redis
 
             try:
-                _redis().set(
+                sync_redis().set(
                     PRICES_TOKEN_KEY.format(team_id), uuid.uuid4().hex, ex=PRICES_TOKEN_SECONDS
                 )
             except Exception:
