@@ -8,6 +8,7 @@ indexed lookup and reveals nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -17,11 +18,11 @@ from typing import cast
 
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Model, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Membership, Team, User
-from config.rows import Rows, column, table
+from config.rows import Rows, column, prepared, table
 
 from .models import ApiKey
 
@@ -57,7 +58,7 @@ def find_usable(raw: str) -> tuple[ApiKey, str] | None:
     if not looks_like_key(raw):
         return None
     connection = connections[ApiKey.objects.db]
-    row = _lookup(connection).fetch(connection, hash_key(raw), timezone.now())
+    row = prepared(_Lookup, connection).fetch(connection, hash_key(raw), timezone.now())
     if row is None:
         return None
     key, role = row
@@ -75,11 +76,7 @@ class _Lookup:
     def __init__(self, connection: BaseDatabaseWrapper) -> None:
         self.rows = Rows(connection, (ApiKey, "k"), (Team, "t"), (User, "u"))
 
-        def col(model: type[Model], name: str) -> str:
-            return column(connection, model, name)
-
-        def tab(model: type[Model]) -> str:
-            return table(connection, model)
+        col, tab = functools.partial(column, connection), functools.partial(table, connection)
 
         # The role as the ORM's Subquery had it; one membership per person and team at most.
         role = (
@@ -108,18 +105,6 @@ class _Lookup:
         ApiKey.team.field.set_cached_value(key, team)
         ApiKey.user.field.set_cached_value(key, user)
         return cast(ApiKey, key), row[self.rows.width]
-
-
-_lookups: dict[str, _Lookup] = {}
-
-
-def _lookup(connection: BaseDatabaseWrapper) -> _Lookup:
-    """Made once per database alias (the SQL and the converters depend on the backend only:
-    every thread's connection to it has the same settings)."""
-    found = _lookups.get(connection.alias)
-    if found is None:
-        found = _lookups[connection.alias] = _Lookup(connection)
-    return found
 
 
 def touch(key: ApiKey) -> None:

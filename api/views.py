@@ -13,7 +13,7 @@ from typing import Any, cast
 from django.core import signing
 from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Model, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
@@ -22,7 +22,7 @@ from accounts.models import Membership, Team
 from assistant import services
 from assistant.errors import BudgetExceeded
 from assistant.models import Conversation, Repository, Run, ToolCall
-from config.rows import Rows, column, table
+from config.rows import Rows, column, prepared, table
 
 from . import data
 from .http import ApiError, Caller, endpoint, error_response, json_body, not_found, team_param
@@ -235,11 +235,7 @@ class _SendTo:
     def __init__(self, connection: BaseDatabaseWrapper) -> None:
         self.rows = Rows(connection, (Conversation, "c"), (Team, "t"))
 
-        def col(model: type[Model], name: str) -> str:
-            return column(connection, model, name)
-
-        def tab(model: type[Model]) -> str:
-            return table(connection, model)
+        col, tab = functools.partial(column, connection), functools.partial(table, connection)
 
         self.select = (
             f"SELECT {self.rows.columns} FROM {tab(Conversation)} c"  # noqa: S608 (the models' names)
@@ -284,17 +280,11 @@ class _SendTo:
         return cast(Conversation, conversation)
 
 
-_send_to: dict[str, _SendTo] = {}
-
-
 def _to_send_to(
     caller: Caller, team_slug: str | None, conversation_id: uuid.UUID
 ) -> Conversation | None:
     connection = connections[Conversation.objects.db]
-    found = _send_to.get(connection.alias)
-    if found is None:
-        found = _send_to[connection.alias] = _SendTo(connection)
-    return found.find(connection, caller, team_slug, conversation_id)
+    return prepared(_SendTo, connection).find(connection, caller, team_slug, conversation_id)
 
 
 # Messages sent at once are served at most this many at a time in a process; the others wait

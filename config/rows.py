@@ -10,10 +10,24 @@ converters), so callers get the same objects as from a queryset. Names come from
 
 from __future__ import annotations
 
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
+
+_T = TypeVar("_T")
+_prepared: dict[tuple[Callable[..., Any], str], Any] = {}
+
+
+def prepared(make: Callable[[BaseDatabaseWrapper], _T], connection: BaseDatabaseWrapper) -> _T:
+    """``make(connection)``, made once per database alias and kept: the SQL and the converters
+    depend on the backend only, and every thread's connection to it has the same settings."""
+    key = (make, connection.alias)
+    found = _prepared.get(key)
+    if found is None:
+        found = _prepared[key] = make(connection)
+    return cast(_T, found)
 
 
 def column(connection: BaseDatabaseWrapper, model: type[Model], name: str) -> str:
